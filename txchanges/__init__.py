@@ -1,0 +1,51 @@
+"""
+txchanges: follow the CouchDB ``_changes`` feed from Twisted.
+
+The public names are re-exported here; modules with a leading underscore are
+private.
+"""
+
+from .client import Database, Server
+from .consumer import Consumer
+from .errors import (
+    BadRequest,
+    Conflict,
+    ConnectionFailed,
+    CouchError,
+    ErrorRow,
+    FeedError,
+    Forbidden,
+    LineTooLong,
+    MalformedRow,
+    NotFound,
+    PreconditionFailed,
+    ServerError,
+    TxChangesError,
+    Unauthorized,
+    UncleanEnd,
+    UnexpectedResponse,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Server",
+    "Database",
+    "Consumer",
+    "TxChangesError",
+    "CouchError",
+    "BadRequest",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "Conflict",
+    "PreconditionFailed",
+    "ServerError",
+    "ConnectionFailed",
+    "UnexpectedResponse",
+    "FeedError",
+    "ErrorRow",
+    "MalformedRow",
+    "LineTooLong",
+    "UncleanEnd",
+]
