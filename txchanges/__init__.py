@@ -20,6 +20,7 @@ from .errors import (
     NotFound,
     PreconditionFailed,
     ServerError,
+    Stalled,
     TxChangesError,
     Unauthorized,
     UncleanEnd,
@@ -48,4 +49,5 @@ __all__ = [
     "MalformedRow",
     "LineTooLong",
     "UncleanEnd",
+    "Stalled",
 ]

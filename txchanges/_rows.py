@@ -27,10 +27,11 @@ much as parsing the line itself; the view costs a tenth of that.
 Cost
 ----
 ``json.loads`` on bytes detects the encoding first, and ``json.loads`` on
-``str`` runs a whitespace regex around the decoder, so :func:`parse_buffer`
-decodes every complete line of a received buffer to ``str`` at once and hands
-each line to :meth:`json.JSONDecoder.raw_decode`, falling back to the strict
-slow path only when that fails.
+``str`` runs a whitespace regex around the decoder, so :func:`iter_rows`
+takes every complete line of a received buffer, decodes them to ``str`` at
+once and hands each line to :meth:`json.JSONDecoder.raw_decode`, falling back
+to the strict slow path only when that fails. Splitting off the unfinished
+last line, and bounding its length, is the protocol's job.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ __all__ = [
     "ChangeRow",
     "Row",
     "parse_line",
-    "parse_buffer",
     "iter_rows",
 ]
 
@@ -232,7 +232,7 @@ def _parse_text(line: str) -> Row:
             return None
     try:
         obj, end = _raw_decode(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return _parse_slowly(line)
     if end != len(line):
         return _parse_slowly(line)
@@ -251,6 +251,10 @@ def _parse_slowly(line: str) -> Row:
         obj = json.loads(line)
     except ValueError as e:
         raise MalformedRow(line, f"not JSON: {e}") from None
+    except RecursionError:
+        # A hostile or broken server can nest arrays deeper than the parser
+        # recurses; that is a bad line, not a crash of the protocol.
+        raise MalformedRow(line, "not JSON: nested too deeply") from None
     return _classify(obj, line)
 
 
@@ -302,20 +306,3 @@ def iter_rows(lines: bytes) -> Iterator[Row]:
     for line in split:
         yield _parse_text(line)
 
-
-def parse_buffer(buffer: bytes) -> tuple[Iterator[Row], bytes]:
-    """
-    Split a received buffer into parsed complete lines and a leftover.
-
-    :param buffer: Bytes received so far, possibly ending mid-line (even
-        mid-character: UTF-8 never puts ``\\n`` inside a character).
-    :return: An iterator over the rows of the complete lines (see
-        :func:`iter_rows`) and the bytes after the last ``\\n``, to be
-        prepended to the next buffer.
-    """
-    end = buffer.rfind(b"\n") + 1
-    if end == 0:
-        return iter(()), buffer
-    # A full-length slice of bytes is the same object: no copy in the
-    # common case of a buffer holding whole lines only.
-    return iter_rows(buffer[:end]), buffer[end:]

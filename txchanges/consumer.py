@@ -4,38 +4,99 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from ._params import feed_request
+from ._feed import BodyCollector, FeedRun, Stopped
+from ._params import FeedRequest, feed_request
+from ._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
+from ._watchdog import Clock, idle_limit
 from .client import Database
+from .errors import UnexpectedResponse
 
 __all__ = ["Consumer"]
+
+#: A callback receives one change row, as the server sent it.
+Callback = Callable[[dict[str, Any]], Any]
 
 
 class Consumer:
     """
     Reads the ``_changes`` feed of one database.
 
-    The names are couchdbkit's: :meth:`fetch` reads the normal feed.
+    The names are couchdbkit's: :meth:`fetch` reads the normal feed,
+    :meth:`wait_once` one longpoll, and :meth:`wait` the continuous feed,
+    handing each change to the callbacks given to :meth:`register_callback`.
 
     Sequences are opaque: whatever the server sent as ``seq`` or ``last_seq``
     is passed back verbatim as ``since``, never parsed or compared.
 
+    Delivery is at least once: CouchDB may send a change again after a
+    rewind or a node failure, so callbacks should be idempotent.
+
     :param db: The database to follow.
+    :param clock: Time for the stall watchdog; the global reactor when
+        omitted.
+    :param max_line_length: The longest continuous-feed line accepted, in
+        bytes; a longer one fails the feed with
+        :class:`~txchanges.errors.LineTooLong`.
     """
 
     log = Logger()
 
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Optional[Clock] = None,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+    ) -> None:
         if not isinstance(db, Database):
             raise TypeError(f"Consumer needs a Database, not {type(db).__name__}")
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
         self.db = db
+        self._clock: Clock = clock
+        self._max_line_length = max_line_length
+        self._callbacks: list[Callback] = []
+        self._runs: set[FeedRun] = set()
 
     def __repr__(self) -> str:
         return f"<Consumer of {self.db!r}>"
+
+    # -- callbacks ----------------------------------------------------------
+
+    def register_callback(self, callback: Callback) -> None:
+        """
+        Call *callback* with every change :meth:`wait` and :meth:`wait_once`
+        receive, in the order received, after those registered before it.
+
+        :param callback: Called with the change row (a dict exactly as the
+            server sent it). If it raises, the feed fails with that exception;
+            if it returns a Deferred that fails, so does the feed.
+        """
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {callback!r}")
+        self._callbacks.append(callback)
+
+    def unregister_callback(self, callback: Callback) -> None:
+        """
+        Stop calling a callback given to :meth:`register_callback`.
+
+        :raises ValueError: when it was not registered.
+        """
+        try:
+            self._callbacks.remove(callback)
+        except ValueError:
+            raise ValueError(f"{callback!r} is not a registered callback") from None
+
+    # -- the three feeds ----------------------------------------------------
 
     def fetch(self, since: Any = None, **params: Any) -> "Deferred[dict[str, Any]]":
         """
@@ -66,3 +127,224 @@ class Consumer:
             request.query,
             *(() if request.body is None else (request.body,)),
         )
+
+    def wait_once(
+        self,
+        since: Any = None,
+        timeout: Optional[int] = 60000,
+        heartbeat: Any = False,
+        filter_name: Optional[str] = None,
+        cb: Optional[Callback] = None,
+        **params: Any,
+    ) -> "Deferred[dict[str, Any]]":
+        """
+        Wait for the next changes in one longpoll request (``feed=longpoll``).
+
+        The server answers at once if there are changes after *since*, else
+        when the first one arrives or its *timeout* ends the wait.
+
+        :param since: Where to start, as for :meth:`fetch`; ``"now"`` waits
+            for the next change.
+        :param timeout: How long the server waits, in milliseconds.
+        :param heartbeat: ``True`` or milliseconds to have the server send
+            keep-alive newlines while it waits (CouchDB then ignores
+            *timeout*).
+        :param filter_name: A filter, ``"designname/filtername"`` or a
+            built-in; extra *params* reach it as ``req.query``.
+        :param cb: Called with each change, after the registered callbacks.
+        :param params: Other feed parameters, as for :meth:`fetch`.
+        :return: A Deferred firing with ``{"results": [...], "last_seq": ...,
+            "pending": ...}`` once every callback is done with the results;
+            it fails like :meth:`fetch`, with what a callback raised, or with
+            :class:`~txchanges.errors.Stalled` when nothing (not even a
+            heartbeat) arrives for well over the expected interval.
+            :meth:`stop` or cancelling it fails it with
+            :class:`~twisted.internet.defer.CancelledError`.
+        """
+        request = feed_request(
+            "longpoll",
+            since,
+            dict(params, timeout=timeout, heartbeat=heartbeat, filter_name=filter_name),
+        )
+        limit = idle_limit(heartbeat, timeout)
+        return Deferred.fromCoroutine(self._wait_once(request, limit, cb))
+
+    async def _wait_once(
+        self, request: FeedRequest, limit: float, cb: Optional[Callback]
+    ) -> dict[str, Any]:
+        run = FeedRun(
+            self.db.server, self.db.path("_changes"), request, self._clock, limit, BodyCollector
+        )
+        raw = await self._track(run)
+        if isinstance(raw, Stopped):
+            raise CancelledError("the consumer was stopped")
+        try:
+            result = json.loads(raw)
+            rows = result["results"]
+        except (ValueError, TypeError, KeyError):
+            response = run.response
+            ctype = response.headers.getRawHeaders(b"content-type", [b""])[0] if response else b""
+            raise UnexpectedResponse(
+                response.code if response else 0,
+                request.method,
+                self.db.url + "/_changes",
+                ctype.decode("latin-1") or None,
+                raw.decode("utf-8", "replace"),
+            ) from None
+        dispatch = _Dispatcher(self, cb)
+        for row in rows:
+            dispatch.row(row)
+        await dispatch.drain()
+        return result  # type: ignore[no-any-return]
+
+    def wait(
+        self,
+        since: Any = None,
+        heartbeat: Any = True,
+        timeout: Optional[int] = None,
+        filter_name: Optional[str] = None,
+        cb: Optional[Callback] = None,
+        **params: Any,
+    ) -> "Deferred[Any]":
+        """
+        Follow the continuous feed (``feed=continuous``) over one connection,
+        handing each change to every registered callback, then *cb*, in the
+        order received.
+
+        This is one connection: it does not reconnect. For a follower that
+        survives failures and restarts, use the service.
+
+        :param since: Where to start, as for :meth:`fetch`.
+        :param heartbeat: ``True`` for the server's default interval, or
+            milliseconds; keeps the connection alive and lets a stalled one
+            be detected. The server then never ends the feed by itself.
+        :param timeout: Without a heartbeat, milliseconds of idleness after
+            which the server ends the feed.
+        :param filter_name: A filter, as for :meth:`wait_once`.
+        :param cb: Called with each change, after the registered callbacks.
+        :param params: Other feed parameters, as for :meth:`fetch`
+            (``limit`` ends the feed after that many rows).
+        :return: A Deferred that fires with the feed's ``last_seq`` when the
+            server ends it (timeout, limit, database deleted), or with the
+            place to resume from (the last seq delivered, else *since*) when
+            :meth:`stop` ends it. It fails with the typed error otherwise:
+            a :class:`~txchanges.errors.CouchError` subclass before the feed
+            starts, and :class:`~txchanges.errors.ErrorRow`,
+            :class:`~txchanges.errors.MalformedRow`,
+            :class:`~txchanges.errors.LineTooLong`,
+            :class:`~txchanges.errors.UncleanEnd` or
+            :class:`~txchanges.errors.Stalled` (each carrying ``last_seq``)
+            during it, or with what a callback raised.
+        """
+        request = feed_request(
+            "continuous",
+            since,
+            dict(params, heartbeat=heartbeat, timeout=timeout, filter_name=filter_name),
+        )
+        limit = idle_limit(heartbeat, timeout)
+        return Deferred.fromCoroutine(self._wait(request, limit, since, cb))
+
+    async def _wait(
+        self, request: FeedRequest, limit: float, since: Any, cb: Optional[Callback]
+    ) -> Any:
+        dispatch = _Dispatcher(self, cb)
+
+        def make_protocol(on_activity: Callable[[], None]) -> ChangesProtocol:
+            protocol = ChangesProtocol(
+                lambda change: dispatch.row(change.row),
+                on_activity,
+                self._max_line_length,
+            )
+            dispatch.on_failure = protocol.stop
+            return protocol
+
+        run = FeedRun(
+            self.db.server, self.db.path("_changes"), request, self._clock, limit, make_protocol
+        )
+        try:
+            end = await self._track(run)
+        finally:
+            # Callbacks still running hold the feed's result back, and their
+            # failure wins over a clean end: nothing is reported done early.
+            await dispatch.drain()
+        if isinstance(end, Stopped):
+            return since if end.last_seq is None else end.last_seq
+        return end.last_seq
+
+    async def _track(self, run: FeedRun) -> Any:
+        self._runs.add(run)
+        try:
+            return await run.run()
+        finally:
+            self._runs.discard(run)
+
+    def stop(self) -> None:
+        """
+        End every :meth:`wait` and :meth:`wait_once` of this consumer now:
+        the request is aborted and no further change is delivered, even one
+        already received. :meth:`wait`'s Deferred fires with the place to
+        resume from; :meth:`wait_once`'s fails with ``CancelledError``.
+        """
+        for run in list(self._runs):
+            run.stop()
+
+
+class _Dispatcher:
+    """
+    Hands rows to a consumer's callbacks and keeps track of the Deferreds
+    they return, so that a late failure is not lost.
+    """
+
+    def __init__(self, consumer: Consumer, cb: Optional[Callback]) -> None:
+        self._consumer = consumer
+        self._cb = cb
+        self._outstanding: list[Deferred[Any]] = []
+        self._failure: Optional[Failure] = None
+        #: Called when a callback's Deferred fails, to end the feed.
+        self.on_failure: Callable[[], object] = lambda: None
+
+    def row(self, row: dict[str, Any]) -> None:
+        callbacks = list(self._consumer._callbacks)
+        if self._cb is not None:
+            callbacks.append(self._cb)
+        for callback in callbacks:
+            try:
+                result = callback(row)
+            except Exception:
+                self._log(Failure(), callback, row)  # type: ignore[no-untyped-call]
+                raise
+            if isinstance(result, Deferred):
+                self._watch(result, callback, row)
+
+    def _watch(self, d: "Deferred[Any]", callback: Callback, row: dict[str, Any]) -> None:
+        def failed(f: Failure) -> None:
+            self._log(f, callback, row)
+            if self._failure is None:
+                self._failure = f
+                self.on_failure()
+
+        def done(_: object) -> None:
+            self._outstanding.remove(d)
+
+        d.addErrback(failed)
+        if not d.called:
+            self._outstanding.append(d)
+            d.addBoth(done)
+
+    def _log(self, f: Failure, callback: Callback, row: dict[str, Any]) -> None:
+        Consumer.log.failure(
+            "changes callback {callback!r} failed on change {id!r} at seq {seq!r}",
+            f,
+            callback=callback,
+            id=row.get("id", row.get("db_name")),
+            seq=row.get("seq"),
+        )
+
+    async def drain(self) -> None:
+        """
+        Wait for every callback's Deferred, then raise the first failure.
+        """
+        if self._outstanding:
+            await DeferredList(list(self._outstanding))
+        if self._failure is not None:
+            self._failure.raiseException()

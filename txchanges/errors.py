@@ -28,6 +28,7 @@ __all__ = [
     "MalformedRow",
     "LineTooLong",
     "UncleanEnd",
+    "Stalled",
     "error_for_status",
 ]
 
@@ -307,3 +308,19 @@ class UncleanEnd(FeedError):
 
     def __str__(self) -> str:
         return f"changes feed ended uncleanly: {self.reason}"
+
+
+class Stalled(FeedError):
+    """
+    Nothing arrived on the feed (not even a heartbeat) for longer than the
+    watchdog allows, so the connection was aborted.
+
+    :ivar idle: The seconds of silence that tripped the watchdog.
+    """
+
+    def __init__(self, idle: float) -> None:
+        self.idle = idle
+        super().__init__(idle)
+
+    def __str__(self) -> str:
+        return f"changes feed stalled: nothing received for {self.idle:g}s"

@@ -1,0 +1,330 @@
+"""
+The protocol that reads a continuous feed's response body.
+
+:class:`ChangesProtocol` is handed to ``IResponse.deliverBody``. It splits the
+body into lines, parses them with :mod:`txchanges._rows`, hands each change to
+a callable, and fires :attr:`ChangesProtocol.finished` once when the feed ends
+however it ends.
+
+It is a :class:`~twisted.internet.protocol.Protocol` rather than a
+``LineOnlyReceiver`` because the body transport never reports
+``disconnecting`` (so a stop needs a flag of its own), because
+``LineOnlyReceiver`` copies its whole buffer on every read (quadratic for a
+long ``include_docs`` line arriving in many pieces), and because decoding and
+parsing a whole read at once is cheaper than one line at a time.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
+
+from txchanges._rows import ChangeRow, LastSeq, Row, iter_rows
+from txchanges.errors import FeedError, LineTooLong, UncleanEnd
+
+__all__ = ["ChangesProtocol", "Stopped", "DEFAULT_MAX_LINE_LENGTH"]
+
+#: The default bound on one line, in bytes. CouchDB refuses documents over
+#: 8 MB by default (``max_document_size``), but ``include_docs`` rows can also
+#: carry ``_conflicts`` and base64 inline attachments and servers can raise
+#: the limit; 64 MiB leaves room for all of that while still stopping a
+#: runaway line long before it exhausts memory.
+DEFAULT_MAX_LINE_LENGTH = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """
+    What :attr:`ChangesProtocol.finished` fires with after
+    :meth:`ChangesProtocol.stop`: the feed did not end, we left it.
+
+    :ivar last_seq: :attr:`ChangesProtocol.last_seq` when it stopped: the
+        seq of the newest row whose callback had returned (the place to resume
+        from), or ``None`` if there was none.
+    """
+
+    last_seq: Any
+
+
+class ChangesProtocol(Protocol):
+    """
+    Read a continuous feed's body and deliver its rows.
+
+    :ivar finished: A :class:`Deferred` that fires once, with:
+
+        - the :class:`~txchanges._rows.LastSeq` row when the server ended the
+          feed with one (whatever follows it is ignored: it lies past
+          ``last_seq``, where the next request resumes);
+        - :class:`Stopped` at once when :meth:`stop` is called;
+
+        and fails with:
+
+        - :class:`~txchanges.errors.ErrorRow` for an ``{"error": ...}`` row;
+        - :class:`~txchanges.errors.MalformedRow` for a line that is not a
+          row;
+        - :class:`~txchanges.errors.LineTooLong` for a line longer than
+          ``max_line_length``;
+        - :class:`~txchanges.errors.UncleanEnd` when the body ends, for
+          whatever reason, without a ``last_seq`` row;
+        - the very exception ``on_change`` or ``on_activity`` raised.
+
+        Every :class:`~txchanges.errors.FeedError` carries :attr:`last_seq`.
+        Once it has fired nothing more is delivered, and on a failure the
+        transport is told to stop producing.
+    :ivar last_seq: The newest known position in the feed: the seq of the
+        newest row that ``on_change`` accepted (rows with ``"seq": null``
+        leave it as it was), then the ``last_seq`` of the end row; ``None``
+        until then. A row whose callback raised does not count.
+    :ivar heartbeats: How many heartbeats (empty lines) arrived.
+    """
+
+    finished: Deferred[LastSeq | Stopped]
+    last_seq: Any
+    heartbeats: int
+
+    def __init__(
+        self,
+        on_change: Callable[[ChangeRow], object],
+        on_activity: Callable[[], object] | None = None,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+    ) -> None:
+        """
+        :param on_change: Called with each :class:`~txchanges._rows.Change`
+            (or :class:`~txchanges._rows.DbUpdate` on ``_db_updates``), in
+            order; its return value is ignored. If it raises, the feed fails
+            with that exception.
+        :param on_activity: Called with no arguments for every piece of body
+            data received, heartbeats included, so that a stall watchdog can
+            be reset.
+        :param max_line_length: The longest line accepted, in bytes. Memory
+            held for an unfinished line stays below this plus one read.
+        """
+        if max_line_length < 1:
+            raise ValueError(f"max_line_length must be positive, not {max_line_length!r}")
+        self._on_change = on_change
+        self._on_activity = on_activity
+        self._max = max_line_length
+        self.finished = Deferred()
+        self.last_seq = None
+        self.heartbeats = 0
+        self._done = False
+        self._stopped = False
+        self._paused = False
+        # The start of an unfinished line, in pieces, so that a long line
+        # arriving in many reads is joined once rather than once per read.
+        self._pending: list[bytes] = []
+        self._pending_length = 0
+
+    @property
+    def done(self) -> bool:
+        """
+        Whether :attr:`finished` has fired: the feed ended, failed or was
+        stopped, and no more rows will be delivered.
+        """
+        return self._done
+
+    def connectionMade(self) -> None:
+        if self._stopped:
+            self._stop_transport()
+        elif self._paused:
+            self.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done:
+            # Nothing after the end is delivered. After a clean end that is
+            # at most CouchDB's closing newline; anything else a server sent
+            # there lies past last_seq, so resuming from it fetches it again.
+            return
+        if self._on_activity is not None:
+            try:
+                self._on_activity()
+            except Exception as e:
+                self._fail(e)
+                return
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            self._pending.append(data)
+            self._pending_length += len(data)
+            if self._pending_length > self._max:
+                self._fail_too_long(b"".join(self._pending))
+            return
+        if self._pending:
+            self._pending.append(data)
+            end += self._pending_length
+            data = b"".join(self._pending)
+            self._pending = []
+            self._pending_length = 0
+        # A full-length slice of bytes is the same object: no copy when the
+        # read ends on a line boundary, as live rows and heartbeats do.
+        complete = data[:end]
+        if end > self._max and not self._deliver_bounded(complete):
+            return
+        if not self._deliver(iter_rows(complete)):
+            return
+        if end < len(data):
+            rest = data[end:]
+            self._pending = [rest]
+            self._pending_length = len(rest)
+            if len(rest) > self._max:
+                self._fail_too_long(rest)
+
+    def _deliver_bounded(self, complete: bytes) -> bool:
+        """
+        Deliver the lines of a read larger than the line bound, up to the
+        first line that is too long, and fail there if there is one.
+
+        :return: Whether the feed is still going and the whole of
+            *complete* was checked; if so the caller delivers it.
+        """
+        start = 0
+        while start < len(complete):
+            stop = complete.index(b"\n", start)
+            if stop - start > self._max:
+                if not start or self._deliver(iter_rows(complete[:start])):
+                    self._fail_too_long(complete[start:stop])
+                return False
+            start = stop + 1
+        return True
+
+    def _deliver(self, rows: Iterator[Row]) -> bool:
+        """
+        Hand parsed rows to the callback, in order, until one ends the feed.
+
+        :param rows: An iterator of :data:`~txchanges._rows.Row`, which may
+            raise a :class:`~txchanges.errors.FeedError` when it reaches a
+            bad line.
+        :return: Whether the feed is still going.
+        """
+        on_change = self._on_change
+        row: Row
+        try:
+            for row in rows:
+                if row is None:
+                    self.heartbeats += 1
+                elif isinstance(row, LastSeq):
+                    self.last_seq = row.last_seq
+                    self._finish(row)
+                    return False
+                else:
+                    try:
+                        on_change(row)
+                    except Exception as e:
+                        self._fail(e)
+                        return False
+                    # The callback may have called stop(); the row it was
+                    # handling then does not count as done.
+                    if self._done:
+                        return False
+                    seq = row.row["seq"]
+                    if seq is not None:
+                        self.last_seq = seq
+        except FeedError as e:
+            self._fail(e)
+            return False
+        return True
+
+    def stop(self) -> None:
+        """
+        Stop reading the feed: deliver no further row, even one already
+        received, stop the transport, and fire :attr:`finished` with
+        :class:`Stopped` at once. Does nothing once :attr:`finished` has fired.
+        """
+        if self._done:
+            return
+        self._stopped = True
+        self._done = True
+        self._drop_pending()
+        self._stop_transport()
+        self.finished.callback(Stopped(self.last_seq))
+
+    def pauseProducing(self) -> None:
+        """
+        Ask the transport to stop reading for now (backpressure).
+        """
+        self._paused = True
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """
+        Let the transport read again after :meth:`pauseProducing`.
+        """
+        self._paused = False
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._done:
+            return
+        self._done = True
+        pending = self._pending_length
+        self._drop_pending()
+        why = _describe_end(reason)
+        if pending:
+            why += f"; {pending} bytes of an unfinished line dropped"
+        error = UncleanEnd(why)
+        error.last_seq = self.last_seq
+        self.finished.errback(error)
+
+    def _finish(self, row: LastSeq) -> None:
+        # The server ends the response itself right after this row; leaving
+        # the transport alone lets the connection be reused.
+        self._done = True
+        self._drop_pending()
+        self.finished.callback(row)
+
+    def _fail(self, error: BaseException) -> None:
+        # A callback may have called stop() before raising: finished has
+        # fired already and keeps its first result.
+        if self._done:
+            return
+        self._done = True
+        self._drop_pending()
+        if isinstance(error, FeedError):
+            error.last_seq = self.last_seq
+        self._stop_transport()
+        if sys.exc_info()[1] is error:
+            # Keep the traceback of a raising callback for whoever logs it.
+            self.finished.errback()
+        else:
+            self.finished.errback(error)
+
+    def _fail_too_long(self, line: bytes) -> None:
+        self._fail(LineTooLong(self._max, line[:1024]))
+
+    def _drop_pending(self) -> None:
+        self._pending = []
+        self._pending_length = 0
+
+    def _stop_transport(self) -> None:
+        stop_producing = getattr(self.transport, "stopProducing", None)
+        if stop_producing is not None:
+            stop_producing()
+
+
+def _describe_end(reason: Failure) -> str:
+    """
+    Say in words why a feed's body ended without a ``last_seq`` row.
+    """
+    value = reason.value
+    if isinstance(value, ResponseDone):
+        return "the response ended without a last_seq row"
+    if isinstance(value, PotentialDataLoss):
+        return (
+            "the connection closed before a last_seq row, and the response "
+            "had no framing to tell whether it was complete"
+        )
+    if isinstance(value, ResponseFailed):
+        causes = "; ".join(
+            f"{type(f.value).__name__}: {f.value}" for f in value.reasons
+        )
+        return f"the response failed before a last_seq row ({causes})"
+    return f"the connection was lost before a last_seq row ({type(value).__name__}: {value})"
