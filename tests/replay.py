@@ -6,15 +6,18 @@ line, headers, chunked framing), so a client under test meets CouchDB's real
 framing, chunking and opaque sequences. It is not an HTTP server in general:
 it parses requests just well enough to record them and pick a recording.
 
-Usage::
+Usage (``tests/conftest_replay.py`` wraps this in a pytest fixture)::
 
-    replay = yield ReplayServer().serve("continuous-since-0-timeout")
+    running = yield ReplayServer().serve(
+        {"/db/_changes": "continuous-since-0-timeout"},
+        pacing=AtRecordedTimes(speed=10),
+    )
     try:
-        response = yield treq.get(replay.url + "/db/_changes", unbuffered=True)
+        response = yield treq.get(running.url + "/db/_changes", unbuffered=True)
         ...
-        assert replay.requests[0].path == "/db/_changes"
+        assert running.requests[0].query == ""
     finally:
-        yield replay.stop()
+        yield running.stop()
 """
 
 from __future__ import annotations
@@ -317,7 +320,6 @@ class RunningReplay:
         self._route = route
         self._served: dict[object, int] = {}
         self._connections: list[_ReplayProtocol] = []
-        self._lost: list[Deferred[None]] = []
         self._idle_waiters: list[Deferred[None]] = []
         self._listening = reactor.listenTCP(0, _ReplayFactory(self), interface="127.0.0.1")
         self.port: int = self._listening.getHost().port

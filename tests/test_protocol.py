@@ -98,8 +98,8 @@ def split_at(data: bytes, points: Iterable[int]) -> list[bytes]:
 def expected(recording: Recording) -> tuple[list[dict[str, Any]], int, Any]:
     """
     What a recording's body holds, worked out independently of the code under
-    test: the change rows, the heartbeats and the end row before the end row
-    (or ``None`` for a feed still open when it was recorded).
+    test: the change rows and the heartbeats before the end row, and the end
+    row (``None`` for a feed still open when it was recorded).
     """
     rows: list[dict[str, Any]] = []
     heartbeats = 0
@@ -243,9 +243,9 @@ def test_stop_in_the_middle_of_a_chunk() -> None:
     run.protocol.dataReceived(row("4-d", "d"))
     run.protocol.connectionLost(Failure(ResponseDone()))
     assert seen == ["a", "b"]
-    # The row being handled when stop() was called does not count as done.
-    assert run.result == Stopped("1-a")
-    assert run.protocol.last_seq == "1-a"
+    # The row whose callback called stop() and returned counts as done.
+    assert run.result == Stopped("2-b")
+    assert run.protocol.last_seq == "2-b"
     assert run.transport.producerState == "stopped"
 
 
@@ -295,8 +295,8 @@ def test_raising_on_change_fails_the_feed() -> None:
     assert run.transport.producerState == "stopped"
 
 
-def test_on_change_that_stops_then_raises_keeps_the_stop() -> None:
-    """A callback that calls stop() and then raises leaves finished fired once, with Stopped."""
+def test_on_change_that_stops_then_raises_fails_the_feed() -> None:
+    """A callback that calls stop() and then raises fails finished once, with its exception."""
 
     def on_change(change: ChangeRow) -> None:
         run.protocol.stop()
@@ -304,7 +304,9 @@ def test_on_change_that_stops_then_raises_keeps_the_stop() -> None:
 
     run = start(on_change)
     run.protocol.dataReceived(row("1-a", "a") + row("2-b", "b"))
-    assert run.outcome == [Stopped(None)]
+    assert len(run.outcome) == 1
+    assert isinstance(run.result, RuntimeError)
+    assert run.protocol.last_seq is None
 
 
 def test_raising_on_activity_fails_the_feed() -> None:

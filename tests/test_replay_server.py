@@ -25,7 +25,7 @@ from txchanges._rows import ChangeRow, LastSeq
 from txchanges.errors import UncleanEnd
 
 from .fixtures_util import CONTINUOUS, Recording, load, names
-from .replay import AllAtOnce, AtRecordedTimes, InSplits, Pacing, RunningReplay
+from .replay import AllAtOnce, AtRecordedTimes, InSplits, Pacing, ReplayServer, RunningReplay
 
 pytest_plugins = ["tests.conftest_replay"]
 
@@ -195,8 +195,6 @@ async def test_routes_by_method_target_and_path(replay: Any) -> None:
 
 def test_unknown_recording_is_refused_at_once() -> None:
     """Routing to a recording that does not exist fails when serving starts, not on the first request."""
-    from .replay import ReplayServer
-
     with pytest.raises(FileNotFoundError):
         ReplayServer().serve({"/": ["no-such-recording"]})
 

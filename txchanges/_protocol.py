@@ -118,6 +118,7 @@ class ChangesProtocol(Protocol):
         self._done = False
         self._stopped = False
         self._paused = False
+        self._in_callback = False
         # The start of an unfinished line, in pieces, so that a long line
         # arriving in many reads is joined once rather than once per read.
         self._pending: list[bytes] = []
@@ -214,18 +215,22 @@ class ChangesProtocol(Protocol):
                     self._finish(row)
                     return False
                 else:
+                    self._in_callback = True
                     try:
                         on_change(row)
                     except Exception as e:
+                        self._in_callback = False
                         self._fail(e)
                         return False
-                    # The callback may have called stop(); the row it was
-                    # handling then does not count as done.
-                    if self._done:
-                        return False
+                    self._in_callback = False
                     seq = row.row["seq"]
                     if seq is not None:
                         self.last_seq = seq
+                    # The callback may have called stop(): the row it
+                    # returned from is done, and nothing after it is.
+                    if self._done:
+                        self._fire_stopped()
+                        return False
         except FeedError as e:
             self._fail(e)
             return False
@@ -243,7 +248,14 @@ class ChangesProtocol(Protocol):
         self._done = True
         self._drop_pending()
         self._stop_transport()
-        self.finished.callback(Stopped(self.last_seq))
+        # Called from on_change: finished fires once the callback returns,
+        # so that the row it handled counts, or fails if it raises.
+        if not self._in_callback:
+            self._fire_stopped()
+
+    def _fire_stopped(self) -> None:
+        if not self.finished.called:
+            self.finished.callback(Stopped(self.last_seq))
 
     def pauseProducing(self) -> None:
         """
@@ -282,9 +294,9 @@ class ChangesProtocol(Protocol):
         self.finished.callback(row)
 
     def _fail(self, error: BaseException) -> None:
-        # A callback may have called stop() before raising: finished has
-        # fired already and keeps its first result.
-        if self._done:
+        # A callback that called stop() and then raised still fails the
+        # feed: its exception is not swallowed.
+        if self.finished.called:
             return
         self._done = True
         self._drop_pending()

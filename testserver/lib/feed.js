@@ -11,6 +11,7 @@
 const crypto = require('crypto');
 const {startStream} = require('./http');
 const {DEFAULT_LIMIT} = require('./params');
+const stats = require('./stats');
 
 const FLUSH_THRESHOLD = 1490;
 const META_KEYS = ['_revisions', '_conflicts', '_deleted_conflicts',
@@ -36,6 +37,19 @@ function formatDoc(change) {
   return out;
 }
 
+// A slow reader holds the feed back instead of growing the server's memory.
+function drained(res) {
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
+}
+
 class Feed {
   constructor(entry, params, filter, since, res) {
     this.entry = entry;
@@ -49,7 +63,6 @@ class Feed {
     this.pending = 0;
     this.buffer = [];
     this.bufSize = 0;
-    this.chunks = 0;
     this.waited = false;
     this.busy = false;
     this.updateQueued = false;
@@ -74,6 +87,7 @@ class Feed {
   }
 
   async run(updateSeq) {
+    stats.changes += 1;
     // Listen before the first read so that no update can fall in between.
     this.entry.on('update', this.onUpdate);
     this.entry.on('deleted', this.onDeleted);
@@ -132,6 +146,7 @@ class Feed {
     }
     let visited = 0;
     let stopped = false;
+    let lastRow = null;
     for (const change of changes) {
       if (this.limitLeft <= 0) {
         stopped = true;
@@ -144,34 +159,31 @@ class Feed {
       }
       if (pass) {
         this.emitRow(change, doc);
-        this.endSeq = change.seq;
+        lastRow = change.seq;
       }
       if (!descending) {
         this.position = change.seq;
       }
       if (this.res.writableNeedDrain) {
-        await new Promise((resolve) => {
-          this.res.once('drain', resolve);
-          this.res.once('close', resolve);
-        });
+        await drained(this.res);
         if (this.done) {
           return false;
         }
       }
     }
-    if (!stopped) {
-      this.position = Math.max(this.position, result.last_seq);
-    }
     // CouchDB's pending: changes after the point the enumeration reached.
     // _doc_ids and _design only visit the documents they return.
     this.pending = changes.length - visited;
-    if (!descending) {
-      this.endSeq = this.position;
-    } else if (this.endSeq === null) {
-      this.endSeq = this.position;
-    }
+    // last_seq is where the enumeration got to; newest-first that is the
+    // oldest row sent.
     if (descending) {
       this.position = Math.max(this.position, result.last_seq);
+      this.endSeq = lastRow === null ? this.position : lastRow;
+    } else {
+      if (!stopped) {
+        this.position = Math.max(this.position, result.last_seq);
+      }
+      this.endSeq = this.position;
     }
     return true;
   }
@@ -217,7 +229,6 @@ class Feed {
   }
 
   write(text) {
-    this.chunks += 1;
     this.res.write(text);
   }
 
@@ -331,6 +342,9 @@ class Feed {
   }
 
   cleanup() {
+    if (!this.done) {
+      stats.changes -= 1;
+    }
     this.done = true;
     clearTimeout(this.timer);
     this.entry.off('update', this.onUpdate);

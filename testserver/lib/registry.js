@@ -20,6 +20,8 @@ class Entry extends EventEmitter {
     this.scope = seqs.newScope();
     this.deleted = false;
     this.db = new registry.PouchDB(name);
+    // Every concurrent read of a feed listens for 'destroyed' on it.
+    this.db.setMaxListeners(0);
     this._scheduled = false;
     // One PouchDB listener per database, fanned out to any number of feeds,
     // so the cost of a write does not grow with the number of open feeds.
