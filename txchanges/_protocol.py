@@ -123,6 +123,11 @@ class ChangesProtocol(Protocol):
         # arriving in many reads is joined once rather than once per read.
         self._pending: list[bytes] = []
         self._pending_length = 0
+        # While paused: the rest of a read's parsed rows, the reads that
+        # arrived after it, and how the body ended if it did meanwhile.
+        self._backlog: Iterator[Row] | None = None
+        self._held: list[bytes] = []
+        self._lost: Failure | None = None
 
     @property
     def done(self) -> bool:
@@ -150,6 +155,14 @@ class ChangesProtocol(Protocol):
             except Exception as e:
                 self._fail(e)
                 return
+        if self._paused or self._backlog is not None or self._held:
+            # Paused: rows already parsed wait in the backlog, and what the
+            # transport still hands over waits behind them, unparsed.
+            self._held.append(data)
+            return
+        self._process(data)
+
+    def _process(self, data: bytes) -> None:
         end = data.rfind(b"\n") + 1
         if end == 0:
             self._pending.append(data)
@@ -231,6 +244,11 @@ class ChangesProtocol(Protocol):
                     if self._done:
                         self._fire_stopped()
                         return False
+                    if self._paused:
+                        # Backpressure: the rest of this read waits, parsed
+                        # lazily, until resumeProducing().
+                        self._backlog = rows
+                        return True
         except FeedError as e:
             self._fail(e)
             return False
@@ -259,22 +277,43 @@ class ChangesProtocol(Protocol):
 
     def pauseProducing(self) -> None:
         """
-        Ask the transport to stop reading for now (backpressure).
+        Backpressure: deliver no further row, even one already received,
+        and ask the transport to stop reading, until :meth:`resumeProducing`.
+        Called from ``on_change``, it takes effect after that row.
         """
         self._paused = True
-        if self.transport is not None:
+        if self.transport is not None and not self._done:
             self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         """
-        Let the transport read again after :meth:`pauseProducing`.
+        Deliver the rows held back by :meth:`pauseProducing`, in order, then
+        let the transport read again (unless a callback paused once more).
         """
         self._paused = False
+        if self._done:
+            return
+        if self._backlog is not None:
+            rows, self._backlog = self._backlog, None
+            if not self._deliver(rows) or self._paused:
+                return
+        while self._held:
+            self._process(self._held.pop(0))
+            if self._done or self._paused:
+                return
+        if self._lost is not None:
+            self.connectionLost(self._lost)
+            return
         if self.transport is not None:
             self.transport.resumeProducing()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._done:
+            return
+        if self._backlog is not None or self._held:
+            # The body ended while rows still wait for resumeProducing(); its
+            # end is reported after them (it may well be a clean one).
+            self._lost = reason
             return
         self._done = True
         pending = self._pending_length
@@ -315,6 +354,9 @@ class ChangesProtocol(Protocol):
     def _drop_pending(self) -> None:
         self._pending = []
         self._pending_length = 0
+        self._backlog = None
+        self._held = []
+        self._lost = None
 
     def _stop_transport(self) -> None:
         stop_producing = getattr(self.transport, "stopProducing", None)
