@@ -307,6 +307,8 @@ class Replay:
             t.join(120)
         if errors:
             raise errors[0]
+        if any(t.is_alive() for t in threads):
+            raise TimeoutError("the replay did not finish within 120 s")
         return self.outcomes
 
 

@@ -114,6 +114,8 @@ class FeedRun:
         self._pending: Optional[Deferred[IResponse]] = None
         self._protocol: Optional[BodyProtocol] = None
         self._stopping = False
+        self._paused = False
+        self._finished = False
         self._stall: Optional[Stalled] = None
         #: The response once its headers arrived.
         self.response: Optional[IResponse] = None
@@ -131,6 +133,7 @@ class FeedRun:
         try:
             return await self._run()
         finally:
+            self._finished = True
             self._watchdog.stop()
 
     async def _run(self) -> Any:
@@ -153,12 +156,47 @@ class FeedRun:
         self._protocol = self._make_protocol(self._watchdog.reset)
         if self._stopping:
             self._protocol.stop()
-        self.response.deliverBody(self._protocol)  # type: ignore[no-untyped-call, call-arg, misc]
+        elif self._paused:
+            self._pause_body()
+        self.response.deliverBody(self._protocol)  # type: ignore[call-arg, misc]
         result = await self._protocol.finished
         if self._stall is not None:
             self._stall.last_seq = getattr(self._protocol, "last_seq", None)
             raise self._stall
         return result
+
+    @property
+    def protocol(self) -> Optional[BodyProtocol]:
+        """
+        The body protocol, once the response headers arrived.
+        """
+        return self._protocol
+
+    def pause(self) -> None:
+        """
+        Backpressure: stop reading the body, and stop the watchdog, since
+        the silence that follows is ours, not the server's.
+        """
+        self._paused = True
+        if self._protocol is not None:
+            self._pause_body()
+
+    def _pause_body(self) -> None:
+        self._watchdog.stop()
+        pause = getattr(self._protocol, "pauseProducing", None)
+        if pause is not None:
+            pause()
+
+    def resume(self) -> None:
+        """
+        Read the body again after :meth:`pause`, watchdog included.
+        """
+        self._paused = False
+        if self._protocol is not None and not (self._stopping or self._finished):
+            self._watchdog.start()
+            resume = getattr(self._protocol, "resumeProducing", None)
+            if resume is not None:
+                resume()
 
     def stop(self) -> None:
         """

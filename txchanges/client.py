@@ -99,8 +99,8 @@ class Server:
                 from twisted.internet import reactor as _reactor
 
                 reactor = _reactor
-            self._pool = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
-            agent = Agent(reactor, pool=self._pool)  # type: ignore[no-untyped-call]
+            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            agent = Agent(reactor, pool=self._pool)
             http = HTTPClient(cast(IAgent, agent))
         self._http = http
         self._headers = {b"Accept": [b"application/json"]}
@@ -137,7 +137,7 @@ class Server:
         if self._pool is None:
             return succeed(None)
         pool, self._pool = self._pool, None
-        d: Deferred[None] = pool.closeCachedConnections()  # type: ignore[no-untyped-call]
+        d: Deferred[None] = pool.closeCachedConnections()
         return d
 
     # -- requests ---------------------------------------------------------

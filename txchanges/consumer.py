@@ -311,7 +311,7 @@ class _Dispatcher:
             try:
                 result = callback(row)
             except Exception:
-                self._log(Failure(), callback, row)  # type: ignore[no-untyped-call]
+                self._log(Failure(), callback, row)
                 raise
             if isinstance(result, Deferred):
                 self._watch(result, callback, row)

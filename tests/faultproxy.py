@@ -1,0 +1,585 @@
+"""
+A TCP proxy for fault tests: it relays bytes between clients and one server
+and, on command, cuts, stalls, refuses or drops connections.
+
+Faults apply to the response direction (server to client); request bytes are
+always forwarded untouched. Every control can be used at any time from a
+test, and :meth:`FaultProxy.chaos` injects seeded random faults for soak
+tests. Backpressure is kept both ways: a side whose peer cannot keep up is
+paused, so memory stays bounded whatever the traffic.
+
+Usage::
+
+    proxy = FaultProxy("127.0.0.1", couch_port)
+    await proxy.start()
+    server = Server(proxy.url_for(admin_url))
+    proxy.cut_after(3000)       # every new connection dies after 3000 bytes
+    ...
+    await proxy.stop()
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
+from urllib.parse import urlsplit, urlunsplit
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredLock
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = ["FaultProxy", "FAULT_KINDS"]
+
+#: The fault kinds :meth:`FaultProxy.chaos` picks from, and the keys of
+#: :attr:`FaultProxy.faults` (plural there: ``cuts``, ``stalls``, ...).
+FAULT_KINDS = ("cut", "stall", "refuse", "drop")
+
+
+class _Valve:
+    """
+    A streaming producer (:class:`~twisted.internet.interfaces.IPushProducer`)
+    that pauses reading from one transport while anything holds it: the other
+    side's full write buffer, a stall, or a connection still being made.
+    """
+
+    def __init__(self, source: Any) -> None:
+        self._source = source
+        self._holds: set[str] = set()
+
+    def hold(self, why: str) -> None:
+        if not self._holds:
+            self._source.pauseProducing()
+        self._holds.add(why)
+
+    def release(self, why: str) -> None:
+        if why in self._holds:
+            self._holds.discard(why)
+            if not self._holds:
+                self._source.resumeProducing()
+
+    # IPushProducer, for the transport the source's bytes are written to.
+    def pauseProducing(self) -> None:
+        self.hold("backed up")
+
+    def resumeProducing(self) -> None:
+        self.release("backed up")
+
+    def stopProducing(self) -> None:
+        # The relay decides how each side ends; a transport closing must not
+        # close the other side behind its back (a stall holds the close too).
+        pass
+
+
+class _End(Protocol):
+    """
+    One side of a relayed connection; it hands everything to its relay.
+    """
+
+    def __init__(self, relay: "_Relay", upstream: bool) -> None:
+        self._relay = relay
+        self._upstream = upstream
+
+    def connectionMade(self) -> None:
+        if self._upstream:
+            self._relay.server_made(self.transport)
+        else:
+            self._relay.client_made(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._upstream:
+            self._relay.from_server(data)
+        else:
+            self._relay.from_client(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._relay.lost(self._upstream)
+
+
+class _Relay:
+    """
+    One client connection and the server connection made for it.
+
+    :ivar budget: Response bytes left before the connection is cut, or
+        ``None`` for no limit.
+    :ivar closed: Fires once both sides are closed.
+    """
+
+    def __init__(self, proxy: "FaultProxy", budget: Optional[int], drop: bool) -> None:
+        self._proxy = proxy
+        self.budget = budget
+        self._drop = drop
+        self.client: Any = None
+        self.server: Any = None
+        self._request_valve: Optional[_Valve] = None
+        self._response_valve: Optional[_Valve] = None
+        self._to_server: list[bytes] = []
+        self._held: list[bytes] = []
+        self._server_ended = False
+        self._finished = False  # no more response bytes go to the client
+        self._connecting: Optional[Deferred[Any]] = None
+        self._sides_open = 1
+        self.closed: Deferred[None] = Deferred()
+
+    # -- the client side ------------------------------------------------------
+
+    def client_made(self, transport: Any) -> None:
+        self.client = transport
+        if self._drop:
+            self._finished = True
+            transport.loseConnection()
+            return
+        self._request_valve = _Valve(transport)
+        self._request_valve.hold("connecting")
+        proxy = self._proxy
+        endpoint = TCP4ClientEndpoint(proxy.reactor, proxy.target_host, proxy.target_port)
+        self._sides_open += 1
+        self._connecting = connectProtocol(  # type: ignore[no-untyped-call]
+            endpoint, _End(self, upstream=True)
+        )
+        self._connecting.addErrback(self._connect_failed)
+
+    def from_client(self, data: bytes) -> None:
+        if self.server is None:
+            self._to_server.append(data)
+        elif not self._finished:
+            self.server.write(data)
+
+    # -- the server side ------------------------------------------------------
+
+    def server_made(self, transport: Any) -> None:
+        self._connecting = None
+        self.server = transport
+        if self._finished:
+            transport.abortConnection()
+            return
+        assert self._request_valve is not None
+        self._response_valve = valve = _Valve(transport)
+        if self._proxy.stalled:
+            valve.hold("stall")
+        self.client.registerProducer(valve, True)
+        transport.registerProducer(self._request_valve, True)
+        transport.writeSequence(self._to_server)
+        self._to_server = []
+        self._request_valve.release("connecting")
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._connecting = None
+        if not failure.check(CancelledError):  # type: ignore[no-untyped-call]
+            self._proxy.log.info("cannot reach the target: {why}", why=failure.value)
+        self.lost(upstream=True)
+        self.abort()
+
+    def from_server(self, data: bytes) -> None:
+        if self._finished:
+            return
+        if self._proxy.stalled or self._held:
+            self._held.append(data)
+        else:
+            self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        if self.budget is not None and len(data) >= self.budget:
+            data, self._finished = data[: self.budget], True
+        self.client.write(data)
+        self._proxy.bytes_forwarded += len(data)
+        if self.budget is not None:
+            self.budget -= len(data)
+        if self._finished:
+            self._proxy.faults["cuts"] += 1
+            self.server.abortConnection()
+            self._close_client()
+
+    def _close_client(self) -> None:
+        """
+        Close the client side after what was written reaches it (FIN).
+        """
+        self._finished = True
+        self._held = []
+        # A registered producer would be resumed instead of the close.
+        self.client.unregisterProducer()
+        self.client.loseConnection()
+
+    # -- faults ---------------------------------------------------------------
+
+    def stall(self) -> None:
+        if self._response_valve is not None:
+            self._response_valve.hold("stall")
+
+    def unstall(self) -> None:
+        held, self._held = self._held, []
+        for data in held:
+            if self._finished:
+                break
+            self._deliver(data)
+        if self._server_ended and not self._finished:
+            self._close_client()
+        if self._response_valve is not None:
+            self._response_valve.release("stall")
+
+    def abort(self) -> None:
+        """
+        Abort both sides now, dropping whatever was not yet sent.
+        """
+        self._finished = True
+        self._held = []
+        if self._connecting is not None:
+            self._connecting.cancel()
+        for transport in (self.server, self.client):
+            if transport is not None:
+                transport.abortConnection()
+
+    def lost(self, upstream: bool) -> None:
+        if upstream:
+            if self._proxy.stalled and not self._finished:
+                self._server_ended = True  # a stalled network delivers no FIN either
+            elif not self._finished:
+                self._close_client()
+        elif self.server is not None:
+            self._finished = True
+            self.server.abortConnection()
+        elif self._connecting is not None:
+            self._finished = True
+            self._connecting.cancel()
+        self._sides_open -= 1
+        if self._sides_open == 0:
+            self._proxy._relays.discard(self)
+            self.closed.callback(None)
+
+
+class FaultProxy:
+    """
+    A TCP proxy on ``127.0.0.1`` in front of one server, with faults to
+    inject on command.
+
+    :param target_host: The server's host.
+    :param target_port: The server's port.
+    :param reactor: The reactor (and clock); the global reactor when omitted.
+
+    :ivar port: The port the proxy listens on, once :meth:`start` fired; it
+        stays the same across :meth:`refuse` and :meth:`accept`.
+    :ivar connections: Client connections accepted, in all.
+    :ivar faults: Faults injected, by kind: ``cuts`` and ``drops`` count
+        connections, ``stalls`` and ``refusals`` count periods.
+    :ivar bytes_forwarded: Response bytes handed to clients.
+    :ivar stalled: Whether response bytes are held back.
+    :ivar refusing: Whether new connections are refused (no listener).
+    :ivar dropping: Whether new connections are closed as soon as accepted.
+    """
+
+    log = Logger()
+
+    def __init__(self, target_host: str, target_port: int, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.reactor = reactor
+        self.target_host = target_host
+        self.target_port = target_port
+        self.port = 0
+        self.connections = 0
+        self.faults = {kind + "s": 0 for kind in FAULT_KINDS}
+        self.bytes_forwarded = 0
+        self.stalled = False
+        self.refusing = False
+        self.dropping = False
+        self._budget: Callable[[], Optional[int]] = lambda: None
+        self._listener: Any = None  # an IListeningPort
+        self._listener_lock = DeferredLock()
+        self._relays: set[_Relay] = set()
+        self._timers: dict[str, Any] = {}  # IDelayedCall by name
+        self._chaos: Optional[Deferred[None]] = None
+        self._stopped = False
+
+    def __repr__(self) -> str:
+        return (f"<FaultProxy 127.0.0.1:{self.port} -> {self.target_host}:{self.target_port} "
+                f"open={self.open_connections} faults={self.faults}>")
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """
+        Listen on ``127.0.0.1`` on a free port (then :attr:`port`).
+        """
+        await self._listener_lock.run(self._listen)
+
+    async def stop(self) -> None:
+        """
+        End :meth:`chaos`, cancel every timer, stop listening and abort every
+        connection; returns once all of them are closed.
+        """
+        self._stopped = True
+        if self._chaos is not None:
+            self._chaos.cancel()
+        for name in list(self._timers):
+            self._cancel(name)
+        self.stalled = self.dropping = False
+        self._budget = lambda: None
+        await self._listener_lock.run(self._unlisten)
+        relays = list(self._relays)
+        for relay in relays:
+            relay.abort()
+        await DeferredList([relay.closed for relay in relays])
+
+    @property
+    def open_connections(self) -> int:
+        """
+        Client connections not yet closed on both sides.
+        """
+        return len(self._relays)
+
+    @property
+    def pending_timers(self) -> list[str]:
+        """
+        The names of the proxy's scheduled calls (``"accept"``, ``"chaos"``...).
+        """
+        return sorted(name for name, call in self._timers.items() if call.active())
+
+    def url_for(self, url: str) -> str:
+        """
+        *url* with its host and port replaced by the proxy's, keeping the
+        credentials, path and query.
+        """
+        parts = urlsplit(url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@" if userinfo else ""
+        return urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{self.port}"))
+
+    # -- faults ---------------------------------------------------------------
+
+    def cut_all(self) -> int:
+        """
+        Abort every open connection now, both sides, dropping bytes not yet
+        sent. The client sees its connection reset or closed mid-response.
+
+        :return: How many connections were cut.
+        """
+        relays = list(self._relays)
+        for relay in relays:
+            relay.abort()
+        self.faults["cuts"] += len(relays)
+        return len(relays)
+
+    def cut_after(self, nbytes: Optional[int]) -> None:
+        """
+        Cut each connection accepted from now on after exactly *nbytes*
+        response bytes (counted over the connection's life, so a kept-alive
+        connection is cut in whichever response reaches the count): the
+        client gets those bytes, then end of stream. ``None`` ends the mode.
+        """
+        if nbytes is not None and nbytes < 0:
+            raise ValueError(f"nbytes must be 0 or more, not {nbytes!r}")
+        self._budget = lambda: nbytes
+
+    def cut_between(self, low: int, high: int, rng: random.Random) -> None:
+        """
+        Like :meth:`cut_after`, with each new connection's count drawn from
+        ``rng.randint(low, high)``, so cuts land mid-headers, mid-chunk-header
+        and mid-line alike. ``cut_after(None)`` ends the mode.
+        """
+        if not 0 <= low <= high:
+            raise ValueError(f"need 0 <= low <= high, not {low!r}, {high!r}")
+        self._budget = lambda: rng.randint(low, high)
+
+    def stall(self, seconds: Optional[float] = None) -> None:
+        """
+        Stop delivering response bytes to every connection, open or new,
+        silently: the connections stay open, the server is no longer read
+        (so it is held back by TCP flow control) and a server-side close is
+        held too. *seconds* ends the stall by itself.
+        """
+        if not self.stalled:
+            self.stalled = True
+            self.faults["stalls"] += 1
+            for relay in self._relays:
+                relay.stall()
+        self._after("unstall", seconds, self.unstall)
+
+    def unstall(self) -> None:
+        """
+        Deliver what was held, in order, and forward again; connections
+        closed meanwhile are not revived.
+        """
+        self._cancel("unstall")
+        if self.stalled:
+            self.stalled = False
+            for relay in list(self._relays):
+                relay.unstall()
+
+    def refuse(self, seconds: Optional[float] = None) -> "Deferred[None]":
+        """
+        Stop listening, so that new connections are refused
+        (``ECONNREFUSED``); open connections are left alone. *seconds*
+        ends the refusal by itself (:meth:`accept`).
+
+        :return: A Deferred that fires once the port is closed.
+        """
+        if not self.refusing:
+            self.refusing = True
+            self.faults["refusals"] += 1
+        self._after("accept", seconds, self.accept)
+        return self._listener_lock.run(self._unlisten)
+
+    def drop_new(self, seconds: Optional[float] = None) -> None:
+        """
+        Close each new connection as soon as it is accepted, before anything
+        is forwarded: the client sees its request answered by end of stream.
+        *seconds* ends it by itself (:meth:`accept`).
+        """
+        self.dropping = True
+        self._after("accept", seconds, self.accept)
+
+    def accept(self) -> "Deferred[None]":
+        """
+        End :meth:`refuse` and :meth:`drop_new`: listen again on the same
+        port and relay new connections.
+
+        :return: A Deferred that fires once the proxy listens again.
+        """
+        self._cancel("accept")
+        self.refusing = self.dropping = False
+        return self._listener_lock.run(self._listen)
+
+    def heal(self) -> "Deferred[None]":
+        """
+        End every fault: :meth:`accept`, :meth:`unstall` and ``cut_after(None)``.
+
+        :return: What :meth:`accept` returns.
+        """
+        self.cut_after(None)
+        self.unstall()
+        return self.accept()
+
+    # -- chaos ----------------------------------------------------------------
+
+    def chaos(
+        self,
+        rng: random.Random,
+        duration: float,
+        gap: tuple[float, float] = (0.05, 0.3),
+        length: tuple[float, float] = (0.1, 0.5),
+        kinds: Sequence[str] = FAULT_KINDS,
+    ) -> "Deferred[None]":
+        """
+        Inject random faults, one at a time, for *duration* seconds: wait
+        ``rng.uniform(*gap)``, then one of *kinds*: ``cut`` (:meth:`cut_all`),
+        ``stall`` for ``rng.uniform(*length)`` seconds, or ``refuse`` /
+        ``drop`` for that long, which first cut the open connections as a
+        server restart would. The choices and times come from *rng* alone,
+        so a seed replays the same schedule.
+
+        :return: A Deferred that fires when the duration is over or
+            :meth:`stop` is called, every fault healed.
+        """
+        unknown = set(kinds) - set(FAULT_KINDS)
+        if unknown or not kinds:
+            raise ValueError(f"kinds must be some of {FAULT_KINDS}, not {kinds!r}")
+        if self._chaos is not None:
+            raise RuntimeError("chaos is already running")
+        d = Deferred.fromCoroutine(self._run_chaos(rng, duration, gap, length, kinds))
+        self._chaos = d
+
+        def done(result: object) -> object:
+            self._chaos = None
+            cancelled = isinstance(result, Failure) and result.check(CancelledError)  # type: ignore[no-untyped-call]
+            return None if cancelled else result
+
+        d.addBoth(done)
+        return d
+
+    async def _run_chaos(
+        self,
+        rng: random.Random,
+        duration: float,
+        gap: tuple[float, float],
+        length: tuple[float, float],
+        kinds: Sequence[str],
+    ) -> None:
+        end = self.reactor.seconds() + duration
+        try:
+            while True:
+                await self._sleep(rng.uniform(*gap))
+                if self.reactor.seconds() >= end:
+                    return
+                kind = rng.choice(kinds)
+                seconds = rng.uniform(*length)
+                self.log.info("chaos: {kind} ({seconds:.3f}s)", kind=kind, seconds=seconds)
+                if kind == "cut":
+                    self.cut_all()
+                    continue
+                if kind == "stall":
+                    self.stall()
+                else:
+                    self.cut_all()
+                    if kind == "refuse":
+                        await self.refuse()
+                    else:
+                        self.drop_new()
+                await self._sleep(seconds)
+                self.unstall()
+                await self.accept()
+        finally:
+            if not self._stopped:
+                self.unstall()
+                await self.accept()
+
+    def _sleep(self, seconds: float) -> "Deferred[None]":
+        d: Deferred[None] = Deferred(lambda _: self._cancel("chaos"))
+        self._after("chaos", seconds, lambda: d.callback(None))
+        return d
+
+    # -- internals ------------------------------------------------------------
+
+    def _after(self, name: str, seconds: Optional[float], f: Callable[[], object]) -> None:
+        """
+        Call *f* in *seconds* (replacing a call of the same name), or cancel
+        the named call when *seconds* is ``None``.
+        """
+        self._cancel(name)
+        if seconds is not None:
+            def fire() -> None:
+                del self._timers[name]
+                f()
+
+            self._timers[name] = self.reactor.callLater(seconds, fire)
+
+    def _cancel(self, name: str) -> None:
+        call = self._timers.pop(name, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _listen(self) -> None:
+        if self._listener is None and not self.refusing and not self._stopped:
+            self._listener = self.reactor.listenTCP(
+                self.port, _ProxyFactory(self), interface="127.0.0.1"
+            )
+            self.port = self._listener.getHost().port
+
+    async def _unlisten(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.stopListening()
+
+    def _accepted(self) -> Optional[Protocol]:
+        self.connections += 1
+        drop = self.dropping or self._stopped
+        if drop:
+            self.faults["drops"] += 1
+        relay = _Relay(self, self._budget(), drop)
+        self._relays.add(relay)
+        return _End(relay, upstream=False)
+
+
+class _ProxyFactory(Factory):
+    """
+    Builds the protocol for each accepted connection.
+    """
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        self._proxy = proxy
+
+    def buildProtocol(self, addr: Any) -> Optional[Protocol]:
+        return self._proxy._accepted()

@@ -1,0 +1,128 @@
+"""
+Which rows are done, and the resume point that follows from it.
+
+Rows are handled out of order when several run at once; the resume point is
+the newest sequence before which *every* row is done, so that a restart from
+it loses nothing. Sequences are opaque: order comes from arrival, never from
+comparing them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+__all__ = ["Progress", "DedupWindow"]
+
+
+class Progress:
+    """
+    A watermark over rows in arrival order.
+
+    :param resume: The resume point before any row arrives.
+    """
+
+    def __init__(self, resume: Any) -> None:
+        self.resume = resume
+        self._next = 0
+        self._unfinished = 0
+        # ticket -> [seq, done] for every ticket from the oldest unfinished
+        # one on; finished tickets behind an unfinished one wait here.
+        self._open: OrderedDict[int, list[Any]] = OrderedDict()
+
+    @property
+    def in_flight(self) -> int:
+        """
+        How many rows have arrived and are not done.
+        """
+        return self._unfinished
+
+    def begin(self, seq: Any) -> int:
+        """
+        Note a row's arrival.
+
+        :param seq: Its sequence; ``None`` (``seq_interval`` rows) never
+            becomes the resume point, but still holds it back until done.
+        :return: A ticket for :meth:`finish`.
+        """
+        ticket = self._next
+        self._next += 1
+        self._open[ticket] = [seq, False]
+        self._unfinished += 1
+        return ticket
+
+    def finish(self, ticket: int) -> bool:
+        """
+        Note that a row's handling is done.
+
+        :return: Whether the resume point moved.
+        """
+        self._open[ticket][1] = True
+        self._unfinished -= 1
+        moved = False
+        while self._open:
+            first = next(iter(self._open))
+            seq, done = self._open[first]
+            if not done:
+                break
+            del self._open[first]
+            if seq is not None:
+                self.resume = seq
+                moved = True
+        return moved
+
+    def passed(self, seq: Any) -> bool:
+        """
+        Note a position the feed reached without a row to handle (the
+        ``last_seq`` that ends a feed, which with a filter is past every
+        row).
+
+        :return: Whether the resume point moved.
+        """
+        return self.finish(self.begin(seq))
+
+
+class DedupWindow:
+    """
+    Remembers the last *size* ``(id, revisions)`` pairs seen, so that a
+    change CouchDB sends again (after a reconnect or a rewind) can be
+    recognised.
+
+    :param size: How many pairs to remember; ``0`` remembers none.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 0:
+            raise ValueError(f"dedup window size must be >= 0, not {size!r}")
+        self.size = size
+        self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+
+    @staticmethod
+    def key(row: dict[str, Any]) -> tuple[Any, ...] | None:
+        """
+        What identifies a change: its id and revisions; ``None`` for rows
+        without both.
+        """
+        docid = row.get("id")
+        changes = row.get("changes")
+        if docid is None or not isinstance(changes, list):
+            return None
+        revs = tuple(c.get("rev") for c in changes if isinstance(c, dict))
+        return (docid, row.get("deleted", False), revs)
+
+    def seen(self, row: dict[str, Any]) -> bool:
+        """
+        Whether *row* was seen before; remembers it either way.
+        """
+        if not self.size:
+            return False
+        key = self.key(row)
+        if key is None:
+            return False
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return True
+        self._seen[key] = None
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+        return False

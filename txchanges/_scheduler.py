@@ -1,0 +1,219 @@
+"""
+Run a handler on changes: several at once, one at a time per document, with
+a bounded buffer, and a chosen policy for failures.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._progress import Progress
+from ._watchdog import Clock
+
+__all__ = ["Scheduler", "ON_ERROR", "check_options"]
+
+#: What to do when the handler fails on a change.
+ON_ERROR = ("stop", "retry", "skip")
+
+Handler = Callable[[dict[str, Any]], Any]
+
+
+def check_options(concurrency: int, max_buffered: int, on_error: str) -> None:
+    """
+    :raises ValueError: for options a :class:`Scheduler` cannot work with.
+    """
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be an int of at least 1, not {concurrency!r}")
+    if not isinstance(max_buffered, int) or max_buffered < concurrency:
+        raise ValueError(f"max_buffered ({max_buffered!r}) must be an int of at least concurrency ({concurrency})")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
+
+
+@dataclass(eq=False)
+class _Job:
+    row: dict[str, Any]
+    ticket: int
+    key: Any
+    attempts: int = 0
+    retry: Any = field(default=None, repr=False)
+
+
+class Scheduler:
+    """
+    Hands changes to a handler.
+
+    :param handler: Called with each change row; may return a Deferred.
+    :param progress: Told when each change is done.
+    :param concurrency: The most handler calls running at once.
+    :param max_buffered: The most changes held (running or waiting) before
+        :attr:`pause` is called; :attr:`resume` is called when there is room.
+    :param on_error: ``"stop"``: report the failure through
+        :attr:`failed` and start nothing more; ``"retry"``: call the handler
+        again after ``retry_delay(attempt)`` seconds; ``"skip"``: log it and
+        count the change as done.
+    :param clock: Time for retries.
+    :param retry_delay: Seconds before retry number *n* (from 1).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        handler: Handler,
+        progress: Progress,
+        *,
+        concurrency: int,
+        max_buffered: int,
+        on_error: str,
+        clock: Clock,
+        retry_delay: Callable[[int], float],
+    ) -> None:
+        check_options(concurrency, max_buffered, on_error)
+        self._handler = handler
+        self._progress = progress
+        self._concurrency = concurrency
+        self._max_buffered = max_buffered
+        self._on_error = on_error
+        self._clock = clock
+        self._retry_delay = retry_delay
+        self._waiting: deque[_Job] = deque()
+        self._running: dict[Any, _Job] = {}
+        self._drained: list[Deferred[None]] = []
+        self._halted = False
+        self.paused = False
+        #: Backpressure hooks, set by the owner.
+        self.pause: Callable[[], object] = lambda: None
+        self.resume: Callable[[], object] = lambda: None
+        #: Called with the failure when ``on_error="stop"`` and the handler fails.
+        self.failed: Callable[[Failure], object] = lambda f: None
+        #: Called when a change is done (handled or skipped).
+        self.done: Callable[[dict[str, Any], bool], object] = lambda row, moved: None
+        self.handled = 0
+        self.failures = 0
+
+    @property
+    def buffered(self) -> int:
+        """
+        Changes held: running, retrying or waiting for their turn.
+        """
+        return len(self._waiting) + len(self._running)
+
+    def submit(self, row: dict[str, Any], ticket: int) -> None:
+        """
+        Take a change; it runs when a slot is free and no earlier change of
+        the same document is running.
+        """
+        key = row.get("id", row.get("db_name"))
+        self._waiting.append(_Job(row, ticket, key))
+        self._pump()
+        if not self.paused and self.buffered >= self._max_buffered:
+            self.paused = True
+            self.pause()
+
+    def _pump(self) -> None:
+        if self._halted:
+            return
+        blocked = set(self._running)
+        for job in list(self._waiting):
+            if len(self._running) >= self._concurrency:
+                break
+            if job.key in blocked:
+                continue
+            blocked.add(job.key)
+            self._waiting.remove(job)
+            self._start(job)
+
+    def _start(self, job: _Job) -> None:
+        self._running[job.key] = job
+        job.attempts += 1
+        d = maybeDeferred(self._handler, job.row)
+        d.addCallbacks(
+            self._succeeded, self._failed, callbackArgs=(job,), errbackArgs=(job,)
+        )
+
+    def _succeeded(self, _: object, job: _Job) -> None:
+        self.handled += 1
+        self._finish(job)
+
+    def _failed(self, failure: Failure, job: _Job) -> None:
+        self.failures += 1
+        row = job.row
+        docid = row.get("id", row.get("db_name"))
+        if self._halted:
+            self._release(job)
+            return
+        if self._on_error == "skip":
+            self.log.failure(
+                "handler failed on change {id!r} at seq {seq!r}; skipping it",
+                failure, id=docid, seq=row.get("seq"),
+            )
+            self._finish(job)
+        elif self._on_error == "retry":
+            delay = self._retry_delay(job.attempts)
+            self.log.failure(
+                "handler failed on change {id!r} at seq {seq!r} (attempt {attempt}); "
+                "retrying in {delay:.1f}s",
+                failure, id=docid, seq=row.get("seq"), attempt=job.attempts, delay=delay,
+            )
+            job.retry = self._clock.callLater(delay, self._retry, job)
+        else:
+            self.log.failure(
+                "handler failed on change {id!r} at seq {seq!r}; stopping",
+                failure, id=docid, seq=row.get("seq"),
+            )
+            self._halted = True
+            self._release(job)
+            self.failed(failure)
+
+    def _retry(self, job: _Job) -> None:
+        job.retry = None
+        del self._running[job.key]
+        self._start(job)
+
+    def _finish(self, job: _Job) -> None:
+        moved = self._progress.finish(job.ticket)
+        self.done(job.row, moved)
+        self._release(job)
+
+    def _release(self, job: _Job) -> None:
+        del self._running[job.key]
+        self._pump()
+        if self.paused and self.buffered < self._max_buffered and not self._halted:
+            self.paused = False
+            self.resume()
+        if not self._running:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
+
+    def halt(self) -> None:
+        """
+        Start nothing more: drop the changes waiting for a turn (they are
+        not done, so the resume point stays before them) and cancel pending
+        retries. Running handler calls go on; see :meth:`drain`.
+        """
+        self._halted = True
+        self._waiting.clear()
+        for job in list(self._running.values()):
+            if job.retry is not None:
+                job.retry.cancel()
+                job.retry = None
+                self._release(job)
+
+    def drain(self) -> "Deferred[None]":
+        """
+        :return: A Deferred that fires when no handler call is running.
+        """
+        if not self._running:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        return d
+

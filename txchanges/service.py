@@ -1,0 +1,517 @@
+"""
+:class:`ChangesService`: follow a database's continuous feed for as long as
+the service runs, through any failure, without losing a change.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from twisted.application.internet import backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._feed import FeedRun, Stopped
+from ._params import feed_request
+from ._progress import DedupWindow, Progress
+from ._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
+from ._rows import ChangeRow, LastSeq
+from ._scheduler import Scheduler, check_options
+from ._watchdog import Clock, idle_limit
+from .checkpoint import CheckpointStore, MemoryCheckpoint
+from .client import Database
+from .errors import CouchError, LineTooLong
+
+__all__ = ["ChangesService", "ServiceStats", "is_terminal"]
+
+Handler = Callable[[dict[str, Any]], Any]
+
+# Parameters the service sets itself.
+_RESERVED = frozenset({"since", "feed", "heartbeat", "timeout"})
+
+
+def is_terminal(error: BaseException) -> bool:
+    """
+    Whether retrying cannot help: a request CouchDB refuses (400), bad or
+    missing credentials (401, 403), a missing database, design document or
+    filter (404), or a line over the configured bound. Everything else -
+    5xx, 408, 429, connection failures, cut or stalled feeds, error rows -
+    is worth retrying.
+    """
+    if isinstance(error, LineTooLong):
+        return True
+    if isinstance(error, CouchError):
+        return 400 <= error.status < 500 and error.status not in (408, 429)
+    return False
+
+
+def retry_after(error: BaseException, clock: Clock) -> Optional[float]:
+    """
+    The delay a 429 or 503 answer asks for in its ``Retry-After`` header,
+    in seconds, or ``None``.
+    """
+    if not isinstance(error, CouchError) or error.status not in (429, 503):
+        return None
+    value = error.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - clock.seconds())
+
+
+@dataclass
+class ServiceStats:
+    """
+    What a running service has done, for monitoring.
+
+    :ivar handled: Changes the handler finished.
+    :ivar duplicates: Changes suppressed by the de-duplication window.
+    :ivar handler_failures: Handler calls that failed.
+    :ivar reconnects: Requests made after the first.
+    :ivar checkpoints: Checkpoints saved.
+    :ivar pending: ``pending`` from the last ``last_seq`` row, or ``None``.
+    :ivar last_activity: Clock time of the last byte received.
+    """
+
+    handled: int = 0
+    duplicates: int = 0
+    handler_failures: int = 0
+    reconnects: int = 0
+    checkpoints: int = 0
+    pending: Optional[int] = None
+    last_activity: Optional[float] = None
+
+
+class ChangesService(Service):
+    """
+    Follows a database's continuous feed and hands every change to a handler.
+
+    Delivery is at least once: a change is handed over again after a
+    restart if it was in flight, and CouchDB itself may replay changes;
+    write handlers to be idempotent, or set *dedup_window*.
+
+    :param db: The database to follow.
+    :param handler: Called with each change (a dict, as the server sent it).
+        It may return a Deferred or be a coroutine function; the change is
+        done when it returns or its result fires.
+    :param since: Where to start when the checkpoint store has nothing:
+        ``0``/``None`` (the beginning), ``"now"``, or an opaque sequence.
+    :param checkpoint: Where the resume point is kept; in memory by default.
+    :param heartbeat: Milliseconds between the server's keep-alive
+        newlines; silence for 1.25 times that plus a grace period aborts the
+        connection and reconnects.
+    :param concurrency: How many handler calls may run at once; changes of
+        one document always run one at a time, in feed order.
+    :param max_buffered: How many changes may be held, running or waiting,
+        before the feed is paused; ``2 * concurrency`` by default.
+    :param on_error: When the handler fails: ``"stop"`` the service (the
+        checkpoint stays before that change), ``"retry"`` it with backoff, or
+        ``"skip"`` it after logging it.
+    :param retry_policy: Seconds to wait before retry *n* (from 0) of a
+        request or a handler call; Twisted's capped exponential backoff with
+        jitter by default.
+    :param give_up_after: Seconds of failing without a good response after
+        which the service stops with the last error; ``None`` retries forever.
+    :param checkpoint_every: Save after this many changes are done...
+    :param checkpoint_interval: ...or this many seconds, whichever first.
+    :param dedup_window: Remember this many ``(id, rev)`` pairs and hand a
+        change seen among them to nobody.
+    :param stop_timeout: The longest :meth:`stopService` waits for running
+        handler calls.
+    :param clock: Time; the global reactor when omitted.
+    :param feed_params: Feed parameters as for
+        :meth:`~txchanges.Consumer.wait`: ``filter_name``, ``doc_ids``,
+        ``selector``, ``view``, ``include_docs``, ``style``, ...
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        db: Database,
+        handler: Handler,
+        *,
+        since: Any = None,
+        checkpoint: Optional[CheckpointStore] = None,
+        heartbeat: int = 30000,
+        concurrency: int = 1,
+        max_buffered: Optional[int] = None,
+        on_error: str = "stop",
+        retry_policy: Optional[Callable[[int], float]] = None,
+        give_up_after: Optional[float] = None,
+        checkpoint_every: int = 100,
+        checkpoint_interval: float = 5.0,
+        dedup_window: int = 0,
+        stop_timeout: float = 30.0,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        clock: Optional[Clock] = None,
+        **feed_params: Any,
+    ) -> None:
+        if not isinstance(db, Database):
+            raise TypeError(f"ChangesService needs a Database, not {type(db).__name__}")
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, not {handler!r}")
+        if not isinstance(heartbeat, int) or isinstance(heartbeat, bool) or heartbeat <= 0:
+            raise ValueError(f"heartbeat must be a positive number of milliseconds, not {heartbeat!r}")
+        reserved = _RESERVED & set(feed_params)
+        if reserved:
+            raise ValueError(f"the service sets {', '.join(sorted(reserved))} itself")
+        # Fail on a bad filter or parameter now rather than at start-up.
+        feed_request("continuous", since if since != "now" else None, feed_params)
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        self.db = db
+        self._handler = handler
+        self._since = since
+        self._store: CheckpointStore = checkpoint if checkpoint is not None else MemoryCheckpoint()
+        self._heartbeat = heartbeat
+        self._params = feed_params
+        self._clock: Clock = clock
+        self._retry = retry_policy or backoffPolicy()
+        self._give_up_after = give_up_after
+        self._every = checkpoint_every
+        self._interval = checkpoint_interval
+        self._stop_timeout = stop_timeout
+        self._max_line_length = max_line_length
+        self._dedup = DedupWindow(dedup_window)
+        buffered = 2 * concurrency if max_buffered is None else max_buffered
+        check_options(concurrency, buffered, on_error)
+        self._concurrency = concurrency
+        self._max_buffered = buffered
+        self._on_error = on_error
+        self._stats = ServiceStats()
+        self._good = False
+        self.state = "stopped"
+        self._progress: Optional[Progress] = None
+        self._scheduler: Optional[Scheduler] = None
+        self._feed: Optional[FeedRun] = None
+        self._waiting: Optional[Deferred[Any]] = None
+        self._stopping = False
+        self._terminal: Optional[Failure] = None
+        self._loop: Optional[Deferred[None]] = None
+        self._waiters: list[Deferred[None]] = []
+        self._saved: Any = None
+        self._saving: Optional[Deferred[None]] = None
+        self._since_save = 0
+        self._ticker: Optional[LoopingCall] = None
+
+    def __repr__(self) -> str:
+        return f"<ChangesService of {self.db!r} {self.state}>"
+
+    @property
+    def stats(self) -> ServiceStats:
+        """
+        What the service has done so far (see :class:`ServiceStats`).
+        """
+        if self._scheduler is not None:
+            self._stats.handled = self._scheduler.handled
+            self._stats.handler_failures = self._scheduler.failures
+        return self._stats
+
+    @property
+    def resume_seq(self) -> Any:
+        """
+        The newest sequence before which every change is done: where a
+        restart would resume.
+        """
+        return self._progress.resume if self._progress is not None else self._saved
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def startService(self) -> None:
+        """
+        Load the checkpoint (it wins over *since*) and start following.
+        """
+        if self.running:
+            return
+        super().startService()
+        self._stopping = False
+        self._terminal = None
+        self._loop = Deferred.fromCoroutine(self._main())
+
+    def stopService(self) -> "Deferred[None]":
+        """
+        Stop following: cancel the request or the pending retry, wait for
+        running handler calls (at most *stop_timeout* seconds), save the
+        checkpoint.
+
+        :return: A Deferred that fires when all that is done; it never fails
+            (a terminal error is reported by :meth:`when_stopped`).
+        """
+        if not self.running or self._loop is None:
+            return succeed(None)
+        super().stopService()
+        self._stopping = True
+        self._interrupt()
+        done: Deferred[None] = Deferred()
+
+        def fire(result: object) -> object:
+            done.callback(None)
+            return result
+
+        self._loop.addBoth(fire)
+        return done
+
+    def when_stopped(self) -> "Deferred[None]":
+        """
+        :return: A new Deferred that fires with ``None`` when the service
+            stops because :meth:`stopService` was called, and fails with the
+            error that stopped it otherwise (a terminal HTTP error, a handler
+            failure with ``on_error="stop"``, or the last error once
+            *give_up_after* has passed).
+        """
+        d: Deferred[None] = Deferred()
+        if self.state in ("stopped", "failed") and self._loop is not None and self._loop.called:
+            self._notify(d)
+        else:
+            self._waiters.append(d)
+        return d
+
+    def _notify(self, d: "Deferred[None]") -> None:
+        if self._terminal is not None:
+            d.errback(self._terminal)
+        else:
+            d.callback(None)
+
+    def _interrupt(self) -> None:
+        if self._feed is not None:
+            self._feed.stop()
+        if self._waiting is not None:
+            self._waiting.cancel()
+        if self._scheduler is not None:
+            self._scheduler.halt()
+
+    # -- the loop -----------------------------------------------------------
+
+    async def _main(self) -> None:
+        try:
+            await self._follow()
+        except Exception:
+            # A handler failure set _terminal already and cancelled what the
+            # loop was waiting for; keep that, not the cancellation.
+            if self._terminal is None and not (self._stopping and isinstance(Failure().value, CancelledError)):
+                self._terminal = Failure()
+        try:
+            await self._finish()
+        finally:
+            self.state = "failed" if self._terminal is not None else "stopped"
+            if self._terminal is not None:
+                self.log.failure("stopped following {db}", self._terminal, db=self.db.url)
+                Service.stopService(self)
+            else:
+                self.log.info("stopped following {db} at {seq}", db=self.db.url, seq=self.resume_seq)
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                self._notify(d)
+
+    async def _io(self, d: "Deferred[Any]") -> Any:
+        # Whatever the loop waits for can be cancelled by stopService().
+        self._waiting = d
+        try:
+            return await d
+        finally:
+            self._waiting = None
+
+    async def _follow(self) -> None:
+        self.state = "starting"
+        saved = await self._io(self._store.load())
+        self._saved = saved
+        if saved is not None:
+            since = saved
+            self.log.info("resuming from checkpoint {seq} in {where}", seq=since, where=self._store.describe())
+        else:
+            since = self._since
+            self.log.info(
+                "no checkpoint in {where}; starting from {seq}", where=self._store.describe(), seq=since
+            )
+        if since == "now":
+            # A concrete position, so that every checkpoint is a real seq.
+            body = await self._io(
+                self.db.server.request_json("GET", self.db.path("_changes"), [("since", "now"), ("limit", "0")])
+            )
+            since = body["last_seq"]
+        self._progress = Progress(since)
+        scheduler = self._scheduler = Scheduler(
+            self._handler,
+            self._progress,
+            concurrency=self._concurrency,
+            max_buffered=self._max_buffered,
+            on_error=self._on_error,
+            clock=self._clock,
+            retry_delay=self._retry,
+        )
+        scheduler.pause = self._pause
+        scheduler.resume = self._resume
+        scheduler.failed = self._handler_failed
+        scheduler.done = self._done
+        self._ticker = LoopingCall(self._save_if_moved)
+        self._ticker.clock = self._clock  # type: ignore[assignment]
+        self._ticker.start(self._interval, now=False)
+        await self._connect_loop(since)
+
+    async def _connect_loop(self, since: Any) -> None:
+        attempt = 0
+        failing_since: Optional[float] = None
+        first = True
+        while not self._stopping:
+            if not first:
+                self._stats.reconnects += 1
+            first = False
+            self.state = "connecting"
+            self.log.info("requesting changes of {db} since {since}", db=self.db.url, since=since)
+            started = self._clock.seconds()
+            self._good = False
+            feed = self._feed = FeedRun(
+                self.db.server,
+                self.db.path("_changes"),
+                feed_request("continuous", since, dict(self._params, heartbeat=self._heartbeat)),
+                self._clock,
+                idle_limit(self._heartbeat, None),
+                self._make_protocol,
+            )
+            if self._scheduler is not None and self._scheduler.paused:
+                feed.pause()
+            try:
+                end: Any = await feed.run()
+                error: Optional[BaseException] = None
+            except Exception as e:
+                end, error = None, e
+            finally:
+                self._feed = None
+            protocol = feed.protocol
+            if isinstance(protocol, ChangesProtocol) and protocol.last_seq is not None:
+                since = protocol.last_seq
+            if self._terminal is not None:
+                self._terminal.raiseException()
+            if self._stopping or isinstance(end, Stopped):
+                return
+            if isinstance(end, LastSeq):
+                self._stats.pending = end.pending
+                self._passed(end.last_seq)
+                self.log.info("feed ended at {seq}; reconnecting", seq=end.last_seq)
+                attempt, failing_since = 0, None
+                continue
+            assert error is not None
+            if is_terminal(error):
+                raise error
+            if self._good or self._clock.seconds() - started >= self._heartbeat / 1000:
+                attempt, failing_since = 0, None
+            now = self._clock.seconds()
+            failing_since = now if failing_since is None else failing_since
+            if self._give_up_after is not None and now - failing_since > self._give_up_after:
+                self.log.error("giving up after {seconds:.0f}s of failures", seconds=now - failing_since)
+                raise error
+            delay = retry_after(error, self._clock)
+            if delay is None:
+                delay = self._retry(attempt)
+            attempt += 1
+            self.state = "waiting"
+            self.log.warn(
+                "changes feed failed ({error}); retry {attempt} in {delay:.1f}s from {since}",
+                error=error, attempt=attempt, delay=delay, since=since,
+            )
+            try:
+                await self._io(deferLater(self._clock, delay, lambda: None))  # type: ignore[arg-type]
+            except CancelledError:
+                return
+
+    def _make_protocol(self, on_activity: Callable[[], None]) -> ChangesProtocol:
+        def activity() -> None:
+            self._stats.last_activity = self._clock.seconds()
+            on_activity()
+
+        self.state = "streaming"
+        return ChangesProtocol(self._on_change, activity, self._max_line_length)
+
+    def _on_change(self, change: ChangeRow) -> None:
+        assert self._progress is not None and self._scheduler is not None
+        self._good = True
+        row = change.row
+        ticket = self._progress.begin(row.get("seq"))
+        if self._dedup.seen(row):
+            self._stats.duplicates += 1
+            self._done(row, self._progress.finish(ticket))
+            return
+        self._scheduler.submit(row, ticket)
+
+    def _pause(self) -> None:
+        if self._feed is not None:
+            self._feed.pause()
+
+    def _resume(self) -> None:
+        if self._feed is not None:
+            self._feed.resume()
+
+    def _handler_failed(self, failure: Failure) -> None:
+        self._terminal = failure
+        if self._feed is not None:
+            self._feed.stop()
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    # -- progress and checkpoints -------------------------------------------
+
+    def _passed(self, seq: Any) -> None:
+        assert self._progress is not None
+        if self._progress.passed(seq):
+            self._save_if_moved()
+
+    def _done(self, row: dict[str, Any], moved: bool) -> None:
+        self._since_save += 1
+        if moved and self._since_save >= self._every:
+            self._save_if_moved()
+
+    def _save_if_moved(self) -> None:
+        if self._progress is None or self._progress.resume == self._saved:
+            return
+        if self._saving is not None:
+            return  # the save in flight saves again when it finishes
+        seq = self._progress.resume
+        self._since_save = 0
+        self._saving = self._store.save(seq)
+
+        def saved(_: object) -> None:
+            self._saving = None
+            self._saved = seq
+            self._stats.checkpoints += 1
+            self.log.debug("checkpoint {seq} saved to {where}", seq=seq, where=self._store.describe())
+            self._save_if_moved()
+
+        def failed(f: Failure) -> None:
+            self._saving = None
+            self.log.failure("cannot save checkpoint {seq} to {where}", f, seq=seq, where=self._store.describe())
+
+        self._saving.addCallbacks(saved, failed)
+
+    async def _finish(self) -> None:
+        self.state = "stopping"
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        if self._scheduler is not None:
+            self._scheduler.halt()
+            drained = self._scheduler.drain()
+            timer = self._clock.callLater(self._stop_timeout, drained.cancel)
+            try:
+                await drained
+            except CancelledError:
+                self.log.warn("handlers still running after {timeout}s; stopping anyway", timeout=self._stop_timeout)
+            finally:
+                if timer.active():
+                    timer.cancel()
+        while self._saving is not None:
+            await self._saving
+        self._save_if_moved()
+        if self._saving is not None:
+            await self._saving
