@@ -33,8 +33,7 @@ from twisted.python.failure import Failure
 
 __all__ = ["FaultProxy", "FAULT_KINDS"]
 
-#: The fault kinds :meth:`FaultProxy.chaos` picks from, and the keys of
-#: :attr:`FaultProxy.faults` (plural there: ``cuts``, ``stalls``, ...).
+#: The fault kinds :meth:`FaultProxy.chaos` picks from.
 FAULT_KINDS = ("cut", "stall", "refuse", "drop")
 
 
@@ -281,7 +280,7 @@ class FaultProxy:
         self.target_port = target_port
         self.port = 0
         self.connections = 0
-        self.faults = {kind + "s": 0 for kind in FAULT_KINDS}
+        self.faults = {"cuts": 0, "stalls": 0, "refusals": 0, "drops": 0}
         self.bytes_forwarded = 0
         self.stalled = False
         self.refusing = False

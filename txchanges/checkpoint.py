@@ -1,15 +1,12 @@
 """
 Checkpoint stores: where a follower keeps its resume point across restarts.
 
-A checkpoint is an opaque CouchDB sequence (a string on CouchDB 2 and 3, an
-integer on CouchDB 1 and PouchDB, sometimes a JSON list). Stores never parse,
-compare or reshape it: :meth:`CheckpointStore.load` returns exactly the value,
-type included, that :meth:`CheckpointStore.save` was given.
-
-A checkpoint that exists but cannot be trusted (corrupt, of the wrong shape,
-or written for another database or filter) is always an error, never a fresh
-start: starting over from ``since=0`` silently would replay a whole database,
-and a wrong resume point would skip changes.
+The checkpoint is an opaque CouchDB sequence (a string, an integer on CouchDB 1
+and PouchDB, sometimes a list): stores never parse or compare it, and ``load``
+returns exactly what ``save`` was given, type included. A checkpoint that
+exists but cannot be trusted (corrupt, or written for another database or
+filter) is always an error: a silent fresh start would replay a whole
+database, and a wrong resume point would skip changes.
 """
 
 from __future__ import annotations
@@ -74,17 +71,16 @@ class CheckpointStore(Protocol):
 
     def save(self, seq: Any) -> "Deferred[None]":
         """
-        Store *seq* durably, replacing the previous checkpoint.
-
-        Saves may overlap: they are applied in call order, and a sequence is
-        never written after a newer one.
+        Store *seq* durably. Saves may overlap: a save made while another
+        is being written waits for it, and a sequence is never written after
+        a newer one (one superseded while waiting is not written at all).
 
         :param seq: An opaque, JSON-serialisable sequence; not ``None``.
         :raises TypeError: at once, when *seq* is not JSON-serialisable.
         :raises ValueError: at once, when *seq* is ``None``.
-        :return: A Deferred firing with ``None`` once *seq* (or a newer
-            sequence saved meanwhile) is stored; failing with
-            :class:`CheckpointError` or a :class:`~txchanges.errors.CouchError`.
+        :return: A Deferred firing with ``None`` once *seq* or a newer one is
+            stored; failing with :class:`CheckpointError` or a
+            :class:`~txchanges.errors.CouchError`.
         """
 
     def describe(self) -> str:
@@ -124,9 +120,8 @@ def _now(clock: Optional[Clock]) -> float:
 
 class _SerialWriter:
     """
-    Run one write at a time; while one runs, only the newest waiting
-    sequence is written next, and every caller it supersedes is answered
-    by that write.
+    One write at a time; while one runs, only the newest waiting sequence is
+    written next, and its outcome answers every caller it superseded.
     """
 
     def __init__(self, write: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
@@ -343,8 +338,6 @@ class LocalDocCheckpoint:
         identity: Optional[str] = None,
         clock: Optional[Clock] = None,
     ) -> None:
-        if not isinstance(name, str):
-            raise TypeError(f"checkpoint name must be a str, not {type(name).__name__}")
         if not name or name.startswith("_local/"):
             raise ValueError(
                 f"invalid checkpoint document name {name!r}: give a non-empty "
@@ -367,10 +360,9 @@ class LocalDocCheckpoint:
         """
         :return: A Deferred firing with the saved sequence, or ``None`` when
             the document does not exist; failing with
-            :class:`~txchanges.errors.NotFound` when the database does not
-            exist, with :class:`CheckpointError` when the document has no
-            ``seq`` or another identity, and with any other
-            :class:`~txchanges.errors.CouchError` the server answers.
+            :class:`~txchanges.errors.NotFound` when the database does not,
+            :class:`CheckpointError` when the document has no ``seq`` or
+            another identity, or another :class:`~txchanges.errors.CouchError`.
         """
         return Deferred.fromCoroutine(self._load())
 
@@ -414,12 +406,8 @@ class LocalDocCheckpoint:
             await self._put(seq)
 
     async def _put(self, seq: Any) -> None:
-        doc: dict[str, Any] = {
-            "_id": self.docid,
-            "seq": seq,
-            "identity": self.identity,
-            "saved_at": _now(self._clock),
-        }
+        now = _now(self._clock)
+        doc = {"_id": self.docid, "seq": seq, "identity": self.identity, "saved_at": now}
         if self._rev is not None:
             doc["_rev"] = self._rev
         result = await self.db.save_doc(doc)
@@ -439,8 +427,6 @@ def parse_checkpoint_spec(
     :raises ValueError: for any other spec, naming it and the accepted forms.
     :return: The store; nothing is read or written yet.
     """
-    if not isinstance(spec, str):
-        raise TypeError(f"checkpoint spec must be a str, not {type(spec).__name__}")
     usage = "expected 'memory', 'file:PATH' or 'local:NAME'"
     if spec == "memory":
         return MemoryCheckpoint()

@@ -1,0 +1,201 @@
+"""The resume-point watermark, the de-duplication window and the handler scheduler."""
+
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from txchanges._progress import DedupWindow, Progress
+from txchanges._scheduler import Scheduler
+
+
+def test_watermark_waits_for_the_oldest_unfinished_row():
+    """With rows finishing out of order, the resume point is the newest seq before which all are done."""
+    p = Progress("0")
+    a, b, c = p.begin("1-a"), p.begin("2-b"), p.begin("3-c")
+    assert p.in_flight == 3
+    assert p.finish(c) is False and p.resume == "0"
+    assert p.finish(a) is True and p.resume == "1-a"
+    assert p.finish(b) is True and p.resume == "3-c"
+    assert p.in_flight == 0
+
+
+def test_null_seqs_hold_back_but_never_become_the_resume_point():
+    """A seq_interval row with seq null must be done before the watermark passes it, and is never stored."""
+    p = Progress("0")
+    a, n, c = p.begin("1-a"), p.begin(None), p.begin("3-c")
+    p.finish(a)
+    p.finish(c)
+    assert p.resume == "1-a"
+    p.finish(n)
+    assert p.resume == "3-c"
+
+
+def test_passed_moves_past_rows_a_filter_left_out():
+    """The last_seq that ends a filtered feed becomes the resume point once earlier rows are done."""
+    p = Progress("0")
+    a = p.begin("1-a")
+    assert p.passed("9-end") is False
+    p.finish(a)
+    assert p.resume == "9-end"
+
+
+def test_dedup_window_recognises_replays_within_its_size():
+    """The window flags an (id, rev) it has seen and forgets the oldest beyond its size."""
+    w = DedupWindow(2)
+    r1 = {"id": "a", "changes": [{"rev": "1-x"}]}
+    r2 = {"id": "b", "changes": [{"rev": "1-y"}]}
+    r3 = {"id": "c", "changes": [{"rev": "1-z"}]}
+    assert [w.seen(r1), w.seen(r1), w.seen(r2), w.seen(r3), w.seen(r1)] == [False, True, False, False, False]
+    assert w.seen({"id": "a", "changes": [{"rev": "2-x"}]}) is False, "a new revision is not a replay"
+
+
+def test_dedup_window_off_and_rows_without_revs():
+    """A zero-size window flags nothing; rows without id or changes are never flagged."""
+    assert DedupWindow(0).seen({"id": "a", "changes": []}) is False
+    w = DedupWindow(5)
+    assert [w.seen({"db_name": "x", "type": "updated"}) for _ in range(2)] == [False, False]
+    with pytest.raises(ValueError):
+        DedupWindow(-1)
+
+
+class Calls:
+    """A handler whose calls stay pending until the test fires them."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[dict[str, Any], Deferred[None]]] = []
+        self.started: list[str] = []
+
+    def __call__(self, row: dict[str, Any]) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.started.append(row["id"])
+        self.pending.append((row, d))
+        return d
+
+    def finish(self, docid: str, error: Exception | None = None) -> None:
+        for i, (row, d) in enumerate(self.pending):
+            if row["id"] == docid:
+                del self.pending[i]
+                d.errback(error) if error else d.callback(None)
+                return
+        raise AssertionError(f"{docid} is not running")
+
+
+def make(handler, progress=None, **options):
+    progress = progress or Progress(None)
+    options.setdefault("concurrency", 2)
+    options.setdefault("max_buffered", 4)
+    options.setdefault("on_error", "stop")
+    clock = options.pop("clock", Clock())
+    s = Scheduler(handler, progress, clock=clock, retry_delay=lambda n: float(n), **options)
+    events: list[str] = []
+    s.pause = lambda: events.append("pause")
+    s.resume = lambda: events.append("resume")
+    return s, progress, events
+
+
+def submit(s, progress, docid, seq):
+    s.submit({"id": docid, "seq": seq}, progress.begin(seq))
+
+
+def test_concurrency_limit_and_same_id_serialisation():
+    """At most `concurrency` run at once, and a document's second change waits for its first."""
+    calls = Calls()
+    s, p, _ = make(calls, concurrency=2, max_buffered=10)
+    for docid, seq in [("a", "1"), ("a", "2"), ("b", "3"), ("c", "4")]:
+        submit(s, p, docid, seq)
+    assert calls.started == ["a", "b"]
+    calls.finish("b")
+    assert calls.started == ["a", "b", "c"], "c overtakes the waiting second change of a"
+    calls.finish("a")
+    assert calls.started == ["a", "b", "c", "a"]
+    assert p.resume == "1"
+    calls.finish("c")
+    calls.finish("a")
+    assert p.resume == "4" and s.buffered == 0
+
+
+def test_backpressure_pauses_at_the_bound_and_resumes_below_it():
+    """The feed is paused when max_buffered changes are held and resumed when one is done."""
+    calls = Calls()
+    s, p, events = make(calls, concurrency=1, max_buffered=3)
+    for i in range(3):
+        submit(s, p, f"d{i}", str(i))
+    assert events == ["pause"] and s.buffered == 3
+    calls.finish("d0")
+    assert events == ["pause", "resume"]
+
+
+def test_stop_policy_reports_and_starts_nothing_more():
+    """With on_error='stop' the failure is reported, the change stays undone and nothing else starts."""
+    calls = Calls()
+    s, p, _ = make(calls, concurrency=1)
+    failures = []
+    s.failed = failures.append
+    submit(s, p, "a", "1")
+    submit(s, p, "b", "2")
+    calls.finish("a", RuntimeError("bad"))
+    assert len(failures) == 1 and failures[0].check(RuntimeError)
+    assert calls.started == ["a"] and p.resume is None
+
+
+def test_skip_policy_counts_the_change_as_done():
+    """With on_error='skip' a failed change is logged and the resume point moves past it."""
+    calls = Calls()
+    s, p, _ = make(calls, concurrency=1, on_error="skip")
+    submit(s, p, "a", "1")
+    calls.finish("a", RuntimeError("bad"))
+    assert p.resume == "1" and s.failures == 1 and s.handled == 0
+
+
+def test_retry_policy_retries_after_the_delay_and_keeps_order():
+    """With on_error='retry' the change is called again after the delay, before the same id's next change."""
+    calls = Calls()
+    clock = Clock()
+    s, p, _ = make(calls, concurrency=2, on_error="retry", clock=clock)
+    submit(s, p, "a", "1")
+    submit(s, p, "a", "2")
+    calls.finish("a", RuntimeError("flaky"))
+    assert calls.started == ["a"]
+    clock.advance(0.9)
+    assert calls.started == ["a"]
+    clock.advance(0.1)
+    assert calls.started == ["a", "a"]
+    calls.finish("a")
+    assert calls.started == ["a", "a", "a"] and p.resume == "1"
+
+
+def test_halt_drops_waiting_and_drain_waits_for_running():
+    """halt() drops waiting changes and cancels retries; drain() fires when running calls end."""
+    calls = Calls()
+    s, p, _ = make(calls, concurrency=1)
+    submit(s, p, "a", "1")
+    submit(s, p, "b", "2")
+    s.halt()
+    drained = []
+    s.drain().addCallback(drained.append)
+    assert drained == []
+    calls.finish("a")
+    assert drained == [None] and calls.started == ["a"] and p.resume == "1"
+
+
+def test_plain_and_raising_handlers():
+    """A handler returning a plain value is done at once; one that raises follows the policy."""
+    s, p, _ = make(lambda row: None, concurrency=1)
+    submit(s, p, "a", "1")
+    assert p.resume == "1" and s.handled == 1
+
+    def boom(row):
+        raise ValueError(row["id"])
+
+    s, p, _ = make(boom, concurrency=1, on_error="skip")
+    submit(s, p, "a", "1")
+    assert p.resume == "1" and s.failures == 1
+
+
+def test_bad_options():
+    """Concurrency below 1, a buffer below concurrency and an unknown policy are ValueErrors."""
+    for options in ({"concurrency": 0}, {"max_buffered": 1, "concurrency": 2}, {"on_error": "ignore"}):
+        with pytest.raises(ValueError):
+            make(lambda row: None, **options)
