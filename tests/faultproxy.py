@@ -263,6 +263,8 @@ class FaultProxy:
     :ivar faults: Faults injected, by kind: ``cuts`` and ``drops`` count
         connections, ``stalls`` and ``refusals`` count periods.
     :ivar bytes_forwarded: Response bytes handed to clients.
+    :ivar history: The faults :meth:`chaos` injected, as ``(seconds after
+        its start, kind, seconds it lasted)``.
     :ivar stalled: Whether response bytes are held back.
     :ivar refusing: Whether new connections are refused (no listener).
     :ivar dropping: Whether new connections are closed as soon as accepted.
@@ -282,6 +284,7 @@ class FaultProxy:
         self.connections = 0
         self.faults = {"cuts": 0, "stalls": 0, "refusals": 0, "drops": 0}
         self.bytes_forwarded = 0
+        self.history: list[tuple[float, str, float]] = []
         self.stalled = False
         self.refusing = False
         self.dropping = False
@@ -463,12 +466,14 @@ class FaultProxy:
         kinds: Sequence[str] = FAULT_KINDS,
     ) -> "Deferred[None]":
         """
-        Inject random faults, one at a time, for *duration* seconds: wait
-        ``rng.uniform(*gap)``, then one of *kinds*: ``cut`` (:meth:`cut_all`),
-        ``stall`` for ``rng.uniform(*length)`` seconds, or ``refuse`` /
-        ``drop`` for that long, which first cut the open connections as a
-        server restart would. The choices and times come from *rng* alone,
-        so a seed replays the same schedule.
+        Inject random faults, one at a time, for *duration* seconds (plus
+        the last fault's length): wait ``rng.uniform(*gap)``, then apply the
+        next of *kinds* from a shuffled bag (so each kind comes once a round):
+        ``cut`` is :meth:`cut_all`; ``stall`` lasts ``rng.uniform(*length)``
+        seconds; ``refuse`` and ``drop`` last that long too and first cut the
+        open connections, as a server restart would. Choices and times come
+        from *rng* alone, so a seed replays the same schedule; each fault is
+        appended to :attr:`history` as ``(start, kind, seconds)``.
 
         :return: A Deferred that fires when the duration is over or
             :meth:`stop` is called, every fault healed.
@@ -497,26 +502,30 @@ class FaultProxy:
         length: tuple[float, float],
         kinds: Sequence[str],
     ) -> None:
-        end = self.reactor.seconds() + duration
+        start = self.reactor.seconds()
+        bag: list[str] = []
         try:
             while True:
                 await self._sleep(rng.uniform(*gap))
-                if self.reactor.seconds() >= end:
+                now = self.reactor.seconds() - start
+                if now >= duration:
                     return
-                kind = rng.choice(kinds)
-                seconds = rng.uniform(*length)
-                self.log.info("chaos: {kind} ({seconds:.3f}s)", kind=kind, seconds=seconds)
+                if not bag:
+                    bag = list(kinds)
+                    rng.shuffle(bag)
+                kind, seconds = bag.pop(), rng.uniform(*length)
+                self.history.append((round(now, 3), kind, 0.0 if kind == "cut" else seconds))
+                self.log.info("chaos: {kind} for {seconds:.3f}s", kind=kind, seconds=seconds)
+                if kind != "stall":
+                    self.cut_all()  # a restart, or a cut by itself
                 if kind == "cut":
-                    self.cut_all()
                     continue
                 if kind == "stall":
                     self.stall()
+                elif kind == "refuse":
+                    await self.refuse()
                 else:
-                    self.cut_all()
-                    if kind == "refuse":
-                        await self.refuse()
-                    else:
-                        self.drop_new()
+                    self.drop_new()
                 await self._sleep(seconds)
                 self.unstall()
                 await self.accept()

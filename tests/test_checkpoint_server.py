@@ -19,7 +19,7 @@ async def server(couch_server):
 
 @pytest_twisted.ensureDeferred
 async def test_round_trip_in_a_new_store(server, db_name):
-    """Sequences of every shape saved by one store load back equal and of the same type in another."""
+    """Sequences of every shape saved by one store load back equal, same type, in another."""
     db = await server.create_db(db_name)
     for seq in (SEQ, 42, [3, "g1AAAA"], "3-ünïcødé"):
         await LocalDocCheckpoint(db, "follower").save(seq)
@@ -99,7 +99,7 @@ async def test_checkpoint_does_not_show_in_changes(server, db_name):
 
 @pytest_twisted.ensureDeferred
 async def test_identity_mismatch_is_an_error(server, db_name):
-    """A document saved for one identity fails load for another with CheckpointError naming the document."""
+    """A document saved for one identity fails load for another with CheckpointError naming it."""
     db = await server.create_db(db_name)
     await LocalDocCheckpoint(db, "follower", identity="db?filter=a/b").save("5-x")
     with pytest.raises(CheckpointError) as e:
@@ -120,7 +120,7 @@ async def test_document_without_seq_is_an_error(server, db_name):
 
 @pytest_twisted.ensureDeferred
 async def test_store_in_another_database(server, db_name):
-    """A store in a second database keeps the checkpoint there and leaves the followed one untouched."""
+    """A store in a second database keeps the checkpoint there, not in the followed one."""
     followed = await server.create_db(db_name)
     other_name = db_name + "-checkpoints"
     other = await server.create_db(other_name)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Optional, Protocol, runtime_checkable
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
 from ._watchdog import Clock
@@ -62,8 +62,6 @@ class CheckpointStore(Protocol):
 
     def load(self) -> "Deferred[Any]":
         """
-        Read the saved sequence.
-
         :return: A Deferred firing with the sequence exactly as saved, or with
             ``None`` when there is no checkpoint yet; failing with
             :class:`CheckpointError` when one exists but cannot be used.
@@ -84,9 +82,7 @@ class CheckpointStore(Protocol):
         """
 
     def describe(self) -> str:
-        """
-        :return: Where the checkpoint lives, for log lines; no credentials.
-        """
+        """Where the checkpoint lives, for log lines; never with credentials."""
 
 
 def _check_seq(seq: Any) -> None:
@@ -106,16 +102,10 @@ def _seq_from_record(record: Any, location: str, identity: Optional[str]) -> Any
     if record.get("seq") is None:
         raise CheckpointError(location, "no 'seq' in the checkpoint")
     if identity is not None and record.get("identity") != identity:
-        raise CheckpointError(
-            location,
-            f"written for {record.get('identity')!r}, not for {identity!r}; "
-            "delete it to start over",
-        )
+        found = record.get("identity")
+        reason = f"written for {found!r}, not for {identity!r}; delete it to start over"
+        raise CheckpointError(location, reason)
     return record["seq"]
-
-
-def _now(clock: Optional[Clock]) -> float:
-    return clock.seconds() if clock is not None else time.time()
 
 
 class _SerialWriter:
@@ -152,9 +142,7 @@ class _SerialWriter:
                     # forever; Twisted would wrap it in a Failure anyway.
                     failure = Failure()
                 for d in waiters:
-                    # A caller may have cancelled its Deferred while the
-                    # write went on: it cannot be taken back half way.
-                    if d.called:
+                    if d.called:  # cancelled by its caller; the write went on
                         continue
                     if failure is None:
                         d.callback(None)
@@ -190,28 +178,25 @@ class MemoryCheckpoint:
     def describe(self) -> str:
         return "memory (not kept across restarts)"
 
-    def __repr__(self) -> str:
-        return f"<MemoryCheckpoint seq={self.seq!r}>"
-
 
 class FileCheckpoint:
     """
-    A checkpoint in a JSON file, ``{"seq": ..., "identity": ...,
-    "saved_at": <unix time>}``, replaced atomically on every save so that a
-    crash leaves either the old or the new checkpoint, never a torn one.
-
-    The file is read and written in the calling (reactor) thread: it is a few
-    hundred bytes, written at the pace of checkpoints rather than of changes,
-    and doing it inline keeps saves strictly ordered without a thread pool.
+    A checkpoint in a JSON file, ``{"seq": ..., "identity": ..., "saved_at":
+    <unix time>}``, replaced atomically so that a crash leaves the old or the
+    new checkpoint, never a torn one.
 
     :param path: The checkpoint file; its directory must exist.
-    :param identity: What the checkpoint belongs to (say, the database URL and
-        filter); when given, a file written with another identity fails
+    :param identity: What the checkpoint belongs to (the database URL and
+        filter, say); when given, a file written for another identity fails
         :meth:`load`. It is stored in clear: never put credentials in it.
-    :param missing_ok: ``True`` to treat a missing file as "no checkpoint";
-        ``False`` to make it a :class:`CheckpointError`.
+    :param missing_ok: ``False`` to make a missing file a
+        :class:`CheckpointError` instead of "no checkpoint yet".
     :param clock: Gives ``saved_at``; the system time when omitted.
     """
+
+    # The file is read and written in the reactor thread: it is a few hundred
+    # bytes, saved at the pace of checkpoints rather than of changes, and doing
+    # it inline keeps saves strictly ordered without a thread pool.
 
     def __init__(
         self,
@@ -224,14 +209,11 @@ class FileCheckpoint:
         self.path = Path(path)
         self.identity = identity
         self.missing_ok = missing_ok
-        self._clock = clock
+        self._seconds = clock.seconds if clock is not None else time.time
         self._writer = _SerialWriter(self._write)
 
     def describe(self) -> str:
         return f"file {self.path}"
-
-    def __repr__(self) -> str:
-        return f"<FileCheckpoint {str(self.path)!r} identity={self.identity!r}>"
 
     def load(self) -> "Deferred[Any]":
         """
@@ -240,10 +222,7 @@ class FileCheckpoint:
             :class:`CheckpointError` when it is missing otherwise, unreadable,
             not a JSON object with a ``seq``, or of another identity.
         """
-        try:
-            return succeed(self._read())
-        except CheckpointError:
-            return fail()
+        return maybeDeferred(self._read)
 
     def _read(self) -> Any:
         where = self.describe()
@@ -265,15 +244,15 @@ class FileCheckpoint:
         """
         Replace the file with one holding *seq*.
 
-        :return: A Deferred firing with ``None`` once the new file and its
-            directory entry are on disk; failing with :class:`CheckpointError`
-            (the previous checkpoint left intact) when they cannot be written.
+        :return: A Deferred firing with ``None`` once the file and its
+            directory entry are on disk; failing with :class:`CheckpointError`,
+            the previous file intact, when they cannot be written.
         """
         _check_seq(seq)
         return self._writer.save(seq)
 
     async def _write(self, seq: Any) -> None:
-        record = {"seq": seq, "identity": self.identity, "saved_at": _now(self._clock)}
+        record = {"seq": seq, "identity": self.identity, "saved_at": self._seconds()}
         data = json.dumps(record, ensure_ascii=False).encode("utf-8")
         try:
             self._replace(data)
@@ -304,7 +283,7 @@ class FileCheckpoint:
 def _fsync_directory(directory: Path) -> None:
     # Until the directory is synced, the rename itself can be lost in a power
     # cut. Windows cannot open a directory, and needs no such step.
-    if os.name != "posix":  # pragma: no cover
+    if os.name != "posix":
         return
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -315,14 +294,12 @@ def _fsync_directory(directory: Path) -> None:
 
 class LocalDocCheckpoint:
     """
-    A checkpoint in a CouchDB ``_local/<name>`` document, as CouchDB's own
-    replicator keeps its checkpoints: ``{"_id": "_local/<name>", "seq": ...,
-    "identity": ..., "saved_at": ...}``. Local documents are not replicated
-    and never appear in ``_changes``, so saving one does not feed the
-    follower its own writes.
+    A checkpoint in a ``_local/<name>`` document, as CouchDB's replicator
+    keeps its own: ``{"_id": ..., "seq": ..., "identity": ..., "saved_at":
+    ...}``. Local documents never appear in ``_changes``, so saving one does
+    not feed the follower its own writes.
 
-    :param db: The database holding the document: the followed one, or any
-        other.
+    :param db: The database holding the document: the followed one, or another.
     :param name: The document's name, without the ``_local/`` prefix.
     :param identity: What the checkpoint belongs to; when given, a document
         written with another identity fails :meth:`load`. Stored in clear.
@@ -346,15 +323,12 @@ class LocalDocCheckpoint:
         self.db = db
         self.docid = "_local/" + name
         self.identity = identity
-        self._clock = clock
+        self._seconds = clock.seconds if clock is not None else time.time
         self._rev: Optional[str] = None
         self._writer = _SerialWriter(self._write)
 
     def describe(self) -> str:
         return f"{self.docid} in {self.db.url}"
-
-    def __repr__(self) -> str:
-        return f"<LocalDocCheckpoint {self.describe()!r} identity={self.identity!r}>"
 
     def load(self) -> "Deferred[Any]":
         """
@@ -406,7 +380,7 @@ class LocalDocCheckpoint:
             await self._put(seq)
 
     async def _put(self, seq: Any) -> None:
-        now = _now(self._clock)
+        now = self._seconds()
         doc = {"_id": self.docid, "seq": seq, "identity": self.identity, "saved_at": now}
         if self._rev is not None:
             doc["_rev"] = self._rev
