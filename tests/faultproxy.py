@@ -73,9 +73,7 @@ class _Valve:
 
 
 class _End(Protocol):
-    """
-    One side of a relayed connection; it hands everything to its relay.
-    """
+    """One side of a relayed connection; it hands everything to its relay."""
 
     def __init__(self, relay: "_Relay", upstream: bool) -> None:
         self._relay = relay
@@ -192,9 +190,7 @@ class _Relay:
             self._close_client()
 
     def _close_client(self) -> None:
-        """
-        Close the client side after what was written reaches it (FIN).
-        """
+        """Close the client side after what was written reaches it (FIN)."""
         self._finished = True
         self._held = []
         # A registered producer would be resumed instead of the close.
@@ -219,9 +215,7 @@ class _Relay:
             self._response_valve.release("stall")
 
     def abort(self) -> None:
-        """
-        Abort both sides now, dropping whatever was not yet sent.
-        """
+        """Abort both sides now, dropping whatever was not yet sent."""
         self._finished = True
         self._held = []
         if self._connecting is not None:
@@ -303,9 +297,7 @@ class FaultProxy:
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        """
-        Listen on ``127.0.0.1`` on a free port (then :attr:`port`).
-        """
+        """Listen on ``127.0.0.1`` on a free port (then :attr:`port`)."""
         await self._listener_lock.run(self._listen)
 
     async def stop(self) -> None:
@@ -328,16 +320,12 @@ class FaultProxy:
 
     @property
     def open_connections(self) -> int:
-        """
-        Client connections not yet closed on both sides.
-        """
+        """Client connections not yet closed on both sides."""
         return len(self._relays)
 
     @property
     def pending_timers(self) -> list[str]:
-        """
-        The names of the proxy's scheduled calls (``"accept"``, ``"chaos"``...).
-        """
+        """The names of the proxy's scheduled calls (``"accept"``, ``"chaos"``...)."""
         return sorted(name for name, call in self._timers.items() if call.active())
 
     def url_for(self, url: str) -> str:
@@ -582,9 +570,7 @@ class FaultProxy:
 
 
 class _ProxyFactory(Factory):
-    """
-    Builds the protocol for each accepted connection.
-    """
+    """Builds the protocol for each accepted connection."""
 
     def __init__(self, proxy: FaultProxy) -> None:
         self._proxy = proxy

@@ -60,3 +60,21 @@ def test_follow_example_missing_db(couch_server):
     assert done.returncode != 0
     assert "Database does not exist" in done.stderr
     assert "secret" not in done.stderr
+
+
+def test_service_example(couch_server, db_name):
+    """service.py follows with a _local checkpoint and reports every document handled."""
+    out = run("service.py", couch_server.admin_url, db_name, "2")
+    assert out.startswith("handled 20 changes; checkpoint ")
+
+
+def test_follow_example_resumes_from_its_checkpoint_file(couch_server, db_name, tmp_path):
+    """follow.py with --checkpoint prints only new changes when run again."""
+    ckpt = str(tmp_path / "follow.ckpt")
+    url = couch_server.admin_url + db_name
+    first = run("follow.py", url, "--demo-writes", "--max-changes", "2", "--checkpoint", ckpt)
+    second = run("follow.py", url, "--demo-writes", "--max-changes", "1", "--checkpoint", ckpt)
+    seen_first = {json.loads(line)["id"] for line in first.splitlines()}
+    seen_second = {json.loads(line)["id"] for line in second.splitlines()}
+    assert len(seen_first) == 2 and len(seen_second) == 1
+    assert not seen_first & seen_second

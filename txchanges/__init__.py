@@ -5,6 +5,13 @@ The public names are re-exported here; modules with a leading underscore are
 private.
 """
 
+from .checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    FileCheckpoint,
+    LocalDocCheckpoint,
+    MemoryCheckpoint,
+)
 from .client import Database, Server
 from .consumer import Consumer
 from .errors import (
@@ -26,6 +33,7 @@ from .errors import (
     UncleanEnd,
     UnexpectedResponse,
 )
+from .service import ChangesService, ServiceStats
 
 __version__ = "0.1.0.dev0"
 
@@ -33,6 +41,13 @@ __all__ = [
     "Server",
     "Database",
     "Consumer",
+    "ChangesService",
+    "ServiceStats",
+    "CheckpointStore",
+    "MemoryCheckpoint",
+    "FileCheckpoint",
+    "LocalDocCheckpoint",
+    "CheckpointError",
     "TxChangesError",
     "CouchError",
     "BadRequest",

@@ -474,7 +474,7 @@ class ChangesService(Service):
             self._save_if_moved()
 
     def _save_if_moved(self) -> None:
-        if self._progress is None or self._progress.resume == self._saved:
+        if self._progress is None or self._progress.resume in (None, self._saved):
             return
         if self._saving is not None:
             return  # the save in flight saves again when it finishes
