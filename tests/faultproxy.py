@@ -1,21 +1,9 @@
 """
 A TCP proxy for fault tests: it relays bytes between clients and one server
-and, on command, cuts, stalls, refuses or drops connections.
-
-Faults apply to the response direction (server to client); request bytes are
-always forwarded untouched. Every control can be used at any time from a
-test, and :meth:`FaultProxy.chaos` injects seeded random faults for soak
-tests. Backpressure is kept both ways: a side whose peer cannot keep up is
-paused, so memory stays bounded whatever the traffic.
-
-Usage::
-
-    proxy = FaultProxy("127.0.0.1", couch_port)
-    await proxy.start()
-    server = Server(proxy.url_for(admin_url))
-    proxy.cut_after(3000)       # every new connection dies after 3000 bytes
-    ...
-    await proxy.stop()
+and, on command, cuts, stalls, refuses or drops connections. Faults act on
+the response direction; request bytes are forwarded untouched. Backpressure
+holds both ways (a side whose peer cannot keep up is not read), so memory
+stays bounded whatever the traffic.
 """
 
 from __future__ import annotations
@@ -39,9 +27,9 @@ FAULT_KINDS = ("cut", "stall", "refuse", "drop")
 
 class _Valve:
     """
-    A streaming producer (:class:`~twisted.internet.interfaces.IPushProducer`)
-    that pauses reading from one transport while anything holds it: the other
-    side's full write buffer, a stall, or a connection still being made.
+    A streaming producer (``IPushProducer``) that keeps one transport from
+    being read while anything holds it: the peer's full write buffer, a
+    stall, or the server connection still being made.
     """
 
     def __init__(self, source: Any) -> None:
@@ -59,7 +47,6 @@ class _Valve:
             if not self._holds:
                 self._source.resumeProducing()
 
-    # IPushProducer, for the transport the source's bytes are written to.
     def pauseProducing(self) -> None:
         self.hold("backed up")
 
@@ -67,8 +54,8 @@ class _Valve:
         self.release("backed up")
 
     def stopProducing(self) -> None:
-        # The relay decides how each side ends; a transport closing must not
-        # close the other side behind its back (a stall holds the close too).
+        # A transport calls this when it closes; the relay alone decides how
+        # the other side ends (a stall holds back the close too).
         pass
 
 
@@ -76,20 +63,15 @@ class _End(Protocol):
     """One side of a relayed connection; it hands everything to its relay."""
 
     def __init__(self, relay: "_Relay", upstream: bool) -> None:
-        self._relay = relay
-        self._upstream = upstream
+        self._relay, self._upstream = relay, upstream
 
     def connectionMade(self) -> None:
-        if self._upstream:
-            self._relay.server_made(self.transport)
-        else:
-            self._relay.client_made(self.transport)
+        made = self._relay.server_made if self._upstream else self._relay.client_made
+        made(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._upstream:
-            self._relay.from_server(data)
-        else:
-            self._relay.from_client(data)
+        received = self._relay.from_server if self._upstream else self._relay.from_client
+        received(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._relay.lost(self._upstream)
@@ -120,8 +102,6 @@ class _Relay:
         self._sides_open = 1
         self.closed: Deferred[None] = Deferred()
 
-    # -- the client side ------------------------------------------------------
-
     def client_made(self, transport: Any) -> None:
         self.client = transport
         if self._drop:
@@ -133,9 +113,7 @@ class _Relay:
         proxy = self._proxy
         endpoint = TCP4ClientEndpoint(proxy.reactor, proxy.target_host, proxy.target_port)
         self._sides_open += 1
-        self._connecting = connectProtocol(  # type: ignore[no-untyped-call]
-            endpoint, _End(self, upstream=True)
-        )
+        self._connecting = connectProtocol(endpoint, _End(self, True))  # type: ignore[no-untyped-call]
         self._connecting.addErrback(self._connect_failed)
 
     def from_client(self, data: bytes) -> None:
@@ -144,8 +122,6 @@ class _Relay:
         elif not self._finished:
             self.server.write(data)
 
-    # -- the server side ------------------------------------------------------
-
     def server_made(self, transport: Any) -> None:
         self._connecting = None
         self.server = transport
@@ -153,10 +129,10 @@ class _Relay:
             transport.abortConnection()
             return
         assert self._request_valve is not None
-        self._response_valve = valve = _Valve(transport)
+        self._response_valve = _Valve(transport)
         if self._proxy.stalled:
-            valve.hold("stall")
-        self.client.registerProducer(valve, True)
+            self._response_valve.hold("stall")
+        self.client.registerProducer(self._response_valve, True)
         transport.registerProducer(self._request_valve, True)
         transport.writeSequence(self._to_server)
         self._to_server = []
@@ -190,14 +166,12 @@ class _Relay:
             self._close_client()
 
     def _close_client(self) -> None:
-        """Close the client side after what was written reaches it (FIN)."""
+        # After what was written: the client gets those bytes, then a FIN.
         self._finished = True
         self._held = []
         # A registered producer would be resumed instead of the close.
         self.client.unregisterProducer()
         self.client.loseConnection()
-
-    # -- faults ---------------------------------------------------------------
 
     def stall(self) -> None:
         if self._response_valve is not None:
@@ -245,22 +219,22 @@ class _Relay:
 class FaultProxy:
     """
     A TCP proxy on ``127.0.0.1`` in front of one server, with faults to
-    inject on command.
+    inject at any time.
 
     :param target_host: The server's host.
     :param target_port: The server's port.
     :param reactor: The reactor (and clock); the global reactor when omitted.
 
-    :ivar port: The port the proxy listens on, once :meth:`start` fired; it
-        stays the same across :meth:`refuse` and :meth:`accept`.
+    :ivar port: The port listened on once :meth:`start` fired; it stays the
+        same across :meth:`refuse` and :meth:`accept`.
     :ivar connections: Client connections accepted, in all.
     :ivar faults: Faults injected, by kind: ``cuts`` and ``drops`` count
         connections, ``stalls`` and ``refusals`` count periods.
     :ivar bytes_forwarded: Response bytes handed to clients.
-    :ivar history: The faults :meth:`chaos` injected, as ``(seconds after
-        its start, kind, seconds it lasted)``.
+    :ivar history: What :meth:`chaos` did, as ``(seconds after its start,
+        kind, seconds the fault lasted)``.
     :ivar stalled: Whether response bytes are held back.
-    :ivar refusing: Whether new connections are refused (no listener).
+    :ivar refusing: Whether the proxy has stopped listening.
     :ivar dropping: Whether new connections are closed as soon as accepted.
     """
 
@@ -279,9 +253,7 @@ class FaultProxy:
         self.faults = {"cuts": 0, "stalls": 0, "refusals": 0, "drops": 0}
         self.bytes_forwarded = 0
         self.history: list[tuple[float, str, float]] = []
-        self.stalled = False
-        self.refusing = False
-        self.dropping = False
+        self.stalled = self.refusing = self.dropping = False
         self._budget: Callable[[], Optional[int]] = lambda: None
         self._listener: Any = None  # an IListeningPort
         self._listener_lock = DeferredLock()
@@ -290,14 +262,8 @@ class FaultProxy:
         self._chaos: Optional[Deferred[None]] = None
         self._stopped = False
 
-    def __repr__(self) -> str:
-        return (f"<FaultProxy 127.0.0.1:{self.port} -> {self.target_host}:{self.target_port} "
-                f"open={self.open_connections} faults={self.faults}>")
-
-    # -- lifecycle ------------------------------------------------------------
-
     async def start(self) -> None:
-        """Listen on ``127.0.0.1`` on a free port (then :attr:`port`)."""
+        """Listen on ``127.0.0.1``, on a free port (then in :attr:`port`)."""
         await self._listener_lock.run(self._listen)
 
     async def stop(self) -> None:
@@ -325,25 +291,22 @@ class FaultProxy:
 
     @property
     def pending_timers(self) -> list[str]:
-        """The names of the proxy's scheduled calls (``"accept"``, ``"chaos"``...)."""
+        """The names of the proxy's scheduled calls (``accept``, ``unstall``, ``chaos``)."""
         return sorted(name for name, call in self._timers.items() if call.active())
 
     def url_for(self, url: str) -> str:
-        """
-        *url* with its host and port replaced by the proxy's, keeping the
-        credentials, path and query.
-        """
+        """*url* with the proxy's host and port, keeping credentials, path and query."""
         parts = urlsplit(url)
         userinfo = parts.netloc.rpartition("@")[0]
-        netloc = f"{userinfo}@" if userinfo else ""
-        return urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{self.port}"))
+        netloc = f"{userinfo}@127.0.0.1:{self.port}" if userinfo else f"127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
 
     # -- faults ---------------------------------------------------------------
 
     def cut_all(self) -> int:
         """
         Abort every open connection now, both sides, dropping bytes not yet
-        sent. The client sees its connection reset or closed mid-response.
+        sent: the client sees a reset or an end of stream mid-response.
 
         :return: How many connections were cut.
         """
@@ -353,33 +316,35 @@ class FaultProxy:
         self.faults["cuts"] += len(relays)
         return len(relays)
 
-    def cut_after(self, nbytes: Optional[int]) -> None:
+    def cut_after(
+        self, nbytes: Optional[int], high: Optional[int] = None, rng: Optional[random.Random] = None
+    ) -> None:
         """
         Cut each connection accepted from now on after exactly *nbytes*
-        response bytes (counted over the connection's life, so a kept-alive
-        connection is cut in whichever response reaches the count): the
-        client gets those bytes, then end of stream. ``None`` ends the mode.
+        response bytes, counted over its life (a kept-alive connection is cut
+        in whichever response reaches the count): the client gets those
+        bytes, then an end of stream. With *high* and *rng*, each count is
+        ``rng.randint(nbytes, high)``, so cuts land mid-headers, mid-chunk
+        header and mid-line alike. ``None`` ends the mode.
         """
-        if nbytes is not None and nbytes < 0:
-            raise ValueError(f"nbytes must be 0 or more, not {nbytes!r}")
-        self._budget = lambda: nbytes
-
-    def cut_between(self, low: int, high: int, rng: random.Random) -> None:
-        """
-        Like :meth:`cut_after`, with each new connection's count drawn from
-        ``rng.randint(low, high)``, so cuts land mid-headers, mid-chunk-header
-        and mid-line alike. ``cut_after(None)`` ends the mode.
-        """
-        if not 0 <= low <= high:
-            raise ValueError(f"need 0 <= low <= high, not {low!r}, {high!r}")
-        self._budget = lambda: rng.randint(low, high)
+        if nbytes is None:
+            self._budget = lambda: None
+        elif not 0 <= nbytes <= (nbytes if high is None else high):
+            raise ValueError(f"need 0 <= nbytes <= high, not {nbytes!r}, {high!r}")
+        elif high is None:
+            self._budget = lambda: nbytes
+        elif rng is None:
+            raise TypeError("a range of counts needs a seeded random.Random as rng")
+        else:
+            draw = rng.randint
+            self._budget = lambda: draw(nbytes, high)
 
     def stall(self, seconds: Optional[float] = None) -> None:
         """
-        Stop delivering response bytes to every connection, open or new,
-        silently: the connections stay open, the server is no longer read
-        (so it is held back by TCP flow control) and a server-side close is
-        held too. *seconds* ends the stall by itself.
+        Deliver no response byte to any connection, open or new, and say
+        nothing: connections stay open, the server is not read (TCP flow
+        control holds it back) and a close by the server is held back too.
+        *seconds* ends the stall by itself.
         """
         if not self.stalled:
             self.stalled = True
@@ -389,10 +354,7 @@ class FaultProxy:
         self._after("unstall", seconds, self.unstall)
 
     def unstall(self) -> None:
-        """
-        Deliver what was held, in order, and forward again; connections
-        closed meanwhile are not revived.
-        """
+        """Deliver what was held, in order, and forward again."""
         self._cancel("unstall")
         if self.stalled:
             self.stalled = False
@@ -402,8 +364,8 @@ class FaultProxy:
     def refuse(self, seconds: Optional[float] = None) -> "Deferred[None]":
         """
         Stop listening, so that new connections are refused
-        (``ECONNREFUSED``); open connections are left alone. *seconds*
-        ends the refusal by itself (:meth:`accept`).
+        (``ECONNREFUSED``); open ones are left alone. *seconds* ends the
+        refusal by itself (:meth:`accept`).
 
         :return: A Deferred that fires once the port is closed.
         """
@@ -415,35 +377,23 @@ class FaultProxy:
 
     def drop_new(self, seconds: Optional[float] = None) -> None:
         """
-        Close each new connection as soon as it is accepted, before anything
-        is forwarded: the client sees its request answered by end of stream.
-        *seconds* ends it by itself (:meth:`accept`).
+        Close each new connection as soon as it is accepted, without reaching
+        the server: the client's request meets an end of stream. *seconds*
+        ends it by itself (:meth:`accept`).
         """
         self.dropping = True
         self._after("accept", seconds, self.accept)
 
     def accept(self) -> "Deferred[None]":
         """
-        End :meth:`refuse` and :meth:`drop_new`: listen again on the same
-        port and relay new connections.
+        End :meth:`refuse` and :meth:`drop_new`: listen again, on the same
+        port, and relay new connections.
 
         :return: A Deferred that fires once the proxy listens again.
         """
         self._cancel("accept")
         self.refusing = self.dropping = False
         return self._listener_lock.run(self._listen)
-
-    def heal(self) -> "Deferred[None]":
-        """
-        End every fault: :meth:`accept`, :meth:`unstall` and ``cut_after(None)``.
-
-        :return: What :meth:`accept` returns.
-        """
-        self.cut_after(None)
-        self.unstall()
-        return self.accept()
-
-    # -- chaos ----------------------------------------------------------------
 
     def chaos(
         self,
@@ -454,86 +404,69 @@ class FaultProxy:
         kinds: Sequence[str] = FAULT_KINDS,
     ) -> "Deferred[None]":
         """
-        Inject random faults, one at a time, for *duration* seconds (plus
-        the last fault's length): wait ``rng.uniform(*gap)``, then apply the
-        next of *kinds* from a shuffled bag (so each kind comes once a round):
-        ``cut`` is :meth:`cut_all`; ``stall`` lasts ``rng.uniform(*length)``
-        seconds; ``refuse`` and ``drop`` last that long too and first cut the
-        open connections, as a server restart would. Choices and times come
-        from *rng* alone, so a seed replays the same schedule; each fault is
-        appended to :attr:`history` as ``(start, kind, seconds)``.
+        Inject faults one at a time for *duration* seconds (plus the last
+        one's length): wait ``rng.uniform(*gap)``, then apply the next kind
+        from a shuffled bag of *kinds* (each comes once a round). ``cut`` is
+        :meth:`cut_all`; ``stall`` lasts ``rng.uniform(*length)`` seconds;
+        ``refuse`` and ``drop`` last as long and first cut the open
+        connections, as a server restart would. Choices and times come from
+        *rng* alone, so a seed replays the schedule; see :attr:`history`.
 
-        :return: A Deferred that fires when the duration is over or
-            :meth:`stop` is called, every fault healed.
+        :return: A Deferred that fires when the time is up or :meth:`stop`
+            is called, with the proxy unstalled and accepting.
         """
-        unknown = set(kinds) - set(FAULT_KINDS)
-        if unknown or not kinds:
+        if not kinds or set(kinds) - set(FAULT_KINDS):
             raise ValueError(f"kinds must be some of {FAULT_KINDS}, not {kinds!r}")
         if self._chaos is not None:
             raise RuntimeError("chaos is already running")
-        d = Deferred.fromCoroutine(self._run_chaos(rng, duration, gap, length, kinds))
-        self._chaos = d
 
-        def done(result: object) -> object:
-            self._chaos = None
-            cancelled = isinstance(result, Failure) and result.check(CancelledError)  # type: ignore[no-untyped-call]
-            return None if cancelled else result
+        async def run() -> None:
+            start, bag = self.reactor.seconds(), list[str]()
+            try:
+                while True:
+                    await self._sleep(rng.uniform(*gap))
+                    now = self.reactor.seconds() - start
+                    if now >= duration:
+                        return
+                    if not bag:
+                        bag = list(kinds)
+                        rng.shuffle(bag)
+                    kind, seconds = bag.pop(), rng.uniform(*length)
+                    self.history.append((round(now, 3), kind, 0.0 if kind == "cut" else seconds))
+                    self.log.info("chaos: {kind} for {seconds:.3f}s", kind=kind, seconds=seconds)
+                    if kind != "stall":
+                        self.cut_all()
+                    if kind == "cut":
+                        continue
+                    if kind == "stall":
+                        self.stall()
+                    elif kind == "refuse":
+                        await self.refuse()
+                    else:
+                        self.drop_new()
+                    await self._sleep(seconds)
+                    self.unstall()
+                    await self.accept()
+            except CancelledError:
+                pass
+            finally:
+                self._chaos = None
+                if not self._stopped:
+                    self.unstall()
+                    await self.accept()
 
-        d.addBoth(done)
-        return d
+        self._chaos = Deferred.fromCoroutine(run())
+        return self._chaos
 
-    async def _run_chaos(
-        self,
-        rng: random.Random,
-        duration: float,
-        gap: tuple[float, float],
-        length: tuple[float, float],
-        kinds: Sequence[str],
-    ) -> None:
-        start = self.reactor.seconds()
-        bag: list[str] = []
-        try:
-            while True:
-                await self._sleep(rng.uniform(*gap))
-                now = self.reactor.seconds() - start
-                if now >= duration:
-                    return
-                if not bag:
-                    bag = list(kinds)
-                    rng.shuffle(bag)
-                kind, seconds = bag.pop(), rng.uniform(*length)
-                self.history.append((round(now, 3), kind, 0.0 if kind == "cut" else seconds))
-                self.log.info("chaos: {kind} for {seconds:.3f}s", kind=kind, seconds=seconds)
-                if kind != "stall":
-                    self.cut_all()  # a restart, or a cut by itself
-                if kind == "cut":
-                    continue
-                if kind == "stall":
-                    self.stall()
-                elif kind == "refuse":
-                    await self.refuse()
-                else:
-                    self.drop_new()
-                await self._sleep(seconds)
-                self.unstall()
-                await self.accept()
-        finally:
-            if not self._stopped:
-                self.unstall()
-                await self.accept()
+    # -- internals ------------------------------------------------------------
 
     def _sleep(self, seconds: float) -> "Deferred[None]":
         d: Deferred[None] = Deferred(lambda _: self._cancel("chaos"))
         self._after("chaos", seconds, lambda: d.callback(None))
         return d
 
-    # -- internals ------------------------------------------------------------
-
     def _after(self, name: str, seconds: Optional[float], f: Callable[[], object]) -> None:
-        """
-        Call *f* in *seconds* (replacing a call of the same name), or cancel
-        the named call when *seconds* is ``None``.
-        """
+        # Replaces the call of the same name; None only cancels it.
         self._cancel(name)
         if seconds is not None:
             def fire() -> None:
@@ -549,9 +482,8 @@ class FaultProxy:
 
     def _listen(self) -> None:
         if self._listener is None and not self.refusing and not self._stopped:
-            self._listener = self.reactor.listenTCP(
-                self.port, _ProxyFactory(self), interface="127.0.0.1"
-            )
+            # Twisted sets SO_REUSEADDR, so the same port binds again at once.
+            self._listener = self.reactor.listenTCP(self.port, _Factory(self), interface="127.0.0.1")
             self.port = self._listener.getHost().port
 
     async def _unlisten(self) -> None:
@@ -559,21 +491,20 @@ class FaultProxy:
         if listener is not None:
             await listener.stopListening()
 
-    def _accepted(self) -> Optional[Protocol]:
+    def _accepted(self) -> Protocol:
         self.connections += 1
         drop = self.dropping or self._stopped
-        if drop:
-            self.faults["drops"] += 1
+        self.faults["drops"] += drop
         relay = _Relay(self, self._budget(), drop)
         self._relays.add(relay)
         return _End(relay, upstream=False)
 
 
-class _ProxyFactory(Factory):
-    """Builds the protocol for each accepted connection."""
+class _Factory(Factory):
+    """Builds a relay for each accepted connection."""
 
     def __init__(self, proxy: FaultProxy) -> None:
         self._proxy = proxy
 
-    def buildProtocol(self, addr: Any) -> Optional[Protocol]:
+    def buildProtocol(self, addr: Any) -> Protocol:
         return self._proxy._accepted()
