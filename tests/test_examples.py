@@ -78,3 +78,10 @@ def test_follow_example_resumes_from_its_checkpoint_file(couch_server, db_name, 
     seen_second = {json.loads(line)["id"] for line in second.splitlines()}
     assert len(seen_first) == 2 and len(seen_second) == 1
     assert not seen_first & seen_second
+
+
+def test_async_for_example(couch_server, db_name):
+    """async_for.py prints each document's change and the place to resume from."""
+    lines = run("async_for.py", couch_server.admin_url, db_name, "3").splitlines()
+    assert [line.split()[0] for line in lines[:3]] == ["item-0", "item-1", "item-2"]
+    assert lines[3].startswith("resume from ")

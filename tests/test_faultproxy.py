@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import random
 import socket
 import time
@@ -169,6 +170,49 @@ async def test_unstall_delivers_held_rows_in_order(direct, proxied, proxy):
 
 
 @pytest_twisted.ensureDeferred
+async def test_stall_holds_a_whole_response_and_its_close(direct, proxied, proxy):
+    """A fetch during a stall gets nothing until unstall, then the whole body."""
+    expected = await fill(direct, 10)
+    proxy.stall()
+    d = Consumer(proxied).fetch(since=0)
+    await sleep(0.3)
+    assert not d.called and proxy.bytes_forwarded == 0
+    proxy.unstall()
+    assert (await d)["results"] == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_does_not_read_pauses_the_server_side(couch_server, direct, proxy):
+    """A client that stops reading stops the proxy reading the server, and reading again resumes it."""
+    total = 8
+    await direct.save_docs([{"_id": f"big-{i}", "blob": "x" * 1_000_000} for i in range(total)])
+    auth = base64.b64encode(":".join(couch_server.admin).encode()).decode()
+    request = (f"GET /{direct.name}/_changes?include_docs=true HTTP/1.1\r\nHost: x\r\n"
+               f"Authorization: Basic {auth}\r\nConnection: close\r\n\r\n")
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", proxy.port))
+        s.sendall(request.encode())
+        await sleep(0.5)
+        held = proxy.bytes_forwarded
+        await sleep(0.3)
+        assert proxy.bytes_forwarded == held < (total - 2) * 1_000_000
+        s.setblocking(False)
+        received, deadline = bytearray(), time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                data = s.recv(1 << 20)
+            except BlockingIOError:
+                await sleep(0.005)
+                continue
+            if not data:  # the server's close, forwarded after the body
+                break
+            received += data
+    assert len(received) == proxy.bytes_forwarded > total * 1_000_000
+    assert received.count(b'"_id":"big-') == total
+
+
+@pytest_twisted.ensureDeferred
 async def test_refuse_gives_connection_refused_then_accept_restores(couch_server, direct, proxied, proxy):
     """While refusing, fetch fails with ConnectionFailed naming the proxy; an open feed survives; accept restores."""
     await fill(direct, 3)
@@ -276,9 +320,16 @@ async def test_chaos_injects_every_kind_and_stops_clean(monkeypatch, direct, pro
 
 
 @pytest_twisted.ensureDeferred
-async def test_stop_during_chaos_ends_it(proxy):
-    """stop() while chaos runs ends it, cancels its timers and closes the listener."""
-    chaos = proxy.chaos(random.Random(1), duration=30.0)
+async def test_stop_during_chaos_ends_it_and_every_connection(proxied, proxy):
+    """stop() while chaos runs and a feed is open ends both, cancels every timer and stops listening."""
+    feed = Consumer(proxied).wait(since=0, heartbeat=10000)
+    while proxy.bytes_forwarded == 0:
+        await sleep(0.02)
+    chaos = proxy.chaos(random.Random(1), duration=30.0, kinds=("stall",))
     await sleep(0.2)
     await proxy.stop()
     assert chaos.called and proxy.pending_timers == [] and proxy.open_connections == 0
+    with pytest.raises(UncleanEnd):
+        await feed
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", proxy.port)) != 0

@@ -5,6 +5,7 @@ The public names are re-exported here; modules with a leading underscore are
 private.
 """
 
+from ._aiter import ChangeStream
 from .checkpoint import (
     CheckpointError,
     CheckpointStore,
@@ -41,6 +42,7 @@ __all__ = [
     "Server",
     "Database",
     "Consumer",
+    "ChangeStream",
     "ChangesService",
     "ServiceStats",
     "CheckpointStore",

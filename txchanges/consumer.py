@@ -11,6 +11,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ._aiter import ChangeStream
 from ._feed import BodyCollector, FeedRun, Stopped
 from ._params import FeedRequest, feed_request
 from ._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
@@ -270,6 +271,40 @@ class Consumer:
         if isinstance(end, Stopped):
             return since if end.last_seq is None else end.last_seq
         return end.last_seq
+
+    def changes(
+        self,
+        since: Any = None,
+        heartbeat: Any = True,
+        timeout: Optional[int] = None,
+        filter_name: Optional[str] = None,
+        **params: Any,
+    ) -> ChangeStream:
+        """
+        The continuous feed as an asynchronous iterator, for ``async for``
+        in a Twisted coroutine; the feed is paused while the loop body runs.
+
+        ::
+
+            async with consumer.changes(since=0, include_docs=True) as changes:
+                async for change in changes:
+                    await handle(change)
+
+        The parameters are those of :meth:`wait`; registered callbacks are
+        not called. :meth:`stop` does not end it; leave the loop, or call
+        :meth:`ChangeStream.close <txchanges.ChangeStream.close>`.
+
+        :return: A :class:`~txchanges.ChangeStream`; the request is sent at
+            once.
+        """
+        request = feed_request(
+            "continuous",
+            since,
+            dict(params, heartbeat=heartbeat, timeout=timeout, filter_name=filter_name),
+        )
+        return ChangeStream(
+            self.db, request, self._clock, idle_limit(heartbeat, timeout), self._max_line_length
+        )
 
     async def _track(self, run: FeedRun) -> Any:
         self._runs.add(run)

@@ -1,0 +1,171 @@
+"""
+``async for change in consumer.changes(...)``: the continuous feed as an
+asynchronous iterator, for Twisted coroutines.
+
+At most one change is held: after each row the feed is paused, and it reads
+on only when the loop asks for the next change, so a slow loop body holds
+the server back instead of filling memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Optional
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
+
+from ._feed import FeedRun
+from ._params import FeedRequest
+from ._protocol import ChangesProtocol
+from ._rows import ChangeRow, LastSeq
+from ._watchdog import Clock
+
+if TYPE_CHECKING:
+    from .client import Database
+
+__all__ = ["ChangeStream"]
+
+
+class _Pipe:
+    """
+    The feed behind a :class:`ChangeStream`. It holds no reference to the
+    stream, so that a stream dropped after a ``break`` is collected at once
+    and can close its pipe.
+    """
+
+    def __init__(
+        self, db: "Database", request: FeedRequest, clock: Clock, limit: float, max_line_length: int
+    ) -> None:
+        self.last_seq: Any = None
+        self._held: Optional[dict[str, Any]] = None
+        self._waiter: Optional[Deferred[dict[str, Any]]] = None
+        self._ended = False
+        self._error: Optional[Failure] = None
+        self._max = max_line_length
+        self._run = FeedRun(db.server, db.path("_changes"), request, clock, limit, self._make_protocol)
+        self._done = Deferred.fromCoroutine(self._run.run())
+        self._done.addCallbacks(self._end, self._fail)
+
+    @property
+    def finished(self) -> bool:
+        return self._ended or self._error is not None
+
+    def _make_protocol(self, on_activity: Callable[[], None]) -> ChangesProtocol:
+        return ChangesProtocol(self._on_change, on_activity, self._max)
+
+    def _on_change(self, change: ChangeRow) -> None:
+        # One row at a time: nothing more is read until the loop asks.
+        self._run.pause()
+        if self._waiter is not None:
+            waiter, self._waiter = self._waiter, None
+            waiter.callback(self._note(change.row))
+        else:
+            self._held = change.row
+
+    def _end(self, end: Any) -> None:
+        self._ended = True
+        if isinstance(end, LastSeq):
+            self.last_seq = end.last_seq
+        self._wake()
+
+    def _fail(self, failure: Failure) -> None:
+        self._error = failure
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            waiter, self._waiter = self._waiter, None
+            waiter.errback(self._error or Failure(StopAsyncIteration()))
+
+    def _note(self, row: dict[str, Any]) -> dict[str, Any]:
+        if row.get("seq") is not None:
+            self.last_seq = row["seq"]
+        return row
+
+    def next(self) -> "Deferred[dict[str, Any]]":
+        if self._held is not None:
+            row, self._held = self._held, None
+            return succeed(self._note(row))
+        if self._error is not None:
+            return fail(self._error)
+        if self._ended:
+            return fail(StopAsyncIteration())
+        if self._waiter is not None:
+            raise RuntimeError("the previous change has not arrived yet")
+        waiter = self._waiter = Deferred()
+        # Resuming may deliver a held-back row at once, firing the waiter.
+        self._run.resume()
+        return waiter
+
+    def close(self) -> "Deferred[None]":
+        self._held = None
+        if not self.finished:
+            self._run.stop()
+        d: Deferred[None] = Deferred()
+        self._done.addBoth(lambda _: d.callback(None))
+        return d
+
+
+class ChangeStream:
+    """
+    The changes of a continuous feed, one at a time, from
+    :meth:`Consumer.changes <txchanges.Consumer.changes>`.
+
+    Use it with ``async for`` in a coroutine run by
+    :meth:`~twisted.internet.defer.Deferred.fromCoroutine` (or
+    ``ensureDeferred``), best as an ``async with`` block so that the feed is
+    closed however the loop ends::
+
+        async with consumer.changes(since=0) as changes:
+            async for change in changes:
+                ...
+
+    A ``break`` out of a bare ``async for consumer.changes(...)`` closes the
+    feed too, as soon as the stream is no longer referenced.
+    """
+
+    def __init__(
+        self, db: "Database", request: FeedRequest, clock: Clock, limit: float, max_line_length: int
+    ) -> None:
+        self._pipe = _Pipe(db, request, clock, limit, max_line_length)
+
+    @property
+    def last_seq(self) -> Any:
+        """
+        The seq of the newest change handed to the loop; once the server
+        ended the feed, its ``last_seq``: where to resume.
+        """
+        return self._pipe.last_seq
+
+    def __aiter__(self) -> "ChangeStream":
+        return self
+
+    def __anext__(self) -> "Deferred[dict[str, Any]]":
+        """
+        :return: A Deferred firing with the next change (a dict, as the
+            server sent it); it fails with ``StopAsyncIteration`` when the
+            server ended the feed or :meth:`close` was called, and with the
+            feed's typed error (see :meth:`Consumer.wait
+            <txchanges.Consumer.wait>`) otherwise.
+        """
+        return self._pipe.next()
+
+    def close(self) -> "Deferred[None]":
+        """
+        Close the feed now; the loop, if it asks again, ends.
+
+        :return: A Deferred that fires once the connection is released.
+        """
+        return self._pipe.close()
+
+    async def __aenter__(self) -> "ChangeStream":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        pipe = getattr(self, "_pipe", None)
+        if pipe is not None and not pipe.finished:
+            pipe.close()
