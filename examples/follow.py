@@ -16,6 +16,7 @@ see. Ctrl-C stops it cleanly.
 import argparse
 import itertools
 import json
+import signal
 import sys
 from urllib.parse import unquote
 
@@ -67,7 +68,10 @@ async def main(reactor, argv):
         writer = task.LoopingCall(lambda: db.save_doc({"demo": next(numbers)}))
         writer.clock = reactor
         writer.start(2.0)
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    # Ctrl-C and SIGTERM stop the service, which saves its checkpoint; the
+    # reactor stops when main() returns.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: reactor.callFromThread(service.stopService))
     service.startService()
     try:
         await service.when_stopped()

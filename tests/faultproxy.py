@@ -216,29 +216,28 @@ class _Relay:
             self.closed.callback(None)
 
 
-class FaultProxy:
+class FaultProxy(Factory):
     """
-    A TCP proxy on ``127.0.0.1`` in front of one server, with faults to
-    inject at any time.
+    A TCP proxy on ``127.0.0.1`` in front of one server (it is the factory
+    of its own listening port), with faults to inject at any time.
 
     :param target_host: The server's host.
     :param target_port: The server's port.
     :param reactor: The reactor (and clock); the global reactor when omitted.
 
-    :ivar port: The port listened on once :meth:`start` fired; it stays the
-        same across :meth:`refuse` and :meth:`accept`.
+    :ivar port: The port listened on, the same across :meth:`refuse`.
     :ivar connections: Client connections accepted, in all.
-    :ivar faults: Faults injected, by kind: ``cuts`` and ``drops`` count
-        connections, ``stalls`` and ``refusals`` count periods.
+    :ivar faults: Faults by kind: ``cuts`` and ``drops`` count connections,
+        ``stalls`` and ``refusals`` count periods.
     :ivar bytes_forwarded: Response bytes handed to clients.
-    :ivar history: What :meth:`chaos` did, as ``(seconds after its start,
-        kind, seconds the fault lasted)``.
+    :ivar history: What :meth:`chaos` did: ``(start, kind, seconds)``.
     :ivar stalled: Whether response bytes are held back.
     :ivar refusing: Whether the proxy has stopped listening.
     :ivar dropping: Whether new connections are closed as soon as accepted.
     """
 
     log = Logger()
+    noisy = False
 
     def __init__(self, target_host: str, target_port: int, reactor: Any = None) -> None:
         if reactor is None:
@@ -267,10 +266,7 @@ class FaultProxy:
         await self._listener_lock.run(self._listen)
 
     async def stop(self) -> None:
-        """
-        End :meth:`chaos`, cancel every timer, stop listening and abort every
-        connection; returns once all of them are closed.
-        """
+        """End :meth:`chaos` and every timer, stop listening, abort every connection."""
         self._stopped = True
         if self._chaos is not None:
             self._chaos.cancel()
@@ -306,9 +302,7 @@ class FaultProxy:
     def cut_all(self) -> int:
         """
         Abort every open connection now, both sides, dropping bytes not yet
-        sent: the client sees a reset or an end of stream mid-response.
-
-        :return: How many connections were cut.
+        sent (the client sees a reset or an end of stream); return how many.
         """
         relays = list(self._relays)
         for relay in relays:
@@ -363,11 +357,9 @@ class FaultProxy:
 
     def refuse(self, seconds: Optional[float] = None) -> "Deferred[None]":
         """
-        Stop listening, so that new connections are refused
-        (``ECONNREFUSED``); open ones are left alone. *seconds* ends the
-        refusal by itself (:meth:`accept`).
-
-        :return: A Deferred that fires once the port is closed.
+        Stop listening, so that new connections are refused (``ECONNREFUSED``)
+        while open ones go on; *seconds* ends it (:meth:`accept`). The
+        Deferred fires once the port is closed.
         """
         if not self.refusing:
             self.refusing = True
@@ -386,10 +378,8 @@ class FaultProxy:
 
     def accept(self) -> "Deferred[None]":
         """
-        End :meth:`refuse` and :meth:`drop_new`: listen again, on the same
-        port, and relay new connections.
-
-        :return: A Deferred that fires once the proxy listens again.
+        End :meth:`refuse` and :meth:`drop_new`: listen again on the same
+        port; the Deferred fires once it does.
         """
         self._cancel("accept")
         self.refusing = self.dropping = False
@@ -411,9 +401,8 @@ class FaultProxy:
         ``refuse`` and ``drop`` last as long and first cut the open
         connections, as a server restart would. Choices and times come from
         *rng* alone, so a seed replays the schedule; see :attr:`history`.
-
-        :return: A Deferred that fires when the time is up or :meth:`stop`
-            is called, with the proxy unstalled and accepting.
+        The Deferred fires when the time is up or :meth:`stop` is called,
+        the proxy unstalled and accepting.
         """
         if not kinds or set(kinds) - set(FAULT_KINDS):
             raise ValueError(f"kinds must be some of {FAULT_KINDS}, not {kinds!r}")
@@ -483,7 +472,7 @@ class FaultProxy:
     def _listen(self) -> None:
         if self._listener is None and not self.refusing and not self._stopped:
             # Twisted sets SO_REUSEADDR, so the same port binds again at once.
-            self._listener = self.reactor.listenTCP(self.port, _Factory(self), interface="127.0.0.1")
+            self._listener = self.reactor.listenTCP(self.port, self, interface="127.0.0.1")
             self.port = self._listener.getHost().port
 
     async def _unlisten(self) -> None:
@@ -491,7 +480,7 @@ class FaultProxy:
         if listener is not None:
             await listener.stopListening()
 
-    def _accepted(self) -> Protocol:
+    def buildProtocol(self, addr: Any) -> Protocol:
         self.connections += 1
         drop = self.dropping or self._stopped
         self.faults["drops"] += drop
@@ -500,11 +489,3 @@ class FaultProxy:
         return _End(relay, upstream=False)
 
 
-class _Factory(Factory):
-    """Builds a relay for each accepted connection."""
-
-    def __init__(self, proxy: FaultProxy) -> None:
-        self._proxy = proxy
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        return self._proxy._accepted()

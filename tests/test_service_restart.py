@@ -132,8 +132,8 @@ async def test_restart_after_clean_stop_resumes_from_the_checkpoint(db, tmp_path
     assert first.running == 0, "stopService fired while handler calls were still running"
     assert first.max_running == CONCURRENCY
     handled_at_stop = len(first.handled)
-    assert DOCS // 2 <= handled_at_stop < DOCS // 2 + MAX_BUFFERED
-    assert svc.stats.checkpoints >= handled_at_stop // CHECKPOINT_EVERY - 1
+    assert DOCS // 2 <= handled_at_stop < DOCS // 2 + MAX_BUFFERED + CONCURRENCY
+    assert svc.stats.checkpoints >= 3
     saved = await make_store(kind, db, tmp_path).load()
     assert saved is not None and saved == svc.resume_seq
     # A clean stop waits for the running calls and saves past them: the
@@ -175,6 +175,7 @@ FOLLOWER_SCRIPT = textwrap.dedent(
         since=os.environ.get("FOLLOW_SINCE") or None,
         concurrency=int(os.environ["FOLLOW_CONCURRENCY"]),
         checkpoint_every=int(os.environ["FOLLOW_EVERY"]),
+        checkpoint_interval=float(os.environ.get("FOLLOW_INTERVAL", "5")),
     )
 
     def ready():
@@ -210,7 +211,9 @@ class FollowerProcess(protocol.ProcessProtocol):
         if self.kill_after is not None and not self.killed and len(self.of_kind(self.kind)) >= self.kill_after:
             self.kill()
         for item in list(self._waiting):
-            if item[0](self):
+            if item[1].called:
+                self._waiting.remove(item)
+            elif item[0](self):
                 self._waiting.remove(item)
                 item[1].callback(None)
 
@@ -225,16 +228,21 @@ class FollowerProcess(protocol.ProcessProtocol):
             self.killed = True
             self.transport.signalProcess("KILL")
 
-    def until(self, predicate) -> defer.Deferred[None]:
+    def until(self, predicate, timeout: float = 15) -> defer.Deferred[None]:
+        """Fires once *predicate(self)* holds; fails if the child ends first or after *timeout* seconds."""
         d: defer.Deferred[None] = defer.Deferred()
         if predicate(self):
             d.callback(None)
-        else:
-            self._waiting.append((predicate, d))
-        return d
+            return d
+        self._waiting.append((predicate, d))
+        timer = reactor.callLater(timeout, d.cancel)
+        return d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
 
     def processEnded(self, reason) -> None:
         self.reason = reason
+        waiting, self._waiting = self._waiting, []
+        for _, d in waiting:
+            d.errback(AssertionError(f"the follower ended first: {self.stderr.decode()}"))
         self.ended.callback(None)
 
 
@@ -395,7 +403,12 @@ async def test_since_now_crash_before_first_checkpoint_loses_no_change(couch_ser
     """A since='now' follower SIGKILLed while handling its first change hands that change, and later ones, to the service that replaces it."""
     checkpoint = tmp_path / "now.json"
     child = FollowerProcess()
-    spawn_follower(tmp_path, couch_server, db, checkpoint, child, FOLLOW_SINCE="now", FOLLOW_NEVER_FINISH="1")
+    # The window is the first checkpoint_interval (5 s by default); a long
+    # one keeps a slow machine from closing it before the kill.
+    spawn_follower(
+        tmp_path, couch_server, db, checkpoint, child,
+        FOLLOW_SINCE="now", FOLLOW_NEVER_FINISH="1", FOLLOW_INTERVAL="60",
+    )
     try:
         await child.until(lambda p: "streaming" in p.lines)
         await db.save_doc({"_id": "in-flight"})

@@ -1,0 +1,316 @@
+"""
+The clients the benchmark runs, each in a process of its own:
+
+    python -m benchmarks.clients CLIENT URL CHANGES [--no-orjson]
+
+Every client reads the whole feed of the canned server at *URL* (see
+:mod:`benchmarks.feedserver`), counts the changes it saw, and prints one
+JSON line: ``{"client", "changes", "seconds", "max_rss_kib", "json"}``. It
+exits with status 1, after printing, unless it saw exactly *CHANGES* changes.
+``seconds`` runs from just before the request to the end of the feed, so
+interpreter and import start-up are left out; ``max_rss_kib`` is the
+process's peak resident set.
+
+``--no-orjson`` hides orjson from the process, so that txchanges takes its
+standard-library path.
+
+The clients:
+
+``consumer``
+    txchanges ``Consumer.wait`` with a registered callback.
+``service``
+    txchanges ``ChangesService`` with a handler and an in-memory checkpoint;
+    done when the checkpoint reaches the feed's ``last_seq``.
+``normal-stream``
+    txchanges ``Consumer.fetch_rows`` on the normal feed: rows handed over
+    as they are parsed.
+``fetch``
+    txchanges ``Consumer.fetch`` on the normal feed: the whole body at once.
+``treq-lines``
+    plain treq (``unbuffered=True``) + ``LineOnlyReceiver`` + ``json.loads``
+    per line: the obvious Twisted client.
+``raw-json`` / ``raw-orjson``
+    a blocking socket, a de-chunking loop, and ``json.loads`` on ``str`` (or
+    ``orjson.loads`` on bytes) per line: the floor for a Python client.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import socket
+import sys
+import time
+import urllib.request
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+CONTINUOUS = "db/_changes?feed=continuous&since=0&heartbeat=10000"
+NORMAL = "db/_changes?since=0"
+
+
+def _feed_end(url: str) -> Any:
+    """The feed's last seq, from the database's info (read before the clock starts)."""
+    with urllib.request.urlopen(url + "db") as response:
+        return json.loads(response.read())["update_seq"]
+
+
+# -- txchanges -----------------------------------------------------------------
+
+
+def _react(main: Callable[[Any], Any]) -> int:
+    """Run *main(reactor)* (a coroutine function) under the reactor; return its result."""
+    from twisted.internet import defer, task
+
+    result: list[int] = []
+
+    def run(reactor: Any) -> Any:
+        d = defer.ensureDeferred(main(reactor))
+        d.addCallback(result.append)
+        return d
+
+    try:
+        task.react(run)
+    except SystemExit as e:
+        if e.code:
+            raise
+    return result[0]
+
+
+def consumer(url: str) -> int:
+    from txchanges import Consumer, Server
+
+    async def main(reactor: Any) -> int:
+        server = Server(url)
+        count = 0
+
+        def on_change(row: dict[str, Any]) -> None:
+            nonlocal count
+            count += 1
+
+        c = Consumer(server["db"])
+        c.register_callback(on_change)
+        await c.wait(since=0, heartbeat=10000)
+        await server.close()
+        return count
+
+    return _react(main)
+
+
+def service(url: str) -> int:
+    from twisted.internet.defer import Deferred
+
+    from txchanges import ChangesService, MemoryCheckpoint, Server
+
+    end = _feed_end(url)
+    reached: Deferred[None] = Deferred()
+
+    class Checkpoint(MemoryCheckpoint):
+        def save(self, seq: Any) -> Any:
+            d = super().save(seq)
+            if seq == end and not reached.called:
+                reached.callback(None)
+            return d
+
+    async def main(reactor: Any) -> int:
+        server = Server(url)
+        count = 0
+
+        def handler(row: dict[str, Any]) -> None:
+            nonlocal count
+            count += 1
+
+        svc = ChangesService(server["db"], handler, since=0, checkpoint=Checkpoint(), heartbeat=10000)
+        svc.startService()
+        await reached
+        await svc.stopService()
+        await server.close()
+        return count
+
+    return _react(main)
+
+
+def normal_stream(url: str) -> int:
+    from txchanges import Consumer, Server
+
+    async def main(reactor: Any) -> int:
+        server = Server(url)
+        count = 0
+
+        def on_row(row: dict[str, Any]) -> None:
+            nonlocal count
+            count += 1
+
+        await Consumer(server["db"]).fetch_rows(on_row, since=0)
+        await server.close()
+        return count
+
+    return _react(main)
+
+
+def fetch(url: str) -> int:
+    from txchanges import Consumer, Server
+
+    async def main(reactor: Any) -> int:
+        server = Server(url)
+        result = await Consumer(server["db"]).fetch(since=0)
+        await server.close()
+        return len(result["results"])
+
+    return _react(main)
+
+
+# -- plain treq ----------------------------------------------------------------
+
+
+def treq_lines(url: str) -> int:
+    import treq
+    from twisted.internet.defer import Deferred
+    from twisted.protocols.basic import LineOnlyReceiver
+
+    class Lines(LineOnlyReceiver):
+        delimiter = b"\n"
+        MAX_LENGTH = 1 << 26
+
+        def __init__(self) -> None:
+            self.count = 0
+            self.done: Deferred[int] = Deferred()
+
+        def lineReceived(self, line: bytes) -> None:
+            if not line:
+                return
+            row = json.loads(line)
+            if "changes" in row:
+                self.count += 1
+            elif "last_seq" in row and not self.done.called:
+                self.done.callback(self.count)
+                self.transport.stopProducing()
+
+        def connectionLost(self, reason: Any = None) -> None:
+            if not self.done.called:
+                self.done.callback(self.count)
+
+    async def main(reactor: Any) -> int:
+        response = await treq.get(url + CONTINUOUS, unbuffered=True)
+        lines = Lines()
+        response.deliverBody(lines)
+        return await lines.done
+
+    return _react(main)
+
+
+# -- raw socket ----------------------------------------------------------------
+
+
+def _raw(url: str, loads: Callable[[bytes], Any]) -> int:
+    """Read the chunked continuous feed from a blocking socket, parsing each line with *loads*."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port))
+    sock.sendall(
+        b"GET /%s HTTP/1.1\r\nHost: %s:%d\r\nAccept: application/json\r\n\r\n"
+        % (CONTINUOUS.encode(), parts.hostname.encode(), parts.port)
+    )
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += sock.recv(65536)
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
+    count = 0
+    partial = b""
+    ended = False
+    while True:
+        # De-chunk what arrived: complete chunks go to the body, the rest waits.
+        body = []
+        pos = 0
+        while True:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            size = int(buf[pos:eol].split(b";", 1)[0], 16)
+            if size == 0:
+                ended = True
+                break
+            if len(buf) < eol + 2 + size + 2:
+                break
+            body.append(buf[eol + 2:eol + 2 + size])
+            pos = eol + 2 + size + 2
+        buf = buf[pos:]
+        lines = (partial + b"".join(body)).split(b"\n")
+        partial = lines.pop()
+        for line in lines:
+            if not line:
+                continue
+            row = loads(line)
+            if "changes" in row:
+                count += 1
+            elif "last_seq" in row:
+                ended = True
+                break
+        data = b"" if ended else sock.recv(65536)
+        if not data:
+            sock.close()
+            return count
+        buf += data
+
+
+def raw_json(url: str) -> int:
+    return _raw(url, lambda line: json.loads(line.decode("utf-8")))
+
+
+def raw_orjson(url: str) -> int:
+    import orjson
+
+    return _raw(url, orjson.loads)
+
+
+CLIENTS: dict[str, Callable[[str], int]] = {
+    "consumer": consumer,
+    "service": service,
+    "normal-stream": normal_stream,
+    "fetch": fetch,
+    "treq-lines": treq_lines,
+    "raw-json": raw_json,
+    "raw-orjson": raw_orjson,
+}
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run one benchmark client.")
+    parser.add_argument("client", choices=sorted(CLIENTS))
+    parser.add_argument("url", help="the feed server's base URL, ending in /")
+    parser.add_argument("changes", type=int, help="how many changes the client must see")
+    parser.add_argument("--no-orjson", action="store_true", help="hide orjson from this process")
+    args = parser.parse_args(argv)
+    if args.no_orjson:
+        sys.modules["orjson"] = None  # type: ignore[assignment]
+    run = CLIENTS[args.client]
+    started = time.perf_counter()
+    count = run(args.url)
+    seconds = time.perf_counter() - started
+    try:
+        import txchanges._rows as rows
+
+        parser_name = getattr(rows, "PARSER", "json")
+    except ImportError:
+        parser_name = "json"
+    if args.client in ("raw-orjson",):
+        parser_name = "orjson"
+    elif args.client in ("raw-json", "treq-lines"):
+        parser_name = "json"
+    print(json.dumps({
+        "client": args.client,
+        "changes": count,
+        "seconds": seconds,
+        "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "json": parser_name,
+    }), flush=True)
+    if count != args.changes:
+        print(f"{args.client}: saw {count} changes, expected {args.changes}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,331 @@
+"""
+The follower's command-line options, shared by the twistd plugin and the
+``txchanges`` command: one definition, so that ``twistd txchanges`` and
+``txchanges follow`` take the same flags and check them the same way.
+
+Every check happens while the options are parsed and fails with a
+:class:`~twisted.python.usage.UsageError` naming the option, never later
+with a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from twisted.python import usage
+
+from ._params import feed_request
+from ._urls import parse_server_url, query_string, redact, validate_db_name
+from .checkpoint import CheckpointStore, parse_checkpoint_spec
+from .client import Database, Server
+
+__all__ = [
+    "FeedOptions",
+    "FollowerOptions",
+    "USER_VARIABLE",
+    "PASSWORD_VARIABLE",
+    "credentials_from",
+    "open_database",
+    "split_database_url",
+]
+
+#: Environment variables holding credentials, so that they stay out of ``ps``.
+USER_VARIABLE = "TXCHANGES_USER"
+PASSWORD_VARIABLE = "TXCHANGES_PASSWORD"
+
+# Parameters with an option of their own, or that the follower sets itself.
+_NOT_PARAMS = {
+    "since": "--since",
+    "feed": "the command",
+    "heartbeat": "--heartbeat",
+    "timeout": "--heartbeat",
+    "filter": "--filter",
+    "filter_name": "--filter",
+    "doc_ids": "--doc-ids",
+    "selector": "--selector",
+    "view": "--view",
+    "include_docs": "--include-docs",
+}
+
+# Feed parameters that change what is delivered, not which changes: a
+# checkpoint stays valid when they change.
+_PRESENTATION = frozenset(
+    {"include_docs", "conflicts", "attachments", "att_encoding_info", "limit", "seq_interval"}
+)
+
+
+def _coercer(kind: Callable[[str], Any], check: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+    def coerce(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or not check(number):
+            raise usage.UsageError(f"expected {what}, got {value!r}")
+        return number
+
+    coerce.coerceDoc = f"{what[0].upper()}{what[1:]}."  # type: ignore[attr-defined]
+    return coerce
+
+
+positive_int = _coercer(int, lambda n: n > 0, "a whole number above 0")
+non_negative_int = _coercer(int, lambda n: n >= 0, "a whole number, 0 or more")
+positive_float = _coercer(float, lambda n: n > 0, "a number of seconds above 0")
+port_number = _coercer(int, lambda n: 0 <= n <= 65535, "a port number from 0 to 65535")
+
+
+def _key_value(option: str, value: str) -> tuple[str, str]:
+    key, sep, text = value.partition("=")
+    if not sep or not key.strip():
+        raise usage.UsageError(f"{option} expects KEY=VALUE, got {value!r}")
+    return key.strip(), text
+
+
+def _read_selector(value: str) -> dict[str, Any]:
+    text = value
+    if value.startswith("@"):
+        try:
+            with open(os.path.expanduser(value[1:]), encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise usage.UsageError(f"cannot read the selector file {value[1:]!r}: {e.strerror or e}") from None
+    try:
+        selector = json.loads(text)
+    except ValueError as e:
+        raise usage.UsageError(f"--selector is not valid JSON ({e}): {text[:80]!r}") from None
+    if not isinstance(selector, dict):
+        raise usage.UsageError(f"--selector must be a JSON object, not {type(selector).__name__}")
+    return selector
+
+
+class FeedOptions(usage.Options):
+    """
+    Which changes to read: where to start and which filter to apply.
+
+    After parsing, ``self["feed_params"]`` holds the keyword arguments for
+    :meth:`~txchanges.Consumer.fetch` (or the service), already checked.
+    """
+
+    optParameters: list[list[Any]] = [
+        ["since", None, None,
+         "Where to start when there is no checkpoint: 0 (the beginning, the default), now, "
+         "or a sequence exactly as the server sent it."],
+        ["filter", None, None,
+         "A filter: designname/filtername, or _design, _doc_ids, _selector, _view."],
+        ["selector", None, None,
+         'A Mango selector as JSON (\'{"type": "order"}\'), or @FILE to read it from a file; '
+         "implies the _selector filter."],
+        ["view", None, None,
+         "designname/viewname: only changes of documents the view's map function emits; "
+         "implies the _view filter."],
+    ]
+    optFlags: list[list[Any]] = [["include-docs", None, "Include each changed document in its change."]]
+
+    #: Feed parameters reserved by the subclass (``limit`` for the follower).
+    reserved_params: Mapping[str, str] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["params"] = {}
+        self["doc_ids"] = []
+
+    def opt_param(self, value: str) -> None:
+        """
+        KEY=VALUE: a parameter for the filter function (it reads it in req.query), or
+        any other feed parameter (style=all_docs); repeatable.
+        """
+        key, text = _key_value("--param", value)
+        owner = _NOT_PARAMS.get(key) or self.reserved_params.get(key)
+        if owner is not None:
+            raise usage.UsageError(f"--param {key}=... is not allowed: use {owner}")
+        self["params"][key] = text
+
+    def opt_doc_ids(self, value: str) -> None:
+        """
+        Only changes of these document ids, comma-separated; repeatable; implies the
+        _doc_ids filter.
+        """
+        ids = [i for i in value.split(",") if i]
+        if not ids:
+            raise usage.UsageError(f"--doc-ids expects comma-separated ids, got {value!r}")
+        self["doc_ids"].extend(ids)
+
+    def postOptions(self) -> None:
+        params: dict[str, Any] = dict(self["params"])
+        if self["filter"] is not None:
+            params["filter"] = self["filter"]
+        if self["doc_ids"]:
+            params["doc_ids"] = list(self["doc_ids"])
+        if self["selector"] is not None:
+            params["selector"] = _read_selector(self["selector"])
+        if self["view"] is not None:
+            params["view"] = self["view"]
+        if self["include-docs"]:
+            params["include_docs"] = True
+        try:
+            feed_request("normal", self["since"], params)
+        except (ValueError, TypeError) as e:
+            raise usage.UsageError(str(e)) from None
+        self["feed_params"] = params
+
+
+class FollowerOptions(FeedOptions):
+    """
+    :class:`FeedOptions` plus how to follow: heartbeat, checkpoints,
+    de-duplication, giving up, and the metrics endpoint.
+
+    After parsing, :meth:`service_kwargs` gives the keyword arguments for
+    :class:`~txchanges.ChangesService` other than the database, the handler
+    and the checkpoint store (see :meth:`checkpoint_store`).
+    """
+
+    optParameters: list[list[Any]] = [
+        ["heartbeat", None, 30000,
+         "Milliseconds between the server's keep-alive newlines; silence for 1.25 times "
+         "that plus 5 s reconnects.", positive_int],
+        ["checkpoint", None, "memory",
+         "Where the resume point is kept: memory (lost at exit), file:PATH, or local:NAME "
+         "(a _local/NAME document in the followed database)."],
+        ["checkpoint-every", None, 100,
+         "Save the checkpoint after this many changes (and at least every 5 s, and on stop).",
+         positive_int],
+        ["dedup-window", None, 0,
+         "Remember this many (id, rev) pairs and skip a change seen among them; 0: off.",
+         non_negative_int],
+        ["give-up-after", None, None,
+         "Stop with an error after this many seconds of failed requests; default: retry forever.",
+         positive_float],
+        ["metrics-port", None, None,
+         "Serve Prometheus metrics at http://INTERFACE:PORT/metrics (needs the 'metrics' extra).",
+         port_number],
+        ["metrics-interface", None, "127.0.0.1", "The address the metrics endpoint listens on."],
+    ]
+
+    reserved_params = {"limit": "--limit"}
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        spec = self["checkpoint"]
+        kind, sep, where = spec.partition(":")
+        if spec != "memory" and not (sep and where and kind in ("file", "local")):
+            raise usage.UsageError(
+                f"--checkpoint: expected memory, file:PATH or local:NAME, got {spec!r}"
+            )
+        if self["metrics-port"] is not None and importlib.util.find_spec("prometheus_client") is None:
+            raise usage.UsageError(
+                "--metrics-port needs the prometheus_client package: "
+                "pip install 'txchanges[metrics]'"
+            )
+
+    def service_kwargs(self) -> dict[str, Any]:
+        """
+        :return: Keyword arguments for :class:`~txchanges.ChangesService`:
+            ``since``, ``heartbeat``, ``checkpoint_every``, ``dedup_window``,
+            ``give_up_after`` and the feed parameters.
+        """
+        return dict(
+            self["feed_params"],
+            since=self["since"],
+            heartbeat=self["heartbeat"],
+            checkpoint_every=self["checkpoint-every"],
+            dedup_window=self["dedup-window"],
+            give_up_after=self["give-up-after"],
+        )
+
+    def checkpoint_store(self, db: Database) -> CheckpointStore:
+        """
+        :return: The store ``--checkpoint`` names, bound to *db* and to the
+            filter, so that a checkpoint written for another database or
+            filter is refused rather than trusted.
+        """
+        return parse_checkpoint_spec(self["checkpoint"], db, identity=checkpoint_identity(db, self["feed_params"]))
+
+
+def checkpoint_identity(db: Database, feed_params: Mapping[str, Any]) -> str:
+    """
+    What a checkpoint belongs to: the database's URL and whatever chooses
+    which changes are delivered (filter, view, ids, selector, filter
+    parameters), but not how they are presented (``include_docs``...).
+    """
+    chosen = {k: v for k, v in feed_params.items() if k not in _PRESENTATION}
+    request = feed_request("normal", None, chosen)
+    query = [(k, v) for k, v in request.query if k != "feed"]
+    identity = db.url + "/_changes"
+    if query:
+        identity += "?" + query_string(sorted(query))
+    if request.body is not None:
+        identity += " " + json.dumps(request.body, sort_keys=True, separators=(",", ":"))
+    return identity
+
+
+def credentials_from(url: str, environ: Mapping[str, str]) -> Optional[tuple[str, str]]:
+    """
+    The credentials to use: those in *url* when it has some, else
+    ``TXCHANGES_USER`` and ``TXCHANGES_PASSWORD`` from *environ*.
+
+    :raises usage.UsageError: when only the password variable is set.
+    """
+    if urlsplit(url).username is not None:
+        return None  # Server takes them from the URL
+    user = environ.get(USER_VARIABLE)
+    password = environ.get(PASSWORD_VARIABLE)
+    if user is None:
+        if password is not None:
+            raise usage.UsageError(f"{PASSWORD_VARIABLE} is set but {USER_VARIABLE} is not")
+        return None
+    return (user, password or "")
+
+
+def check_server_url(url: str, option: str) -> str:
+    """
+    :raises usage.UsageError: when *url* is not a usable server URL; the
+        message never shows its password.
+    :return: *url*.
+    """
+    try:
+        parse_server_url(url)
+    except (ValueError, TypeError) as e:
+        raise usage.UsageError(f"{option}: {e}") from None
+    return url
+
+
+def check_db_name(name: str) -> str:
+    """
+    :raises usage.UsageError: when CouchDB would refuse *name*.
+    :return: *name*.
+    """
+    try:
+        return validate_db_name(name)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+
+
+def split_database_url(url: str) -> tuple[str, str]:
+    """
+    Split ``http://host:5984/[prefix/]DB`` into the server URL and the
+    database name (percent-decoded: ``a%2Fb`` is the database ``a/b``).
+
+    :raises usage.UsageError: when the URL is not an http(s) URL or names
+        no database.
+    """
+    check_server_url(url, "URL")
+    parts = urlsplit(url.strip())
+    path = parts.path.rstrip("/")
+    prefix, _, name = path.rpartition("/")
+    if not name:
+        raise usage.UsageError(f"{redact(url)} names no database: expected URL/DB, e.g. http://127.0.0.1:5984/mydb")
+    server = urlunsplit((parts.scheme, parts.netloc, prefix + "/", "", ""))
+    return server, check_db_name(unquote(name))
+
+
+def open_database(server_url: str, name: str, environ: Mapping[str, str], reactor: Any = None) -> Database:
+    """
+    :return: The :class:`~txchanges.Database` *name* on *server_url*, with
+        the credentials of :func:`credentials_from`; nothing is sent yet.
+    """
+    return Server(server_url, credentials_from(server_url, environ), reactor=reactor)[name]

@@ -1,0 +1,287 @@
+"""
+The twistd plugin: ``twistd -n txchanges --url URL --db NAME --handler
+MODULE:NAME``.
+
+The handler is chosen by one of two options:
+
+- ``--handler MODULE:NAME`` names a callable that is called with each change
+  (a dict); it may return a Deferred or be a coroutine function. A class is
+  refused here: use ``--handler-factory`` to build an object once.
+- ``--handler-factory MODULE:NAME`` names a callable that is called once,
+  when the service is made, as ``factory(db, **handler_args)`` with the
+  followed :class:`~txchanges.Database` and the ``--handler-arg KEY=VALUE``
+  pairs (strings); it returns the per-change callable.
+
+When the follower stops by itself with an error (HTTP 400/401/403/404, a
+handler failure with ``--on-error stop``, an unusable checkpoint, or
+``--give-up-after`` passing), the error is logged, the reactor is stopped,
+and the process exits with status 1 once twistd has finished its own
+shutdown, so that a supervisor sees the failure. A stop asked for by a signal
+saves the checkpoint and exits as twistd does (status 0).
+"""
+
+from __future__ import annotations
+
+import atexit
+import inspect
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.python.reflect import namedAny
+
+from ._options import FollowerOptions, check_db_name, check_server_url, credentials_from, open_database
+from ._scheduler import ON_ERROR, check_options
+from .client import Database
+from .service import ChangesService
+
+__all__ = ["Options", "makeService", "ExitOnFailure", "load_object"]
+
+
+def load_object(spec: str, option: str) -> Any:
+    """
+    Import ``package.module:name`` (or the dotted ``package.module.name``).
+
+    :raises usage.UsageError: naming *option*, *spec* and the reason when it
+        cannot be imported, whatever the module raised.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    try:
+        if not sep:
+            return namedAny(spec)
+        if not module_name or not attribute:
+            raise ValueError("expected MODULE:NAME")
+        obj: Any = __import__(module_name, fromlist=["_"])
+        for part in attribute.split("."):
+            obj = getattr(obj, part)
+        return obj
+    except Exception as e:  # importing runs the user's code: anything can fail
+        raise usage.UsageError(f"{option} {spec!r} cannot be imported: {type(e).__name__}: {e}") from None
+
+
+class Options(FollowerOptions):
+    """
+    The plugin's options: :class:`~txchanges._options.FollowerOptions` plus
+    the server, the database and the handler.
+    """
+
+    synopsis = "--url URL --db NAME (--handler MODULE:NAME | --handler-factory MODULE:NAME) [options]"
+    longdesc = (
+        "Follow a CouchDB database's continuous _changes feed and hand every change to a "
+        "Python handler, reconnecting after failures and resuming from a checkpoint. "
+        "Credentials come from the URL or from the TXCHANGES_USER and TXCHANGES_PASSWORD "
+        "environment variables; they are never logged. Delivery is at least once: make "
+        "the handler idempotent. The process exits with status 1 when the follower stops "
+        "on an error it cannot retry."
+    )
+    optParameters: list[list[Any]] = [
+        ["url", None, None, "The CouchDB server, e.g. http://127.0.0.1:5984/ (credentials allowed)."],
+        ["db", None, None, "The database to follow."],
+        ["handler", None, None, "MODULE:NAME of a callable called with each change (a dict)."],
+        ["handler-factory", None, None,
+         "MODULE:NAME of a callable called once as NAME(db, **handler_args), "
+         "returning the per-change callable."],
+        ["concurrency", None, 1, "Handler calls running at once (one at a time per document).",
+         lambda v: _int_at_least(v, 1, "--concurrency")],
+        ["max-buffered", None, None,
+         "Changes held (running or waiting) before the feed is paused; default 2 x concurrency.",
+         lambda v: _int_at_least(v, 1, "--max-buffered")],
+        ["on-error", None, "stop",
+         "When the handler fails: stop (exit, checkpoint before that change), retry "
+         "(with backoff), or skip (log it and go on)."],
+    ]
+
+    def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
+        super().__init__()
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        self["handler-args"] = {}
+
+    def opt_handler_arg(self, value: str) -> None:
+        """
+        KEY=VALUE passed to the --handler-factory as a keyword argument; repeatable.
+        """
+        key, sep, text = value.partition("=")
+        if not sep or not key.isidentifier():
+            raise usage.UsageError(f"--handler-arg expects KEY=VALUE with KEY a Python name, got {value!r}")
+        self["handler-args"][key] = text
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        for required in ("url", "db"):
+            if not self[required]:
+                raise usage.UsageError(f"--{required} is required")
+        check_server_url(self["url"], "--url")
+        check_db_name(self["db"])
+        credentials_from(self["url"], self.environ)
+        if self["on-error"] not in ON_ERROR:
+            raise usage.UsageError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {self['on-error']!r}")
+        buffered = self["max-buffered"] or 2 * self["concurrency"]
+        try:
+            check_options(self["concurrency"], buffered, self["on-error"])
+        except ValueError as e:
+            raise usage.UsageError(str(e).replace("max_buffered", "--max-buffered")) from None
+        self._check_handler()
+
+    def _check_handler(self) -> None:
+        plain, factory = self["handler"], self["handler-factory"]
+        if (plain is None) == (factory is None):
+            raise usage.UsageError("give exactly one of --handler and --handler-factory")
+        if self["handler-args"] and factory is None:
+            raise usage.UsageError("--handler-arg only goes with --handler-factory")
+        option = "--handler" if factory is None else "--handler-factory"
+        spec = plain if factory is None else factory
+        obj = load_object(spec, option)
+        if not callable(obj):
+            raise usage.UsageError(f"{option} {spec!r} is not callable but a {type(obj).__name__}")
+        if factory is None:
+            if inspect.isclass(obj):
+                raise usage.UsageError(
+                    f"--handler {spec!r} is a class; use --handler-factory to build the handler once"
+                )
+        else:
+            try:
+                inspect.signature(obj).bind(None, **self["handler-args"])
+            except TypeError as e:
+                raise usage.UsageError(f"--handler-factory {spec!r} cannot be called with (db, "
+                                       f"{', '.join(self['handler-args'])}): {e}") from None
+            except ValueError:
+                pass  # no signature to check (a builtin); the call will tell
+        self["handler-object"] = obj
+
+    def build_handler(self, db: Database) -> Callable[[dict[str, Any]], Any]:
+        """
+        :return: The per-change callable: the ``--handler`` object, or what
+            the ``--handler-factory`` returns for *db*.
+        :raises TypeError: when the factory returns something not callable.
+        """
+        obj = self["handler-object"]
+        if self["handler-factory"] is None:
+            return obj  # type: ignore[no-any-return]
+        handler = obj(db, **self["handler-args"])
+        if not callable(handler):
+            raise TypeError(f"--handler-factory {self['handler-factory']!r} returned {handler!r}, not a callable")
+        return handler  # type: ignore[no-any-return]
+
+
+def _int_at_least(value: str, low: int, option: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = low - 1
+    if number < low:
+        raise usage.UsageError(f"{option} expects a whole number of at least {low}, got {value!r}")
+    return number
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    """
+    Build the follower from parsed options.
+
+    :param reactor: The reactor; the global one when omitted.
+    :return: A :class:`~twisted.application.service.MultiService` holding
+        the :class:`~txchanges.ChangesService` (named ``"follower"``), the
+        service that stops the process when it fails (``"exit-on-failure"``)
+        and, with ``--metrics-port``, the metrics endpoint (``"metrics"``).
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    db = open_database(options["url"], options["db"], options.environ, reactor)
+    follower = ChangesService(
+        db,
+        options.build_handler(db),
+        checkpoint=options.checkpoint_store(db),
+        concurrency=options["concurrency"],
+        max_buffered=options["max-buffered"],
+        on_error=options["on-error"],
+        clock=reactor,
+        **options.service_kwargs(),
+    )
+    top = MultiService()
+    follower.setName("follower")
+    follower.setServiceParent(top)
+    watcher = ExitOnFailure(follower, reactor)
+    watcher.setName("exit-on-failure")
+    watcher.setServiceParent(top)
+    if options["metrics-port"] is not None:
+        from .metrics import MetricsServer
+
+        metrics = MetricsServer([follower], options["metrics-port"], options["metrics-interface"], reactor=reactor)
+        metrics.setName("metrics")
+        metrics.setServiceParent(top)
+    return top
+
+
+class ExitOnFailure(Service):
+    """
+    Stops the reactor when a follower stops by itself with an error, and
+    makes the process exit with status 1 afterwards.
+
+    :param follower: The watched service.
+    :param reactor: The reactor to stop.
+    :param set_exit_status: Called with ``1`` on failure; by default it
+        arranges for the process to exit with that status once twistd is
+        done (see :func:`exit_status_at_exit`).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        follower: ChangesService,
+        reactor: Any,
+        set_exit_status: Optional[Callable[[int], object]] = None,
+    ) -> None:
+        self.follower = follower
+        self._reactor = reactor
+        self._set_exit_status = set_exit_status or exit_status_at_exit
+
+    def startService(self) -> None:
+        super().startService()
+        self.follower.when_stopped().addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        self.log.critical(
+            "the follower of {db} stopped on an error ({error}); exiting with status 1",
+            db=self.follower.db.url, error=failure.getErrorMessage(),
+        )
+        self._set_exit_status(1)
+        try:
+            self._reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+
+_exit_status: list[int] = []
+
+
+def exit_status_at_exit(status: int) -> None:
+    """
+    Make the process exit with *status* when the interpreter exits.
+
+    twistd always exits with status 0 after a clean reactor stop and offers
+    no way to change that, so an :mod:`atexit` hook, registered now and so
+    run before the hooks registered earlier, flushes the standard streams
+    and the :mod:`logging` handlers and ends the process with *status*.
+    """
+    if not _exit_status:
+        atexit.register(_exit_now)
+    _exit_status[:] = [status]
+
+
+def _exit_now() -> None:
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(_exit_status[0])
