@@ -116,15 +116,34 @@ def test_concurrency_limit_and_same_id_serialisation():
     assert p.resume == "4" and s.buffered == 0
 
 
-def test_backpressure_pauses_at_the_bound_and_resumes_below_it():
-    """The feed is paused when max_buffered changes are held and resumed when one is done."""
+def test_backpressure_pauses_at_the_bound_and_resumes_half_empty():
+    """The feed is paused when max_buffered changes are held and resumed when half are done."""
     calls = Calls()
-    s, p, events = make(calls, concurrency=1, max_buffered=3)
-    for i in range(3):
+    s, p, events = make(calls, concurrency=1, max_buffered=4)
+    for i in range(4):
         submit(s, p, f"d{i}", str(i))
-    assert events == ["pause"] and s.buffered == 3
+    assert events == ["pause"] and s.buffered == 4
     calls.finish("d0")
+    assert events == ["pause"], "3 held: not yet half empty"
+    calls.finish("d1")
     assert events == ["pause", "resume"]
+
+
+def test_a_stuck_call_pauses_after_max_ahead_rows():
+    """While one call hangs, the feed is paused once max_ahead rows are past the resume point."""
+    calls = Calls()
+    s, p, events = make(calls, concurrency=2, max_buffered=4, max_ahead=10)
+    submit(s, p, "stuck", "0")
+    for i in range(1, 9):
+        submit(s, p, f"d{i}", str(i))
+        calls.finish(f"d{i}")
+    assert events == []
+    submit(s, p, "d9", "9")
+    assert events == ["pause"] and p.tracked == 10 and p.resume is None
+    calls.finish("d9")
+    assert events == ["pause"], "still 10 past the resume point"
+    calls.finish("stuck")
+    assert events == ["pause", "resume"] and p.resume == "9"
 
 
 def test_stop_policy_reports_and_starts_nothing_more():

@@ -388,15 +388,6 @@ async def test_stop_under_backpressure_then_resume_repeats_at_most_a_buffer(repo
 STUCK_FEED = 20_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "design gap: max_buffered counts only running and waiting changes, so while one "
-        "handler call hangs the other slots keep the feed flowing; Progress then tracks "
-        "every later row (memory grows with the feed) and the checkpoint cannot pass the "
-        "stuck row (a crash replays all of them)"
-    ),
-)
 @pytest_twisted.ensureDeferred
 async def test_one_stuck_handler_call_keeps_rows_past_the_resume_point_bounded(report_summary):
     """While one handler call hangs, the service pauses the feed after a bounded number of rows past the resume point instead of taking the whole feed."""

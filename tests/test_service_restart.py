@@ -136,7 +136,8 @@ async def test_restart_after_clean_stop_resumes_from_the_checkpoint(db, tmp_path
     assert svc.stats.checkpoints >= 3
     saved = await make_store(kind, db, tmp_path).load()
     assert saved is not None and saved == svc.resume_seq
-    # A clean stop waits for the running calls and saves past them: the
+    # A clean stop waits for the running calls and saves past them; with one
+    # change per document nothing is started out of order, so the
     # checkpoint lies right after what was handled.
     all_rows = await feed_rows(db)
     position = [r["seq"] for r in all_rows].index(saved)
@@ -363,15 +364,6 @@ async def test_since_now_stopped_at_once_saves_a_real_seq_or_nothing(db, tmp_pat
     assert saved is None or (saved != "now" and saved == await now_seq(db))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: stopService() during a plain request of the service (the since='now' "
-        "position, or LocalDocCheckpoint.load) cancels it, the client turns the "
-        "cancellation into ConnectionFailed, and _main only forgives CancelledError: "
-        "the service ends 'failed' and when_stopped() fails"
-    ),
-)
 @pytest.mark.parametrize("case", ["since-now", "localdoc-load"])
 @pytest_twisted.ensureDeferred
 async def test_stop_during_start_up_request_is_a_clean_stop(db, tmp_path, case):
@@ -389,15 +381,6 @@ async def test_stop_during_start_up_request_is_a_clean_stop(db, tmp_path, case):
     assert svc.state == "stopped"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: with since='now' the resolved start seq is not saved until the first "
-        "checkpoint (checkpoint_every changes or checkpoint_interval seconds); a crash "
-        "before that makes a restart with since='now' skip the changes that were in "
-        "flight and those written while it was down"
-    ),
-)
 @pytest_twisted.ensureDeferred
 async def test_since_now_crash_before_first_checkpoint_loses_no_change(couch_server, db, tmp_path):
     """A since='now' follower SIGKILLed while handling its first change hands that change, and later ones, to the service that replaces it."""

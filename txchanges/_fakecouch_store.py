@@ -210,6 +210,11 @@ class FakeDatabase:
         self.rewind_to: Optional[int] = None
         self._listeners: list[Callable[[], None]] = []
 
+    @staticmethod
+    def new_id() -> str:
+        """A fresh document id, as CouchDB's ``uuids`` makes them."""
+        return secrets.token_hex(16)
+
     # -- sequences ------------------------------------------------------------
 
     def seq(self, n: int) -> str:

@@ -14,7 +14,7 @@ import importlib.util
 import json
 import os
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.python import usage
@@ -32,6 +32,9 @@ __all__ = [
     "credentials_from",
     "open_database",
     "split_database_url",
+    "CommandOptions",
+    "FetchOptions",
+    "FollowOptions",
 ]
 
 #: Environment variables holding credentials, so that they stay out of ``ps``.
@@ -126,7 +129,7 @@ class FeedOptions(usage.Options):
     ]
     optFlags: list[list[Any]] = [["include-docs", None, "Include each changed document in its change."]]
 
-    #: Feed parameters reserved by the subclass (``limit`` for the follower).
+    #: Feed parameters a subclass refuses in ``--param``, with the reason.
     reserved_params: Mapping[str, str] = {}
 
     def __init__(self) -> None:
@@ -140,9 +143,11 @@ class FeedOptions(usage.Options):
         any other feed parameter (style=all_docs); repeatable.
         """
         key, text = _key_value("--param", value)
-        owner = _NOT_PARAMS.get(key) or self.reserved_params.get(key)
+        owner = _NOT_PARAMS.get(key)
         if owner is not None:
             raise usage.UsageError(f"--param {key}=... is not allowed: use {owner}")
+        if key in self.reserved_params:
+            raise usage.UsageError(f"--param {key}=... is not allowed: {self.reserved_params[key]}")
         self["params"][key] = text
 
     def opt_doc_ids(self, value: str) -> None:
@@ -206,7 +211,7 @@ class FollowerOptions(FeedOptions):
         ["metrics-interface", None, "127.0.0.1", "The address the metrics endpoint listens on."],
     ]
 
-    reserved_params = {"limit": "--limit"}
+    reserved_params = {"limit": "a follower's feed has no end (txchanges follow has --limit)"}
 
     def postOptions(self) -> None:
         super().postOptions()
@@ -329,3 +334,107 @@ def open_database(server_url: str, name: str, environ: Mapping[str, str], reacto
         the credentials of :func:`credentials_from`; nothing is sent yet.
     """
     return Server(server_url, credentials_from(server_url, environ), reactor=reactor)[name]
+
+
+# -- the txchanges command ------------------------------------------------------
+
+
+class _DatabaseArgument(usage.Options):
+    """
+    The ``URL/DB`` positional argument of the command's subcommands.
+    """
+
+    def parseArgs(self, *args: str) -> None:
+        if len(args) != 1:
+            got = "none" if not args else " ".join(repr(a) for a in args)
+            raise usage.UsageError(f"expected one URL/DB argument (http://host:5984/mydb), got {got}")
+        self["server_url"], self["db_name"] = split_database_url(args[0])
+
+
+class FetchOptions(_DatabaseArgument, FeedOptions):
+    """
+    ``txchanges fetch URL/DB``: print one normal-feed answer.
+    """
+
+    synopsis = "txchanges fetch URL/DB [options]"
+    longdesc = "Print the changes since --since as one JSON document (the normal feed's body) and exit."
+    optParameters: list[list[Any]] = [["limit", None, None, "At most this many changes.", positive_int]]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if self["limit"] is not None:
+            self["feed_params"]["limit"] = self["limit"]
+
+
+class FollowOptions(_DatabaseArgument, FollowerOptions):
+    """
+    ``txchanges follow URL/DB``: print every change as a JSON line.
+    """
+
+    synopsis = "txchanges follow URL/DB [options]"
+    longdesc = (
+        "Print every change of the database as one JSON line, reconnecting after failures "
+        "and resuming from --checkpoint. Progress goes to stderr when it is a terminal and "
+        "stdout is not."
+    )
+    optParameters: list[list[Any]] = [
+        ["limit", None, None, "Exit after this many changes, once the checkpoint is saved.", positive_int],
+        ["feed", None, "continuous",
+         "continuous: one long request, through the reconnecting service; longpoll: one "
+         "request per batch of changes."],
+    ]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if self["feed"] not in ("continuous", "longpoll"):
+            raise usage.UsageError(f"--feed must be continuous or longpoll, not {self['feed']!r}")
+
+
+class CommandOptions(usage.Options):
+    """
+    The ``txchanges`` command line.
+    """
+
+    synopsis = "txchanges [-v|-q] (follow|fetch) URL/DB [options]"
+    longdesc = (
+        "Read a CouchDB database's _changes feed. Credentials come from the URL or from the "
+        "TXCHANGES_USER and TXCHANGES_PASSWORD environment variables. Run "
+        "'txchanges COMMAND --help' for a command's options."
+    )
+    subCommands = [
+        ["follow", None, FollowOptions, "Print every change as a JSON line, following the feed."],
+        ["fetch", None, FetchOptions, "Print the changes since a point as one JSON document."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["verbosity"] = 0
+
+    def opt_verbose(self) -> None:
+        """
+        Log more on stderr: -v also shows progress messages, -vv debug messages and tracebacks.
+        """
+        self["verbosity"] += 1
+
+    opt_v = opt_verbose
+
+    def opt_quiet(self) -> None:
+        """
+        Log only errors on stderr.
+        """
+        self["verbosity"] = -1
+
+    opt_q = opt_quiet
+
+    def opt_version(self) -> NoReturn:
+        """
+        Print the version and exit.
+        """
+        from . import __version__
+
+        print(f"txchanges {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("expected a command: follow or fetch")

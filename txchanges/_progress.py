@@ -31,6 +31,14 @@ class Progress:
         self._open: OrderedDict[int, list[Any]] = OrderedDict()
 
     @property
+    def tracked(self) -> int:
+        """
+        How many rows are past the resume point: not done, or done behind
+        one that is not.
+        """
+        return len(self._open)
+
+    @property
     def in_flight(self) -> int:
         """
         How many rows have arrived and are not done.

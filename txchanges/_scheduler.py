@@ -24,6 +24,14 @@ ON_ERROR = ("stop", "retry", "skip")
 Handler = Callable[[dict[str, Any]], Any]
 
 
+def default_max_ahead(max_buffered: int) -> int:
+    """
+    The default bound on rows past the resume point: generous enough that
+    out-of-order completion never pauses a healthy feed.
+    """
+    return max(1000, 50 * max_buffered)
+
+
 def check_options(concurrency: int, max_buffered: int, on_error: str) -> None:
     """
     :raises ValueError: for options a :class:`Scheduler` cannot work with.
@@ -53,7 +61,12 @@ class Scheduler:
     :param progress: Told when each change is done.
     :param concurrency: The most handler calls running at once.
     :param max_buffered: The most changes held (running or waiting) before
-        :attr:`pause` is called; :attr:`resume` is called when there is room.
+        :attr:`pause` is called; :attr:`resume` is called when half of them
+        are done, so that a fast feed is not paused and resumed per row.
+    :param max_ahead: The most rows past the resume point (see
+        :attr:`Progress.tracked <txchanges._progress.Progress.tracked>`)
+        before :attr:`pause` is called: one handler call that hangs must not
+        let the feed flow on past it without bound.
     :param on_error: ``"stop"``: report the failure through
         :attr:`failed` and start nothing more; ``"retry"``: call the handler
         again after ``retry_delay(attempt)`` seconds; ``"skip"``: log it and
@@ -73,6 +86,7 @@ class Scheduler:
         max_buffered: int,
         on_error: str,
         clock: Clock,
+        max_ahead: int | None = None,
         retry_delay: Callable[[int], float],
     ) -> None:
         check_options(concurrency, max_buffered, on_error)
@@ -80,6 +94,7 @@ class Scheduler:
         self._progress = progress
         self._concurrency = concurrency
         self._max_buffered = max_buffered
+        self._max_ahead = max_ahead if max_ahead is not None else default_max_ahead(max_buffered)
         self._on_error = on_error
         self._clock = clock
         self._retry_delay = retry_delay
@@ -113,7 +128,9 @@ class Scheduler:
         key = row.get("id", row.get("db_name"))
         self._waiting.append(_Job(row, ticket, key))
         self._pump()
-        if not self.paused and self.buffered >= self._max_buffered:
+        if not self.paused and (
+            self.buffered >= self._max_buffered or self._progress.tracked >= self._max_ahead
+        ):
             self.paused = True
             self.pause()
 
@@ -185,7 +202,12 @@ class Scheduler:
     def _release(self, job: _Job) -> None:
         del self._running[job.key]
         self._pump()
-        if self.paused and self.buffered < self._max_buffered and not self._halted:
+        if (
+            self.paused
+            and not self._halted
+            and self.buffered <= self._max_buffered // 2
+            and self._progress.tracked < self._max_ahead
+        ):
             self.paused = False
             self.resume()
         if not self._running:

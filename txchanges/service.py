@@ -21,7 +21,7 @@ from ._params import feed_request
 from ._progress import DedupWindow, Progress
 from ._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
 from ._rows import ChangeRow, LastSeq
-from ._scheduler import Scheduler, check_options
+from ._scheduler import Scheduler, check_options, default_max_ahead
 from ._watchdog import Clock, idle_limit
 from .checkpoint import CheckpointStore, MemoryCheckpoint
 from .client import Database
@@ -114,6 +114,10 @@ class ChangesService(Service):
         one document always run one at a time, in feed order.
     :param max_buffered: How many changes may be held, running or waiting,
         before the feed is paused; ``2 * concurrency`` by default.
+    :param max_ahead: How many changes may have arrived past the oldest
+        unfinished one before the feed is paused, so that one handler call
+        that hangs cannot let memory grow with the feed; the larger of 1000
+        and ``50 * max_buffered`` by default.
     :param on_error: When the handler fails: ``"stop"`` the service (the
         checkpoint stays before that change), ``"retry"`` it with backoff, or
         ``"skip"`` it after logging it.
@@ -146,6 +150,7 @@ class ChangesService(Service):
         heartbeat: int = 30000,
         concurrency: int = 1,
         max_buffered: Optional[int] = None,
+        max_ahead: Optional[int] = None,
         on_error: str = "stop",
         retry_policy: Optional[Callable[[int], float]] = None,
         give_up_after: Optional[float] = None,
@@ -188,8 +193,12 @@ class ChangesService(Service):
         self._dedup = DedupWindow(dedup_window)
         buffered = 2 * concurrency if max_buffered is None else max_buffered
         check_options(concurrency, buffered, on_error)
+        ahead = default_max_ahead(buffered) if max_ahead is None else max_ahead
+        if not isinstance(ahead, int) or ahead < buffered:
+            raise ValueError(f"max_ahead ({ahead!r}) must be an int of at least max_buffered ({buffered})")
         self._concurrency = concurrency
         self._max_buffered = buffered
+        self._max_ahead = ahead
         self._on_error = on_error
         self._stats = ServiceStats()
         self._good = False
@@ -299,9 +308,11 @@ class ChangesService(Service):
         try:
             await self._follow()
         except Exception:
-            # A handler failure set _terminal already and cancelled what the
-            # loop was waiting for; keep that, not the cancellation.
-            if self._terminal is None and not (self._stopping and isinstance(Failure().value, CancelledError)):
+            # Whatever stopService() interrupted (a cancelled request fails
+            # with a wrapped CancelledError) is part of a clean stop; and a
+            # handler failure set _terminal already, which wins over the
+            # cancellation it caused.
+            if self._terminal is None and not self._stopping:
                 self._terminal = Failure()
         try:
             await self._finish()
@@ -342,12 +353,17 @@ class ChangesService(Service):
                 self.db.server.request_json("GET", self.db.path("_changes"), [("since", "now"), ("limit", "0")])
             )
             since = body["last_seq"]
+            # Saved at once: after a crash before the first checkpoint, a
+            # restart must not take a later "now" and skip what came between.
+            await self._io(self._store.save(since))
+            self._saved = since
         self._progress = Progress(since)
         scheduler = self._scheduler = Scheduler(
             self._handler,
             self._progress,
             concurrency=self._concurrency,
             max_buffered=self._max_buffered,
+            max_ahead=self._max_ahead,
             on_error=self._on_error,
             clock=self._clock,
             retry_delay=self._retry,

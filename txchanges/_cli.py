@@ -1,0 +1,486 @@
+"""
+The ``txchanges`` command (also ``python -m txchanges``).
+
+- ``txchanges follow URL/DB`` prints every change as one JSON line on
+  stdout, through reconnects, resuming from ``--checkpoint``;
+- ``txchanges fetch URL/DB`` prints the normal feed's body and exits.
+
+Data goes to stdout, logs and progress to stderr, so the output pipes into
+``jq``. Exit status: 0 after a normal end (``--limit`` reached, ``fetch``
+done, SIGTERM, or stdout closed by its reader), 130 after Ctrl-C (SIGINT),
+1 after an error (one line on stderr), 2 for a usage error. SIGINT and
+SIGTERM stop cleanly, the checkpoint saved; a second one ends the process
+at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from types import FrameType
+from typing import Any, BinaryIO, Callable, NoReturn, Optional, TextIO, cast
+
+from twisted.application.internet import backoffPolicy
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    formatEvent,
+    globalLogBeginner,
+)
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from ._options import CommandOptions, FetchOptions, FollowOptions, open_database
+from ._params import encode_since
+from ._watchdog import Clock
+from .checkpoint import CheckpointStore
+from .client import Database
+from .consumer import Consumer
+from .errors import TxChangesError
+from .service import ChangesService, ServiceStats, is_terminal
+
+__all__ = ["main", "run", "LongpollFollower"]
+
+_LEVELS = {-1: LogLevel.error, 0: LogLevel.warn, 1: LogLevel.info}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
+    """
+    The console script: run the command line and exit with its status.
+    """
+    sys.exit(run(sys.argv[1:] if argv is None else argv))
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    stdout: Optional[BinaryIO] = None,
+    stderr: Optional[TextIO] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> int:
+    """
+    Run one command line in this process, on the global reactor.
+
+    :return: The exit status.
+    """
+    out = sys.stdout.buffer if stdout is None else stdout
+    err = sys.stderr if stderr is None else stderr
+    options = CommandOptions()
+    try:
+        options.parseOptions(list(argv))
+    except usage.UsageError as e:
+        command = f"txchanges {options.subCommand}" if options.subCommand else "txchanges"
+        err.write(f"txchanges: {e}\nRun '{command} --help' for usage.\n")
+        return 2
+    except SystemExit as e:  # --help, --version
+        return e.code if isinstance(e.code, int) else 0
+    verbosity = options["verbosity"]
+    level = LogLevelFilterPredicate(_LEVELS.get(verbosity, LogLevel.debug))
+    observer = FilteringLogObserver(
+        cast(ILogObserver, _StderrObserver(err, verbosity)), [cast(ILogFilterPredicate, level)]
+    )
+    globalLogBeginner.beginLoggingTo([cast(ILogObserver, observer)], redirectStandardIO=False)
+    from twisted.internet import reactor
+
+    runner = _Command(reactor, options.subOptions, out, err, os.environ if environ is None else environ)
+    return runner.run()
+
+
+class _StderrObserver:
+    """
+    Writes log events as ``txchanges: LEVEL: message`` lines; a failure
+    adds its one-line description, and its traceback at -vv.
+    """
+
+    def __init__(self, stream: TextIO, verbosity: int) -> None:
+        self._stream = stream
+        self._verbosity = verbosity
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        failure = event.get("log_failure")
+        if self._verbosity < 1 and _reported_at_exit(event):
+            return
+        text = formatEvent(dict(event))
+        if isinstance(failure, Failure):
+            text += f": {describe(cast(BaseException, failure.value))}"
+            if self._verbosity >= 2:
+                text += "\n" + failure.getTraceback()
+        level = event.get("log_level", LogLevel.info)
+        try:
+            self._stream.write(f"txchanges: {level.name}: {text}\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _reported_at_exit(event: Mapping[str, Any]) -> bool:
+    # The service logs the error that stopped it; the command prints that
+    # same error as its last line, so the log line would only repeat it.
+    return (
+        event.get("log_namespace", "").endswith(".ChangesService")
+        and event.get("log_format") == "stopped following {db}"
+    )
+
+
+def describe(error: BaseException) -> str:
+    """
+    :return: *error* in one line, without credentials.
+    """
+    if isinstance(error, TxChangesError):
+        return " ".join(str(error).split())
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class _Command:
+    """
+    Runs one subcommand on the reactor, with the signals that stop it.
+    """
+
+    def __init__(self, reactor: Any, options: Any, out: BinaryIO, err: TextIO, environ: Mapping[str, str]) -> None:
+        self._reactor = reactor
+        self._options = options
+        self._out = out
+        self._err = err
+        self._environ = environ
+        self._signal: Optional[int] = None
+        self._result: Any = None
+        self._running: Optional[Deferred[Any]] = None
+        #: Stops the command cleanly; set once there is something to stop.
+        self.stop: Callable[[], object] = self._cancel
+
+    def run(self) -> int:
+        previous = {sig: signal.signal(sig, self._signalled) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._reactor.callWhenRunning(self._start)
+        try:
+            self._reactor.run(installSignalHandlers=False)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self._status(self._result)
+
+    def _start(self) -> None:
+        try:
+            db = open_database(self._options["server_url"], self._options["db_name"], self._environ, self._reactor)
+        except Exception:
+            self._finished(Failure())
+            return
+        work = self._fetch(db) if isinstance(self._options, FetchOptions) else self._follow(db)
+        self._running = Deferred.fromCoroutine(work)
+        self._running.addBoth(self._finished)
+
+    def _finished(self, result: Any) -> None:
+        self._result = result
+        self._reactor.stop()
+
+    def _signalled(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self._signal is not None:
+            # A second signal: the user does not want to wait.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self._signal = signum
+        self._reactor.callFromThread(self.stop)
+
+    def _cancel(self) -> None:
+        if self._running is not None:
+            self._running.cancel()
+
+    def _status(self, result: Any) -> int:
+        stopped = 130 if self._signal == signal.SIGINT else 0
+        if not isinstance(result, Failure):
+            return stopped
+        error = cast(BaseException, result.value)
+        if isinstance(error, CancelledError) and self._signal is not None:
+            return stopped
+        if isinstance(error, BrokenPipeError):
+            _silence_stdout(self._out)
+            return 0
+        self._err.write(f"txchanges: {describe(error)}\n")
+        return 1
+
+    async def _fetch(self, db: Database) -> None:
+        try:
+            body = await Consumer(db, clock=self._reactor).fetch(self._options["since"], **self._options["feed_params"])
+            self._out.write(json.dumps(body, ensure_ascii=False).encode("utf-8") + b"\n")
+            self._out.flush()
+        finally:
+            await db.server.close()
+
+    async def _follow(self, db: Database) -> None:
+        options = self._options
+        assert isinstance(options, FollowOptions)
+        printer = _Printer(self._out, options["limit"], lambda: self.stop())
+        store = options.checkpoint_store(db)
+        follower: Any
+        if options["feed"] == "longpoll":
+            follower = LongpollFollower(
+                db, printer, since=options["since"], checkpoint=store, heartbeat=options["heartbeat"],
+                give_up_after=options["give-up-after"], limit=options["limit"], clock=self._reactor,
+                **options["feed_params"],
+            )
+            self.stop = follower.stop
+            follower.start()
+        else:
+            follower = ChangesService(db, printer, checkpoint=store, clock=self._reactor, **options.service_kwargs())
+            self.stop = follower.stopService
+            follower.startService()
+        metrics = self._start_metrics(follower)
+        progress = _ProgressLine(self._err, self._reactor, follower) if _show_progress(self._out, self._err) else None
+        try:
+            await follower.when_stopped()
+        finally:
+            if progress is not None:
+                progress.stop()
+            if metrics is not None:
+                await metrics.stopService()
+            await db.server.close()
+
+    def _start_metrics(self, follower: Any) -> Any:
+        if self._options["metrics-port"] is None:
+            return None
+        from .metrics import MetricsServer
+
+        metrics = MetricsServer(
+            [follower], self._options["metrics-port"], self._options["metrics-interface"], reactor=self._reactor
+        )
+        metrics.startService()
+        return metrics
+
+
+class _Printer:
+    """
+    The follower's handler: writes each change as a JSON line and flushes
+    it before the change counts as done; after *limit* changes it stops the
+    follower from inside the call, so that no further change is printed.
+    """
+
+    def __init__(self, out: BinaryIO, limit: Optional[int], stop: Callable[[], object]) -> None:
+        self._out = out
+        self._left = limit
+        self._stop = stop
+
+    def __call__(self, change: dict[str, Any]) -> None:
+        if self._left is not None and self._left <= 0:
+            raise RuntimeError("a change arrived after --limit was reached")
+        self._out.write(json.dumps(change, ensure_ascii=False).encode("utf-8") + b"\n")
+        self._out.flush()
+        if self._left is not None:
+            self._left -= 1
+            if self._left == 0:
+                self._stop()
+
+
+def _show_progress(out: BinaryIO, err: TextIO) -> bool:
+    # When stdout is the terminal too, the printed changes are the progress.
+    return _isatty(err) and not _isatty(out)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _silence_stdout(out: BinaryIO) -> None:
+    # The reader is gone: send what is left to /dev/null, so that the final
+    # flush at exit does not fail a second time.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+class _ProgressLine:
+    """
+    A one-line progress report on a terminal while catching up: changes
+    handled, changes pending (asked of the server with ``limit=0``), and
+    the rate; the line is cleared once nothing is pending.
+    """
+
+    def __init__(self, stream: TextIO, clock: Clock, follower: Any, interval: float = 1.0) -> None:
+        self._stream = stream
+        self._clock = clock
+        self._follower = follower
+        self._last = (clock.seconds(), follower.stats.handled)
+        self._rate = 0.0
+        self._pending: Optional[int] = None
+        self._asking = False
+        self._shown = False
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = clock  # type: ignore[assignment]
+        self._loop.start(interval, now=False)
+
+    def _tick(self) -> None:
+        now, handled = self._clock.seconds(), self._follower.stats.handled
+        then, before = self._last
+        self._rate = (handled - before) / (now - then) if now > then else 0.0
+        self._last = (now, handled)
+        self._ask_pending()
+        if self._pending:
+            self._write(f"\r{handled} changes, {self._pending} pending, {self._rate:.0f}/s\x1b[K")
+            self._shown = True
+        elif self._shown:
+            self._clear()
+
+    def _ask_pending(self) -> None:
+        if self._asking:
+            return
+        db: Database = self._follower.db
+        seq = self._follower.resume_seq
+        query = [("since", "0" if seq is None else encode_since(seq)), ("limit", "0")]
+        self._asking = True
+
+        def got(body: Any) -> None:
+            pending = body.get("pending") if isinstance(body, dict) else None
+            self._pending = pending if isinstance(pending, int) else None
+
+        d = db.server.request_json("GET", db.path("_changes"), query)
+        d.addCallbacks(got, lambda f: None)
+        d.addBoth(lambda _: setattr(self, "_asking", False))
+
+    def _write(self, text: str) -> None:
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def _clear(self) -> None:
+        self._write("\r\x1b[K")
+        self._shown = False
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+        if self._shown:
+            self._clear()
+
+
+class LongpollFollower:
+    """
+    Follows a feed with one longpoll request per batch: each batch's
+    changes go to *handler*, then its ``last_seq`` is checkpointed.
+    Failures are retried with backoff as the service does; the same errors
+    are terminal. It has the service's ``db``, ``state``, ``stats`` (where
+    ``reconnects`` counts retries after failures) and ``resume_seq``.
+
+    :param limit: Stop after this many changes; requests ask for no more.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        db: Database,
+        handler: Callable[[dict[str, Any]], Any],
+        *,
+        since: Any,
+        checkpoint: CheckpointStore,
+        heartbeat: int,
+        give_up_after: Optional[float],
+        limit: Optional[int],
+        clock: Clock,
+        **feed_params: Any,
+    ) -> None:
+        self.db = db
+        self.state = "stopped"
+        self.stats = ServiceStats()
+        self.resume_seq: Any = None
+        self._handler = handler
+        self._since = since
+        self._store = checkpoint
+        self._heartbeat = heartbeat
+        self._give_up_after = give_up_after
+        self._limit = limit
+        self._clock = clock
+        self._params = feed_params
+        self._consumer = Consumer(db, clock=clock)
+        self._retry = backoffPolicy()
+        self._stopping = False
+        self._sleep: Optional[Deferred[None]] = None
+        self._done: Optional[Deferred[None]] = None
+
+    def start(self) -> None:
+        self._done = Deferred.fromCoroutine(self._run())
+
+    def when_stopped(self) -> "Deferred[None]":
+        """
+        :return: The Deferred of the run: it fires once stopped, and fails
+            with the error that stopped it.
+        """
+        assert self._done is not None
+        return self._done
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._consumer.stop()
+        if self._sleep is not None:
+            self._sleep.cancel()
+
+    def _handle(self, change: dict[str, Any]) -> Any:
+        result = self._handler(change)
+        self.stats.handled += 1
+        return result
+
+    async def _run(self) -> None:
+        self.state = "starting"
+        try:
+            saved = await self._store.load()
+            since = self.resume_seq = saved if saved is not None else self._since
+            attempt, failing_since = 0, None
+            while not self._stopping:
+                params = dict(self._params)
+                if self._limit is not None:
+                    params["limit"] = self._limit - self.stats.handled
+                self.state = "streaming"
+                try:
+                    body = await self._consumer.wait_once(
+                        since, timeout=None, heartbeat=self._heartbeat, cb=self._handle, **params)
+                except CancelledError:
+                    if self._stopping:
+                        break
+                    raise
+                except TxChangesError as e:
+                    if is_terminal(e):
+                        raise
+                    now = self._clock.seconds()
+                    failing_since = now if failing_since is None else failing_since
+                    if self._give_up_after is not None and now - failing_since > self._give_up_after:
+                        raise
+                    delay, attempt = self._retry(attempt), attempt + 1
+                    self.stats.reconnects += 1
+                    self.state = "waiting"
+                    self.log.warn("longpoll failed ({error}); retry {attempt} in {delay:.1f}s",
+                                  error=e, attempt=attempt, delay=delay)
+                    self._sleep = deferLater(self._clock, delay, lambda: None)  # type: ignore[arg-type]
+                    try:
+                        await self._sleep
+                    except CancelledError:
+                        break
+                    continue
+                attempt, failing_since = 0, None
+                self.stats.last_activity = self._clock.seconds()
+                self.stats.pending = body.get("pending")
+                since = body["last_seq"]
+                await self._store.save(since)
+                self.resume_seq = since
+                self.stats.checkpoints += 1
+                if self._limit is not None and self.stats.handled >= self._limit:
+                    break
+        except BaseException:
+            self.state = "failed"
+            raise
+        self.state = "stopped"

@@ -1,0 +1,239 @@
+"""
+Prometheus metrics of running followers.
+
+Needs the optional ``prometheus_client`` package (``pip install
+'txchanges[metrics]'``). :class:`ServiceCollector` reads a follower's
+:attr:`~txchanges.ChangesService.stats`, ``state`` and ``resume_seq`` at
+scrape time, so nothing is counted twice and nothing runs between scrapes.
+:class:`MetricsServer` serves them at ``/metrics`` from the reactor thread:
+unlike ``prometheus_client.twisted.MetricsResource``, which runs the
+exposition in the reactor's thread pool, it never reads a follower's state
+from another thread, and it does not need the global reactor at import.
+
+The metrics, each labelled with ``db`` (the database URL, never with
+credentials):
+
+==========================================  =======  ==========================================
+``txchanges_changes_handled_total``         counter  changes the handler finished
+``txchanges_changes_duplicate_total``       counter  changes dropped by the de-duplication window
+``txchanges_handler_failures_total``        counter  handler calls that failed
+``txchanges_reconnects_total``              counter  requests made after the first
+``txchanges_checkpoints_saved_total``       counter  checkpoints saved
+``txchanges_changes_pending``               gauge    ``pending`` from the server, when known
+``txchanges_idle_seconds``                  gauge    seconds since the last byte (row or heartbeat)
+``txchanges_state``                         gauge    1 for the current ``state`` label, 0 for the others
+``txchanges_resume_seq_info``               info     ``seq``: the resume point, as JSON when not a string
+==========================================  =======  ==========================================
+
+``txchanges_resume_seq_info`` gets a new label value at every checkpoint:
+fine to read the current position, costly to keep for long in a time-series
+database; drop it with a relabelling rule when that matters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional, Protocol, cast
+
+from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import CollectorRegistry
+from twisted.application.service import Service
+from twisted.logger import Logger
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
+
+from ._watchdog import Clock
+from .service import ServiceStats
+
+__all__ = ["STATES", "ServiceCollector", "render_metrics", "metrics_registry", "MetricsResource", "MetricsServer"]
+
+#: Every value of a follower's ``state``.
+STATES = ("stopped", "starting", "connecting", "streaming", "waiting", "stopping", "failed")
+
+
+class Followed(Protocol):
+    """
+    What a collector reads: a :class:`~txchanges.ChangesService`, or
+    anything with the same four attributes.
+    """
+
+    @property
+    def db(self) -> Any: ...  # has a credential-free ``url``
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def stats(self) -> ServiceStats: ...
+
+    @property
+    def resume_seq(self) -> Any: ...
+
+
+_COUNTERS = (
+    ("txchanges_changes_handled", "Changes the handler finished.", "handled"),
+    ("txchanges_changes_duplicate", "Changes dropped by the de-duplication window.", "duplicates"),
+    ("txchanges_handler_failures", "Handler calls that failed.", "handler_failures"),
+    ("txchanges_reconnects", "Changes requests made after the first.", "reconnects"),
+    ("txchanges_checkpoints_saved", "Checkpoints saved.", "checkpoints"),
+)
+
+
+class ServiceCollector:
+    """
+    A ``prometheus_client`` collector of followers' statistics, read at
+    scrape time.
+
+    :param followers: The followers, each with a different database URL.
+    :param clock: Gives the time :attr:`ServiceStats.last_activity` is
+        compared with: the followers' clock; the global reactor when omitted.
+    """
+
+    def __init__(self, followers: Sequence[Followed], *, clock: Optional[Clock] = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        self._followers = list(followers)
+        self._clock: Clock = clock
+
+    def collect(self) -> Iterable[Metric]:
+        """
+        :return: The metric families, with one sample per follower.
+        """
+        counters = {name: CounterMetricFamily(name, doc, labels=["db"]) for name, doc, _ in _COUNTERS}
+        pending = GaugeMetricFamily(
+            "txchanges_changes_pending", "Changes after the last_seq the server last reported.", labels=["db"]
+        )
+        idle = GaugeMetricFamily(
+            "txchanges_idle_seconds", "Seconds since the last byte (row or heartbeat) arrived.", labels=["db"]
+        )
+        state = GaugeMetricFamily(
+            "txchanges_state", "1 for the follower's current state, 0 for the others.", labels=["db", "state"]
+        )
+        resume = InfoMetricFamily(
+            "txchanges_resume_seq", "Where a restart would resume (opaque).", labels=["db"]
+        )
+        now = self._clock.seconds()
+        for follower in self._followers:
+            db = follower.db.url
+            stats = follower.stats
+            for name, _, attribute in _COUNTERS:
+                counters[name].add_metric([db], getattr(stats, attribute))
+            if stats.pending is not None:
+                pending.add_metric([db], stats.pending)
+            if stats.last_activity is not None:
+                idle.add_metric([db], max(0.0, now - stats.last_activity))
+            current = follower.state
+            for name in STATES if current in STATES else (*STATES, current):
+                state.add_metric([db, name], 1.0 if name == current else 0.0)
+            seq = follower.resume_seq
+            if seq is not None:
+                text = seq if isinstance(seq, str) else json.dumps(seq, separators=(",", ":"))
+                resume.add_metric([db], {"seq": text})
+        yield from counters.values()
+        yield from (pending, idle, state, resume)
+
+
+def metrics_registry(
+    followers: Sequence[Followed], *, clock: Optional[Clock] = None, process: bool = True
+) -> CollectorRegistry:
+    """
+    :return: A new registry with a :class:`ServiceCollector` of
+        *followers* and, when *process*, the process' CPU and memory
+        (``process_*``).
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServiceCollector(followers, clock=clock))
+    if process:
+        ProcessCollector(registry=registry)
+    return registry
+
+
+def render_metrics(followers: Sequence[Followed], *, clock: Optional[Clock] = None) -> bytes:
+    """
+    :return: The Prometheus text exposition (format 0.0.4) of *followers*.
+    """
+    return generate_latest(metrics_registry(followers, clock=clock, process=False))
+
+
+class MetricsResource(Resource):
+    """
+    A Twisted Web resource answering ``GET`` with a registry's metrics, in
+    the format the ``Accept`` header asks for (Prometheus text by default,
+    or OpenMetrics).
+
+    :param registry: The registry to expose.
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        accept = request.getHeader("accept") or ""
+        encoder, content_type = choose_encoder(accept)
+        request.setHeader("content-type", content_type)
+        return encoder(self._registry)
+
+
+class MetricsServer(Service):
+    """
+    Serves followers' metrics at ``http://INTERFACE:PORT/metrics`` while
+    running.
+
+    :param followers: The followers to expose.
+    :param port: The TCP port; ``0`` picks a free one (see :attr:`port`).
+    :param interface: The address to listen on; the loopback one by default.
+    :param reactor: The reactor; the global one when omitted.
+    :ivar port: The listening port while running, else ``None``; its
+        ``getHost().port`` is the port number.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        followers: Sequence[Followed],
+        port: int,
+        interface: str = "127.0.0.1",
+        *,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self._reactor = reactor
+        self._wanted = port
+        self._interface = interface
+        root = Resource()
+        root.putChild(b"metrics", cast(IResource, MetricsResource(metrics_registry(followers, clock=reactor))))
+        self.site = Site(root)
+        self.site.noisy = False
+        self.port: Any = None  # an IListeningPort
+
+    def startService(self) -> None:
+        """
+        Listen; a port that cannot be bound raises
+        :class:`~twisted.internet.error.CannotListenError` here.
+        """
+        self.port = self._reactor.listenTCP(self._wanted, self.site, interface=self._interface)
+        super().startService()
+        address = self.port.getHost()
+        self.log.info("serving metrics at http://{host}:{port}/metrics", host=address.host, port=address.port)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
