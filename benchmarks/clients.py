@@ -289,16 +289,12 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     count = run(args.url)
     seconds = time.perf_counter() - started
-    try:
-        import txchanges._rows as rows
-
-        parser_name = getattr(rows, "PARSER", "json")
-    except ImportError:
-        parser_name = "json"
-    if args.client in ("raw-orjson",):
+    if args.client == "raw-orjson":
         parser_name = "orjson"
     elif args.client in ("raw-json", "treq-lines"):
         parser_name = "json"
+    else:
+        parser_name = getattr(sys.modules.get("txchanges._rows"), "PARSER", "json")
     print(json.dumps({
         "client": args.client,
         "changes": count,
