@@ -14,6 +14,7 @@ that ends the feed with its ``last_seq`` row.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
@@ -50,8 +51,10 @@ class ChangesParams:
 
 
 def _badarg() -> ErrorResponse:
-    # CouchDB's Erlang parser answers an unparsable integer with a 500.
-    return ErrorResponse(500, "unknown_error", "badarg")
+    # CouchDB's Erlang parser answers an unparsable integer with a 500 that
+    # carries a stack-hash reference.
+    ref = secrets.randbits(32)
+    return ErrorResponse(500, "unknown_error", "badarg", {"X-Couch-Stack-Hash": str(ref)}, {"ref": ref})
 
 
 def _integer(value: str) -> int:
@@ -152,11 +155,6 @@ class Feed:
         self._timer: Any = None
         self.done = False
         self.stalled = False
-
-    @property
-    def live(self) -> bool:
-        """Whether the response is still open, waiting for changes."""
-        return not self.done
 
     def start(self) -> None:
         """Write what is there; end the response or wait for more."""

@@ -156,9 +156,8 @@ class CouchResource(Resource):
         assert request.uri is not None and request.path is not None
         raw_path = request.path.decode("latin-1").strip("/")
         path = [unquote(s, errors="strict") for s in raw_path.split("/")] if raw_path else []
-        query = dict(parse_qsl(urlsplit(request.uri.decode("latin-1")).query, keep_blank_values=True))
-        query = {k.encode("latin-1").decode("utf-8"): v.encode("latin-1").decode("utf-8")
-                 for k, v in query.items()}
+        # Percent-escapes are UTF-8, as CouchDB reads them; the last value wins.
+        query = dict(parse_qsl(urlsplit(request.uri.decode("utf-8", "replace")).query, keep_blank_values=True))
         assert request.content is not None
         raw = request.content.read()
         seen = RecordedRequest(method, path, query, None)

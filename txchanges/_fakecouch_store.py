@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 # Erlang's "compressed term" header: CouchDB 3 seqs start with "g1AAAA" too.
-_SEQ_MAGIC = b"\x83P\x00\x00"
+_SEQ_MAGIC = b"\x83P\x00\x00\x00"
 # Not a secret: the check only tells garbage from a sequence this fake made.
 _SEQ_KEY = b"txchanges-fakecouchdb-seq"
 _DB_NAME = re.compile(r"^[a-z][a-z0-9_$()+/-]*$")
@@ -42,19 +42,26 @@ class ErrorResponse(Exception):
     :ivar error: CouchDB's ``error`` field.
     :ivar reason: CouchDB's ``reason`` field.
     :ivar headers: Extra response headers (``Retry-After``).
+    :ivar extra: Extra body fields (the ``ref`` of a 500).
     """
 
     def __init__(
-        self, status: int, error: str, reason: str, headers: Optional[Mapping[str, str]] = None
+        self,
+        status: int,
+        error: str,
+        reason: str,
+        headers: Optional[Mapping[str, str]] = None,
+        extra: Optional[Mapping[str, Any]] = None,
     ) -> None:
         super().__init__(status, error, reason)
         self.status = status
         self.error = error
         self.reason = reason
         self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
 
     def body(self) -> dict[str, Any]:
-        return {"error": self.error, "reason": self.reason}
+        return dict({"error": self.error, "reason": self.reason}, **self.extra)
 
 
 def dumps(value: Any) -> str:

@@ -69,6 +69,53 @@ def retry_after(error: BaseException, clock: Clock) -> Optional[float]:
     return max(0.0, when.timestamp() - clock.seconds())
 
 
+class _Backoff:
+    """
+    Delays between attempts: the retry policy's, or what ``Retry-After``
+    asks for, until *give_up_after* seconds of failing.
+    """
+
+    def __init__(
+        self, policy: Callable[[int], float], give_up_after: Optional[float], clock: Clock
+    ) -> None:
+        self._policy = policy
+        self._give_up_after = give_up_after
+        self._clock = clock
+        self.attempt = 0
+        self._failing_since: Optional[float] = None
+
+    @property
+    def failing_for(self) -> float:
+        """
+        Seconds since the first failure after the last success.
+        """
+        if self._failing_since is None:
+            return 0.0
+        return self._clock.seconds() - self._failing_since
+
+    def reset(self) -> None:
+        """
+        Something worked: start over.
+        """
+        self.attempt = 0
+        self._failing_since = None
+
+    def next_delay(self, error: BaseException) -> Optional[float]:
+        """
+        :return: Seconds to wait before the next attempt, or ``None`` when it
+            is time to give up.
+        """
+        if self._failing_since is None:
+            self._failing_since = self._clock.seconds()
+        elif self._give_up_after is not None and self.failing_for > self._give_up_after:
+            return None
+        delay = retry_after(error, self._clock)
+        if delay is None:
+            delay = self._policy(self.attempt)
+        self.attempt += 1
+        return delay
+
+
 @dataclass
 class ServiceStats:
     """
@@ -337,7 +384,7 @@ class ChangesService(Service):
 
     async def _follow(self) -> None:
         self.state = "starting"
-        saved = await self._io(self._store.load())
+        saved = await self._start_step(f"loading the checkpoint from {self._store.describe()}", self._store.load)
         self._saved = saved
         if saved is not None:
             since = saved
@@ -349,13 +396,16 @@ class ChangesService(Service):
             )
         if since == "now":
             # A concrete position, so that every checkpoint is a real seq.
-            body = await self._io(
-                self.db.server.request_json("GET", self.db.path("_changes"), [("since", "now"), ("limit", "0")])
+            body = await self._start_step(
+                "asking for the current seq",
+                lambda: self.db.server.request_json(
+                    "GET", self.db.path("_changes"), [("since", "now"), ("limit", "0")]
+                ),
             )
             since = body["last_seq"]
             # Saved at once: after a crash before the first checkpoint, a
             # restart must not take a later "now" and skip what came between.
-            await self._io(self._store.save(since))
+            await self._start_step("saving the first checkpoint", lambda: self._store.save(since))
             self._saved = since
         self._progress = Progress(since)
         scheduler = self._scheduler = Scheduler(
@@ -377,9 +427,43 @@ class ChangesService(Service):
         self._ticker.start(self._interval, now=False)
         await self._connect_loop(since)
 
+    async def _wait_to_retry(self, backoff: "_Backoff", error: Exception, what: str) -> bool:
+        """
+        Log a transient failure and wait before the next attempt.
+
+        :raises Exception: *error* itself, once *give_up_after* has passed.
+        :return: ``False`` when stopService() ended the wait.
+        """
+        delay = backoff.next_delay(error)
+        if delay is None:
+            self.log.error("giving up on {what} after {seconds:.0f}s of failures", what=what, seconds=backoff.failing_for)
+            raise error
+        self.state = "waiting"
+        self.log.warn(
+            "{what} failed ({error}); retry {attempt} in {delay:.1f}s",
+            what=what, error=error, attempt=backoff.attempt, delay=delay,
+        )
+        try:
+            await self._io(deferLater(self._clock, delay, lambda: None))  # type: ignore[arg-type]
+        except CancelledError:
+            return False
+        return True
+
+    async def _start_step(self, what: str, step: Callable[[], "Deferred[Any]"]) -> Any:
+        # Start-up requests are retried like feed requests: a passing 503 or
+        # a refused connection must not end the service.
+        backoff = _Backoff(self._retry, self._give_up_after, self._clock)
+        while True:
+            try:
+                return await self._io(step())
+            except Exception as error:
+                if self._stopping or is_terminal(error):
+                    raise
+                if not await self._wait_to_retry(backoff, error, what):
+                    raise CancelledError() from None
+
     async def _connect_loop(self, since: Any) -> None:
-        attempt = 0
-        failing_since: Optional[float] = None
+        backoff = _Backoff(self._retry, self._give_up_after, self._clock)
         first = True
         while not self._stopping:
             if not first:
@@ -401,7 +485,7 @@ class ChangesService(Service):
                 feed.pause()
             try:
                 end: Any = await feed.run()
-                error: Optional[BaseException] = None
+                error: Optional[Exception] = None
             except Exception as e:
                 end, error = None, e
             finally:
@@ -417,30 +501,14 @@ class ChangesService(Service):
                 self._stats.pending = end.pending
                 self._passed(end.last_seq)
                 self.log.info("feed ended at {seq}; reconnecting", seq=end.last_seq)
-                attempt, failing_since = 0, None
+                backoff.reset()
                 continue
             assert error is not None
             if is_terminal(error):
                 raise error
             if self._good or self._clock.seconds() - started >= self._heartbeat / 1000:
-                attempt, failing_since = 0, None
-            now = self._clock.seconds()
-            failing_since = now if failing_since is None else failing_since
-            if self._give_up_after is not None and now - failing_since > self._give_up_after:
-                self.log.error("giving up after {seconds:.0f}s of failures", seconds=now - failing_since)
-                raise error
-            delay = retry_after(error, self._clock)
-            if delay is None:
-                delay = self._retry(attempt)
-            attempt += 1
-            self.state = "waiting"
-            self.log.warn(
-                "changes feed failed ({error}); retry {attempt} in {delay:.1f}s from {since}",
-                error=error, attempt=attempt, delay=delay, since=since,
-            )
-            try:
-                await self._io(deferLater(self._clock, delay, lambda: None))  # type: ignore[arg-type]
-            except CancelledError:
+                backoff.reset()
+            if not await self._wait_to_retry(backoff, error, f"changes feed from {since}"):
                 return
 
     def _make_protocol(self, on_activity: Callable[[], None]) -> ChangesProtocol:

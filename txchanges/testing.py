@@ -7,6 +7,10 @@ longpoll, continuous and eventsource feeds with CouchDB's framing, its
 filters, and its error statuses and bodies. Give its :meth:`~FakeCouchDB.client`
 to :class:`~txchanges.Server` and everything in txchanges works unchanged::
 
+    from twisted.internet import task
+    from txchanges import ChangesService, Server
+    from txchanges.testing import FakeCouchDB
+
     clock = task.Clock()
     fake = FakeCouchDB(clock=clock)
     fake.create_db("orders")
@@ -20,6 +24,13 @@ to :class:`~txchanges.Server` and everything in txchanges works unchanged::
 Nothing waits on the wall clock: heartbeats and timeouts run on the clock
 given (advance a :class:`twisted.internet.task.Clock` to make them happen),
 and bytes move between client and fake as soon as either side writes.
+
+To break things on purpose: :meth:`~FakeCouchDB.send_heartbeats`,
+:meth:`~FakeCouchDB.cut_feeds` (optionally mid-line),
+:meth:`~FakeCouchDB.stall_feeds`, :meth:`~FakeCouchDB.send_error_row`,
+:meth:`~FakeCouchDB.fail_next` (any status, ``Retry-After``) and
+:meth:`~FakeCouchDB.rewind`; :attr:`~FakeCouchDB.requests` records what
+the code under test asked.
 
 **Delivery is at least once.** CouchDB may send changes again, after a node
 failure or when a ``since`` from a re-created database rewinds the feed;
@@ -191,11 +202,9 @@ class FakeCouchDB:
         :raises txchanges.Conflict: when ``_rev`` is not the current revision.
         :return: ``{"ok": True, "id": ..., "rev": ...}``.
         """
-        return self.save_docs(db, [doc], _single=True)[0]
+        return self.save_docs(db, [doc])[0]
 
-    def save_docs(
-        self, db: str, docs: list[dict[str, Any]], *, new_edits: bool = True, _single: bool = False
-    ) -> list[dict[str, Any]]:
+    def save_docs(self, db: str, docs: list[dict[str, Any]], *, new_edits: bool = True) -> list[dict[str, Any]]:
         """
         Save documents as one batch, as ``_bulk_docs`` does (open feeds wake
         once). With ``new_edits=False`` each ``_rev`` is stored as given,
