@@ -4,7 +4,7 @@ import importlib
 
 import txchanges
 
-PUBLIC_MODULES = ["client", "consumer", "errors", "checkpoint", "service"]
+PUBLIC_MODULES = ["client", "consumer", "errors", "checkpoint", "service", "testing", "metrics"]
 
 
 def test_all_names_exist():

@@ -218,3 +218,16 @@ def test_bad_options():
     for options in ({"concurrency": 0}, {"max_buffered": 1, "concurrency": 2}, {"on_error": "ignore"}):
         with pytest.raises(ValueError):
             make(lambda row: None, **options)
+
+
+def test_handlers_that_finish_at_once_with_a_queue():
+    """Handlers finishing synchronously while others wait keep order per id and lose nothing."""
+    order = []
+    s, p, _ = make(lambda row: order.append(row["id"]), concurrency=2, max_buffered=8)
+    pending = Calls()
+    s._handler = lambda row: pending(row) if row["id"] == "slow" else order.append(row["id"])
+    for docid, seq in [("slow", "0"), ("a", "1"), ("a", "2"), ("b", "3"), ("a", "4"), ("c", "5")]:
+        submit(s, p, docid, seq)
+    assert order == ["a", "a", "b", "a", "c"]
+    pending.finish("slow")
+    assert p.resume == "5" and s.buffered == 0

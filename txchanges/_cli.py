@@ -1,16 +1,8 @@
 """
-The ``txchanges`` command (also ``python -m txchanges``).
-
-- ``txchanges follow URL/DB`` prints every change as one JSON line on
-  stdout, through reconnects, resuming from ``--checkpoint``;
-- ``txchanges fetch URL/DB`` prints the normal feed's body and exits.
-
-Data goes to stdout, logs and progress to stderr, so the output pipes into
-``jq``. Exit status: 0 after a normal end (``--limit`` reached, ``fetch``
-done, SIGTERM, or stdout closed by its reader), 130 after Ctrl-C (SIGINT),
-1 after an error (one line on stderr), 2 for a usage error. SIGINT and
-SIGTERM stop cleanly, the checkpoint saved; a second one ends the process
-at once.
+How the ``txchanges`` command runs (the entry point and its options are in
+:mod:`txchanges.__main__` and :mod:`txchanges._options`): one subcommand on
+the reactor, the signals that stop it, the handler that prints, the progress
+line, and the longpoll follower.
 """
 
 from __future__ import annotations
@@ -18,28 +10,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from types import FrameType
-from typing import Any, BinaryIO, Callable, NoReturn, Optional, TextIO, cast
+from typing import Any, BinaryIO, Callable, Optional, TextIO, cast
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import (
-    FilteringLogObserver,
-    ILogFilterPredicate,
-    ILogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    Logger,
-    formatEvent,
-    globalLogBeginner,
-)
-from twisted.python import usage
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._options import CommandOptions, FetchOptions, FollowOptions, open_database
+from ._options import open_database
 from ._params import encode_since
 from ._watchdog import Clock
 from .checkpoint import CheckpointStore
@@ -48,87 +29,7 @@ from .consumer import Consumer
 from .errors import TxChangesError
 from .service import ChangesService, ServiceStats, is_terminal
 
-__all__ = ["main", "run", "LongpollFollower"]
-
-_LEVELS = {-1: LogLevel.error, 0: LogLevel.warn, 1: LogLevel.info}
-
-
-def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
-    """
-    The console script: run the command line and exit with its status.
-    """
-    sys.exit(run(sys.argv[1:] if argv is None else argv))
-
-
-def run(
-    argv: Sequence[str],
-    *,
-    stdout: Optional[BinaryIO] = None,
-    stderr: Optional[TextIO] = None,
-    environ: Optional[Mapping[str, str]] = None,
-) -> int:
-    """
-    Run one command line in this process, on the global reactor.
-
-    :return: The exit status.
-    """
-    out = sys.stdout.buffer if stdout is None else stdout
-    err = sys.stderr if stderr is None else stderr
-    options = CommandOptions()
-    try:
-        options.parseOptions(list(argv))
-    except usage.UsageError as e:
-        command = f"txchanges {options.subCommand}" if options.subCommand else "txchanges"
-        err.write(f"txchanges: {e}\nRun '{command} --help' for usage.\n")
-        return 2
-    except SystemExit as e:  # --help, --version
-        return e.code if isinstance(e.code, int) else 0
-    verbosity = options["verbosity"]
-    level = LogLevelFilterPredicate(_LEVELS.get(verbosity, LogLevel.debug))
-    observer = FilteringLogObserver(
-        cast(ILogObserver, _StderrObserver(err, verbosity)), [cast(ILogFilterPredicate, level)]
-    )
-    globalLogBeginner.beginLoggingTo([cast(ILogObserver, observer)], redirectStandardIO=False)
-    from twisted.internet import reactor
-
-    runner = _Command(reactor, options.subOptions, out, err, os.environ if environ is None else environ)
-    return runner.run()
-
-
-class _StderrObserver:
-    """
-    Writes log events as ``txchanges: LEVEL: message`` lines; a failure
-    adds its one-line description, and its traceback at -vv.
-    """
-
-    def __init__(self, stream: TextIO, verbosity: int) -> None:
-        self._stream = stream
-        self._verbosity = verbosity
-
-    def __call__(self, event: Mapping[str, Any]) -> None:
-        failure = event.get("log_failure")
-        if self._verbosity < 1 and _reported_at_exit(event):
-            return
-        text = formatEvent(dict(event))
-        if isinstance(failure, Failure):
-            text += f": {describe(cast(BaseException, failure.value))}"
-            if self._verbosity >= 2:
-                text += "\n" + failure.getTraceback()
-        level = event.get("log_level", LogLevel.info)
-        try:
-            self._stream.write(f"txchanges: {level.name}: {text}\n")
-            self._stream.flush()
-        except (OSError, ValueError):
-            pass
-
-
-def _reported_at_exit(event: Mapping[str, Any]) -> bool:
-    # The service logs the error that stopped it; the command prints that
-    # same error as its last line, so the log line would only repeat it.
-    return (
-        event.get("log_namespace", "").endswith(".ChangesService")
-        and event.get("log_format") == "stopped following {db}"
-    )
+__all__ = ["Command", "LongpollFollower", "describe"]
 
 
 def describe(error: BaseException) -> str:
@@ -141,13 +42,19 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-class _Command:
+class Command:
     """
     Runs one subcommand on the reactor, with the signals that stop it.
+
+    :param name: ``"follow"`` or ``"fetch"``.
+    :param options: Its parsed options.
     """
 
-    def __init__(self, reactor: Any, options: Any, out: BinaryIO, err: TextIO, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, reactor: Any, name: str, options: Any, out: BinaryIO, err: TextIO, environ: Mapping[str, str]
+    ) -> None:
         self._reactor = reactor
+        self._name = name
         self._options = options
         self._out = out
         self._err = err
@@ -169,12 +76,15 @@ class _Command:
         return self._status(self._result)
 
     def _start(self) -> None:
+        if self._signal is not None:  # stopped before it began
+            self._finished(None)
+            return
         try:
             db = open_database(self._options["server_url"], self._options["db_name"], self._environ, self._reactor)
         except Exception:
             self._finished(Failure())
             return
-        work = self._fetch(db) if isinstance(self._options, FetchOptions) else self._follow(db)
+        work = self._fetch(db) if self._name == "fetch" else self._follow(db)
         self._running = Deferred.fromCoroutine(work)
         self._running.addBoth(self._finished)
 
@@ -218,7 +128,6 @@ class _Command:
 
     async def _follow(self, db: Database) -> None:
         options = self._options
-        assert isinstance(options, FollowOptions)
         printer = _Printer(self._out, options["limit"], lambda: self.stop())
         store = options.checkpoint_store(db)
         follower: Any
@@ -228,13 +137,12 @@ class _Command:
                 give_up_after=options["give-up-after"], limit=options["limit"], clock=self._reactor,
                 **options["feed_params"],
             )
-            self.stop = follower.stop
-            follower.start()
+            self.stop, start = follower.stop, follower.start
         else:
             follower = ChangesService(db, printer, checkpoint=store, clock=self._reactor, **options.service_kwargs())
-            self.stop = follower.stopService
-            follower.startService()
-        metrics = self._start_metrics(follower)
+            self.stop, start = follower.stopService, follower.startService
+        metrics = self._start_metrics(follower)  # first: a port in use fails before any change is read
+        start()
         progress = _ProgressLine(self._err, self._reactor, follower) if _show_progress(self._out, self._err) else None
         try:
             await follower.when_stopped()
@@ -260,8 +168,9 @@ class _Command:
 class _Printer:
     """
     The follower's handler: writes each change as a JSON line and flushes
-    it before the change counts as done; after *limit* changes it stops the
-    follower from inside the call, so that no further change is printed.
+    it before the change counts as done; after *limit* changes, or when
+    stdout is closed, it stops the follower from inside the call, so that
+    no further change is printed.
     """
 
     def __init__(self, out: BinaryIO, limit: Optional[int], stop: Callable[[], object]) -> None:
@@ -272,8 +181,15 @@ class _Printer:
     def __call__(self, change: dict[str, Any]) -> None:
         if self._left is not None and self._left <= 0:
             raise RuntimeError("a change arrived after --limit was reached")
-        self._out.write(json.dumps(change, ensure_ascii=False).encode("utf-8") + b"\n")
-        self._out.flush()
+        try:
+            self._out.write(json.dumps(change, ensure_ascii=False).encode("utf-8") + b"\n")
+            self._out.flush()
+        except BrokenPipeError:
+            # The reader is gone: a normal end. Stopping first makes the
+            # failure below quiet, and it keeps this change unacknowledged.
+            _silence_stdout(self._out)
+            self._stop()
+            raise
         if self._left is not None:
             self._left -= 1
             if self._left == 0:
@@ -316,7 +232,6 @@ class _ProgressLine:
         self._follower = follower
         self._last = (clock.seconds(), follower.stats.handled)
         self._rate = 0.0
-        self._pending: Optional[int] = None
         self._asking = False
         self._shown = False
         self._loop = LoopingCall(self._tick)
@@ -328,24 +243,28 @@ class _ProgressLine:
         then, before = self._last
         self._rate = (handled - before) / (now - then) if now > then else 0.0
         self._last = (now, handled)
-        self._ask_pending()
-        if self._pending:
-            self._write(f"\r{handled} changes, {self._pending} pending, {self._rate:.0f}/s\x1b[K")
-            self._shown = True
-        elif self._shown:
-            self._clear()
+        if not self._asking:
+            self._ask_pending()
 
     def _ask_pending(self) -> None:
-        if self._asking:
-            return
+        # The line is drawn when the answer arrives, so that the pending
+        # count is as fresh as the number handled beside it.
         db: Database = self._follower.db
         seq = self._follower.resume_seq
         query = [("since", "0" if seq is None else encode_since(seq)), ("limit", "0")]
+        asked = self._follower.stats.handled
         self._asking = True
 
         def got(body: Any) -> None:
             pending = body.get("pending") if isinstance(body, dict) else None
-            self._pending = pending if isinstance(pending, int) else None
+            handled = self._follower.stats.handled
+            if isinstance(pending, int):
+                pending = max(0, pending - (handled - asked))  # handled while the answer came
+            if pending and self._loop.running:
+                self._write(f"\r{handled} changes, {pending} pending, {self._rate:.0f}/s\x1b[K")
+                self._shown = True
+            elif self._shown:
+                self._clear()
 
         d = db.server.request_json("GET", db.path("_changes"), query)
         d.addCallbacks(got, lambda f: None)
@@ -375,7 +294,8 @@ class LongpollFollower:
     changes go to *handler*, then its ``last_seq`` is checkpointed.
     Failures are retried with backoff as the service does; the same errors
     are terminal. It has the service's ``db``, ``state``, ``stats`` (where
-    ``reconnects`` counts retries after failures) and ``resume_seq``.
+    ``reconnects`` counts requests retried after a failure) and
+    ``resume_seq``.
 
     :param limit: Stop after this many changes; requests ask for no more.
     """
@@ -461,7 +381,6 @@ class LongpollFollower:
                     if self._give_up_after is not None and now - failing_since > self._give_up_after:
                         raise
                     delay, attempt = self._retry(attempt), attempt + 1
-                    self.stats.reconnects += 1
                     self.state = "waiting"
                     self.log.warn("longpoll failed ({error}); retry {attempt} in {delay:.1f}s",
                                   error=e, attempt=attempt, delay=delay)
@@ -470,6 +389,7 @@ class LongpollFollower:
                         await self._sleep
                     except CancelledError:
                         break
+                    self.stats.reconnects += 1
                     continue
                 attempt, failing_since = 0, None
                 self.stats.last_activity = self._clock.seconds()

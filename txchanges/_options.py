@@ -14,7 +14,7 @@ import importlib.util
 import json
 import os
 from collections.abc import Mapping
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.python import usage
@@ -32,9 +32,6 @@ __all__ = [
     "credentials_from",
     "open_database",
     "split_database_url",
-    "CommandOptions",
-    "FetchOptions",
-    "FollowOptions",
 ]
 
 #: Environment variables holding credentials, so that they stay out of ``ps``.
@@ -72,7 +69,6 @@ def _coercer(kind: Callable[[str], Any], check: Callable[[Any], bool], what: str
             raise usage.UsageError(f"expected {what}, got {value!r}")
         return number
 
-    coerce.coerceDoc = f"{what[0].upper()}{what[1:]}."  # type: ignore[attr-defined]
     return coerce
 
 
@@ -116,8 +112,8 @@ class FeedOptions(usage.Options):
 
     optParameters: list[list[Any]] = [
         ["since", None, None,
-         "Where to start when there is no checkpoint: 0 (the beginning, the default), now, "
-         "or a sequence exactly as the server sent it."],
+         "Where to start: 0 (the beginning, the default), now, or a sequence exactly as the "
+         "server sent it; a follower's checkpoint wins over it."],
         ["filter", None, None,
          "A filter: designname/filtername, or _design, _doc_ids, _selector, _view."],
         ["selector", None, None,
@@ -138,10 +134,7 @@ class FeedOptions(usage.Options):
         self["doc_ids"] = []
 
     def opt_param(self, value: str) -> None:
-        """
-        KEY=VALUE: a parameter for the filter function (it reads it in req.query), or
-        any other feed parameter (style=all_docs); repeatable.
-        """
+        """KEY=VALUE for the filter (its req.query) or any feed parameter (style=all_docs); repeatable."""
         key, text = _key_value("--param", value)
         owner = _NOT_PARAMS.get(key)
         if owner is not None:
@@ -151,10 +144,7 @@ class FeedOptions(usage.Options):
         self["params"][key] = text
 
     def opt_doc_ids(self, value: str) -> None:
-        """
-        Only changes of these document ids, comma-separated; repeatable; implies the
-        _doc_ids filter.
-        """
+        """Only changes of these document ids, comma-separated; repeatable; implies _doc_ids."""
         ids = [i for i in value.split(",") if i]
         if not ids:
             raise usage.UsageError(f"--doc-ids expects comma-separated ids, got {value!r}")
@@ -221,7 +211,7 @@ class FollowerOptions(FeedOptions):
             raise usage.UsageError(
                 f"--checkpoint: expected memory, file:PATH or local:NAME, got {spec!r}"
             )
-        if self["metrics-port"] is not None and importlib.util.find_spec("prometheus_client") is None:
+        if self["metrics-port"] is not None and not have_prometheus_client():
             raise usage.UsageError(
                 "--metrics-port needs the prometheus_client package: "
                 "pip install 'txchanges[metrics]'"
@@ -249,6 +239,13 @@ class FollowerOptions(FeedOptions):
             filter is refused rather than trusted.
         """
         return parse_checkpoint_spec(self["checkpoint"], db, identity=checkpoint_identity(db, self["feed_params"]))
+
+
+def have_prometheus_client() -> bool:
+    """
+    Whether the optional ``prometheus_client`` package can be imported.
+    """
+    return importlib.util.find_spec("prometheus_client") is not None
 
 
 def checkpoint_identity(db: Database, feed_params: Mapping[str, Any]) -> str:
@@ -334,107 +331,3 @@ def open_database(server_url: str, name: str, environ: Mapping[str, str], reacto
         the credentials of :func:`credentials_from`; nothing is sent yet.
     """
     return Server(server_url, credentials_from(server_url, environ), reactor=reactor)[name]
-
-
-# -- the txchanges command ------------------------------------------------------
-
-
-class _DatabaseArgument(usage.Options):
-    """
-    The ``URL/DB`` positional argument of the command's subcommands.
-    """
-
-    def parseArgs(self, *args: str) -> None:
-        if len(args) != 1:
-            got = "none" if not args else " ".join(repr(a) for a in args)
-            raise usage.UsageError(f"expected one URL/DB argument (http://host:5984/mydb), got {got}")
-        self["server_url"], self["db_name"] = split_database_url(args[0])
-
-
-class FetchOptions(_DatabaseArgument, FeedOptions):
-    """
-    ``txchanges fetch URL/DB``: print one normal-feed answer.
-    """
-
-    synopsis = "txchanges fetch URL/DB [options]"
-    longdesc = "Print the changes since --since as one JSON document (the normal feed's body) and exit."
-    optParameters: list[list[Any]] = [["limit", None, None, "At most this many changes.", positive_int]]
-
-    def postOptions(self) -> None:
-        super().postOptions()
-        if self["limit"] is not None:
-            self["feed_params"]["limit"] = self["limit"]
-
-
-class FollowOptions(_DatabaseArgument, FollowerOptions):
-    """
-    ``txchanges follow URL/DB``: print every change as a JSON line.
-    """
-
-    synopsis = "txchanges follow URL/DB [options]"
-    longdesc = (
-        "Print every change of the database as one JSON line, reconnecting after failures "
-        "and resuming from --checkpoint. Progress goes to stderr when it is a terminal and "
-        "stdout is not."
-    )
-    optParameters: list[list[Any]] = [
-        ["limit", None, None, "Exit after this many changes, once the checkpoint is saved.", positive_int],
-        ["feed", None, "continuous",
-         "continuous: one long request, through the reconnecting service; longpoll: one "
-         "request per batch of changes."],
-    ]
-
-    def postOptions(self) -> None:
-        super().postOptions()
-        if self["feed"] not in ("continuous", "longpoll"):
-            raise usage.UsageError(f"--feed must be continuous or longpoll, not {self['feed']!r}")
-
-
-class CommandOptions(usage.Options):
-    """
-    The ``txchanges`` command line.
-    """
-
-    synopsis = "txchanges [-v|-q] (follow|fetch) URL/DB [options]"
-    longdesc = (
-        "Read a CouchDB database's _changes feed. Credentials come from the URL or from the "
-        "TXCHANGES_USER and TXCHANGES_PASSWORD environment variables. Run "
-        "'txchanges COMMAND --help' for a command's options."
-    )
-    subCommands = [
-        ["follow", None, FollowOptions, "Print every change as a JSON line, following the feed."],
-        ["fetch", None, FetchOptions, "Print the changes since a point as one JSON document."],
-    ]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self["verbosity"] = 0
-
-    def opt_verbose(self) -> None:
-        """
-        Log more on stderr: -v also shows progress messages, -vv debug messages and tracebacks.
-        """
-        self["verbosity"] += 1
-
-    opt_v = opt_verbose
-
-    def opt_quiet(self) -> None:
-        """
-        Log only errors on stderr.
-        """
-        self["verbosity"] = -1
-
-    opt_q = opt_quiet
-
-    def opt_version(self) -> NoReturn:
-        """
-        Print the version and exit.
-        """
-        from . import __version__
-
-        print(f"txchanges {__version__}")
-        raise SystemExit(0)
-
-    def postOptions(self) -> None:
-        if self.subCommand is None:
-            raise usage.UsageError("expected a command: follow or fetch")

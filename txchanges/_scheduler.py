@@ -102,6 +102,8 @@ class Scheduler:
         self._running: dict[Any, _Job] = {}
         self._drained: list[Deferred[None]] = []
         self._halted = False
+        self._pumping = False
+        self._pump_again = False
         self.paused = False
         #: Backpressure hooks, set by the owner.
         self.pause: Callable[[], object] = lambda: None
@@ -135,17 +137,30 @@ class Scheduler:
             self.pause()
 
     def _pump(self) -> None:
-        if self._halted:
+        # A handler that finishes at once re-enters through _release(); the
+        # outer call then makes one more pass instead of the inner one
+        # changing the queue under it.
+        if self._pumping:
+            self._pump_again = True
             return
-        blocked = set(self._running)
-        for job in list(self._waiting):
-            if len(self._running) >= self._concurrency:
-                break
-            if job.key in blocked:
-                continue
-            blocked.add(job.key)
-            self._waiting.remove(job)
-            self._start(job)
+        self._pumping = True
+        try:
+            self._pump_again = True
+            while self._pump_again and not self._halted:
+                self._pump_again = False
+                blocked = set(self._running)
+                for job in list(self._waiting):
+                    if len(self._running) >= self._concurrency:
+                        break
+                    if job.key in blocked:
+                        continue
+                    blocked.add(job.key)
+                    self._waiting.remove(job)
+                    self._start(job)
+                    if self._halted:
+                        return
+        finally:
+            self._pumping = False
 
     def _start(self, job: _Job) -> None:
         self._running[job.key] = job

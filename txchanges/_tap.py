@@ -17,7 +17,8 @@ handler failure with ``--on-error stop``, an unusable checkpoint, or
 ``--give-up-after`` passing), the error is logged, the reactor is stopped,
 and the process exits with status 1 once twistd has finished its own
 shutdown, so that a supervisor sees the failure. A stop asked for by a signal
-saves the checkpoint and exits as twistd does (status 0).
+saves the checkpoint, then twistd ends the process with that same signal
+(as a shell sees it: 143 for SIGTERM, 130 for SIGINT).
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ class Options(FollowerOptions):
         ["max-buffered", None, None,
          "Changes held (running or waiting) before the feed is paused; default 2 x concurrency.",
          lambda v: _int_at_least(v, 1, "--max-buffered")],
+        ["max-ahead", None, None,
+         "Changes that may arrive past the oldest unfinished one before the feed is paused "
+         "(a hung handler call cannot make memory grow); default max(1000, 50 x max-buffered).",
+         lambda v: _int_at_least(v, 1, "--max-ahead")],
         ["on-error", None, "stop",
          "When the handler fails: stop (exit, checkpoint before that change), retry "
          "(with backoff), or skip (log it and go on)."],
@@ -127,6 +132,8 @@ class Options(FollowerOptions):
             check_options(self["concurrency"], buffered, self["on-error"])
         except ValueError as e:
             raise usage.UsageError(str(e).replace("max_buffered", "--max-buffered")) from None
+        if self["max-ahead"] is not None and self["max-ahead"] < buffered:
+            raise usage.UsageError(f"--max-ahead ({self['max-ahead']}) must be at least --max-buffered ({buffered})")
         self._check_handler()
 
     def _check_handler(self) -> None:
@@ -139,7 +146,7 @@ class Options(FollowerOptions):
         spec = plain if factory is None else factory
         obj = load_object(spec, option)
         if not callable(obj):
-            raise usage.UsageError(f"{option} {spec!r} is not callable but a {type(obj).__name__}")
+            raise usage.UsageError(f"{option} {spec!r} is not callable (it is a {type(obj).__name__})")
         if factory is None:
             if inspect.isclass(obj):
                 raise usage.UsageError(
@@ -201,22 +208,24 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         checkpoint=options.checkpoint_store(db),
         concurrency=options["concurrency"],
         max_buffered=options["max-buffered"],
+        max_ahead=options["max-ahead"],
         on_error=options["on-error"],
         clock=reactor,
         **options.service_kwargs(),
     )
     top = MultiService()
+    if options["metrics-port"] is not None:
+        from .metrics import MetricsServer
+
+        # Started first: a port in use fails the start before any change is read.
+        metrics = MetricsServer([follower], options["metrics-port"], options["metrics-interface"], reactor=reactor)
+        metrics.setName("metrics")
+        metrics.setServiceParent(top)
     follower.setName("follower")
     follower.setServiceParent(top)
     watcher = ExitOnFailure(follower, reactor)
     watcher.setName("exit-on-failure")
     watcher.setServiceParent(top)
-    if options["metrics-port"] is not None:
-        from .metrics import MetricsServer
-
-        metrics = MetricsServer([follower], options["metrics-port"], options["metrics-interface"], reactor=reactor)
-        metrics.setName("metrics")
-        metrics.setServiceParent(top)
     return top
 
 

@@ -47,6 +47,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 from twisted.application.service import Service
 from twisted.logger import Logger
+from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
@@ -187,6 +188,11 @@ class MetricsResource(Resource):
         return encoder(self._registry)
 
 
+class _Root(Resource):
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return notFound()
+
+
 class MetricsServer(Service):
     """
     Serves followers' metrics at ``http://INTERFACE:PORT/metrics`` while
@@ -217,7 +223,7 @@ class MetricsServer(Service):
         self._reactor = reactor
         self._wanted = port
         self._interface = interface
-        root = Resource()
+        root = _Root()
         root.putChild(b"metrics", cast(IResource, MetricsResource(metrics_registry(followers, clock=reactor))))
         self.site = Site(root)
         self.site.noisy = False

@@ -1,0 +1,156 @@
+"""Prometheus metrics: the collector's numbers, and the /metrics endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+import treq
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.python import usage
+
+from txchanges import ChangesService, MemoryCheckpoint, Server, ServiceStats
+from txchanges import _options
+from txchanges._tap import Options
+from txchanges.metrics import STATES, MetricsServer, render_metrics
+
+from ._service_helpers import wait_for
+
+DB = "http://127.0.0.1:5984/orders"
+
+
+class FakeFollower:
+    """The four attributes a collector reads, set by hand."""
+
+    def __init__(self, url: str = DB) -> None:
+        self.db = type("Db", (), {"url": url})()
+        self.state = "streaming"
+        self.stats = ServiceStats()
+        self.resume_seq: Any = None
+
+
+def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition, keyed by name and sorted labels."""
+    found = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def test_collector_reports_the_stats_state_and_resume_point():
+    """Counters, the pending and idle gauges, the state and the resume seq come from the follower at scrape time."""
+    clock, follower = Clock(), FakeFollower()
+    follower.stats = ServiceStats(handled=7, duplicates=2, handler_failures=1, reconnects=3, checkpoints=4,
+                                  pending=11, last_activity=100.0)
+    follower.resume_seq = "42-g1AAAAB"
+    clock.advance(112.5)
+    found = samples(render_metrics([follower], clock=clock))
+    db = (("db", DB),)
+    assert found[("txchanges_changes_handled_total", db)] == 7
+    assert found[("txchanges_changes_duplicate_total", db)] == 2
+    assert found[("txchanges_handler_failures_total", db)] == 1
+    assert found[("txchanges_reconnects_total", db)] == 3
+    assert found[("txchanges_checkpoints_saved_total", db)] == 4
+    assert found[("txchanges_changes_pending", db)] == 11
+    assert found[("txchanges_idle_seconds", db)] == 12.5
+    assert {s: found[("txchanges_state", (("db", DB), ("state", s)))] for s in STATES} == {
+        s: (1.0 if s == "streaming" else 0.0) for s in STATES
+    }
+    assert found[("txchanges_resume_seq_info", (("db", DB), ("seq", "42-g1AAAAB")))] == 1
+
+
+def test_unknown_values_are_left_out_and_non_string_seqs_are_json():
+    """Unknown pending, no byte yet and no resume point give no sample; an integer or list seq is shown as JSON."""
+    clock, follower = Clock(), FakeFollower()
+    assert not [k for k in samples(render_metrics([follower], clock=clock))
+                if k[0] in ("txchanges_changes_pending", "txchanges_idle_seconds", "txchanges_resume_seq_info")]
+    follower.resume_seq = [3, "g1AAA"]
+    assert ("txchanges_resume_seq_info", (("db", DB), ("seq", '[3,"g1AAA"]'))) in samples(render_metrics([follower], clock=clock))
+    follower.resume_seq = 17
+    assert ("txchanges_resume_seq_info", (("db", DB), ("seq", "17"))) in samples(render_metrics([follower], clock=clock))
+
+
+@pytest_twisted.async_yield_fixture
+async def db(couch_server, db_name):
+    server = Server(couch_server.admin_url)
+    database = await server.create_db(db_name)
+    yield database
+    await server.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_collector_follows_a_real_service(db):
+    """Driving a service over the test server, the metrics count its changes and checkpoints and show its state."""
+    await db.save_docs([{"_id": f"doc-{i}"} for i in range(5)])
+    handled: list[str] = []
+    store = MemoryCheckpoint()
+    service = ChangesService(db, lambda change: handled.append(change["id"]), checkpoint=store, checkpoint_every=5)
+    before = samples(render_metrics([service]))
+    assert before[("txchanges_state", (("db", db.url), ("state", "stopped")))] == 1
+    service.startService()
+    try:
+        await wait_for(lambda: len(handled) == 5 and service.stats.checkpoints == 1, 10, "five changes and a checkpoint")
+        running = samples(render_metrics([service]))
+    finally:
+        await service.stopService()
+    label = (("db", db.url),)
+    assert running[("txchanges_changes_handled_total", label)] == 5
+    assert running[("txchanges_checkpoints_saved_total", label)] == 1
+    assert running[("txchanges_state", (("db", db.url), ("state", "streaming")))] == 1
+    assert running[("txchanges_resume_seq_info", (("db", db.url), ("seq", store.seq)))] == 1
+    assert running[("txchanges_idle_seconds", label)] >= 0
+    after = samples(render_metrics([service]))
+    assert after[("txchanges_state", (("db", db.url), ("state", "stopped")))] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_endpoint_answers_get_metrics_in_the_prometheus_text_format():
+    """MetricsServer serves /metrics as Prometheus text (or OpenMetrics when asked), and stops listening when stopped."""
+    follower = FakeFollower()
+    follower.stats.handled = 3
+    server = MetricsServer([follower], 0, "127.0.0.1", reactor=reactor)
+    server.startService()
+    url = f"http://127.0.0.1:{server.port.getHost().port}/metrics"
+    try:
+        response = await treq.get(url, persistent=False)
+        body = await response.content()
+        assert response.code == 200
+        assert response.headers.getRawHeaders("content-type")[0].startswith("text/plain; version=0.0.4")
+        assert samples(body)[("txchanges_changes_handled_total", (("db", DB),))] == 3
+        assert b"process_cpu_seconds_total" in body
+        open_metrics = await treq.get(url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}, persistent=False)
+        assert open_metrics.headers.getRawHeaders("content-type")[0].startswith("application/openmetrics-text")
+        assert (await open_metrics.content()).endswith(b"# EOF\n")
+        missing = await treq.get(url.replace("/metrics", "/other"), persistent=False)
+        await missing.content()
+        assert missing.code == 404
+    finally:
+        await server.stopService()
+    assert server.port is None
+
+
+def test_plugin_adds_the_metrics_server_when_asked():
+    """--metrics-port gives the plugin's MultiService a 'metrics' service on that interface and port, started first."""
+    from txchanges._tap import makeService
+
+    options = Options(environ={})
+    options.parseOptions(["--url", "http://127.0.0.1:5984/", "--db", "orders", "--handler",
+                          "tests.handlers_for_tests:record", "--metrics-port", "0", "--metrics-interface", "::1"])
+    top = makeService(options)
+    metrics = top.getServiceNamed("metrics")
+    assert isinstance(metrics, MetricsServer)
+    assert list(top)[0] is metrics  # started before the follower: a busy port fails before any change
+    assert (metrics._wanted, metrics._interface) == (0, "::1")
+
+
+def test_metrics_port_without_prometheus_client_is_a_usage_error(monkeypatch):
+    """Asking for --metrics-port without prometheus_client installed is a usage error naming the extra to install."""
+    monkeypatch.setattr(_options, "have_prometheus_client", lambda: False)
+    options = Options(environ={})
+    with pytest.raises(usage.UsageError, match=r"pip install 'txchanges\[metrics\]'"):
+        options.parseOptions(["--url", "http://127.0.0.1:5984/", "--db", "orders", "--handler",
+                              "tests.handlers_for_tests:record", "--metrics-port", "9100"])

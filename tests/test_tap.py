@@ -1,0 +1,304 @@
+"""The twistd plugin: its options, the service it makes, and ``twistd -n txchanges`` as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.plugin import getPlugins
+from twisted.python import usage
+
+from txchanges import ChangesService, FileCheckpoint, LocalDocCheckpoint, NotFound
+from txchanges import _tap
+from txchanges._tap import ExitOnFailure, Options, makeService
+
+from . import handlers_for_tests
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDLERS = "tests.handlers_for_tests"
+TIMEOUT = 30
+BASE = ["--url", "http://127.0.0.1:5984/", "--db", "mydb"]
+
+
+def parse(*args: str, environ: dict[str, str] | None = None) -> Options:
+    options = Options(environ={} if environ is None else environ)
+    options.parseOptions(list(args))
+    return options
+
+
+def test_good_options_become_service_arguments(tmp_path):
+    """Every follower option is parsed, checked and turned into the service's keyword arguments."""
+    selector = tmp_path / "selector.json"
+    selector.write_text('{"type": "order"}')
+    options = parse(
+        *BASE, "--handler", f"{HANDLERS}:record", "--since", "now",
+        "--selector", f"@{selector}", "--include-docs", "--param", "region=eu",
+        "--heartbeat", "5000", "--concurrency", "4", "--max-buffered", "16", "--max-ahead", "500",
+        "--on-error", "retry",
+        "--checkpoint", f"file:{tmp_path / 'ckpt.json'}", "--checkpoint-every", "7",
+        "--dedup-window", "100", "--give-up-after", "60",
+    )
+    assert options["handler-object"] is handlers_for_tests.record
+    assert options.service_kwargs() == {
+        "since": "now", "heartbeat": 5000, "checkpoint_every": 7, "dedup_window": 100, "give_up_after": 60.0,
+        "selector": {"type": "order"}, "include_docs": True, "region": "eu",
+    }
+    assert (options["concurrency"], options["max-buffered"], options["max-ahead"], options["on-error"]) == (4, 16, 500, "retry")
+
+
+def test_doc_ids_accumulate_from_commas_and_repeats():
+    """--doc-ids takes comma-separated ids and may be repeated; --filter and --view pass through."""
+    options = parse(*BASE, "--handler", f"{HANDLERS}:record", "--doc-ids", "a,b", "--doc-ids", "c")
+    assert options["feed_params"] == {"doc_ids": ["a", "b", "c"]}
+    assert parse(*BASE, "--handler", f"{HANDLERS}:record", "--view", "app/by_type")["feed_params"] == {"view": "app/by_type"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--db", "mydb", "--handler", f"{HANDLERS}:record"], "--url is required"),
+        (["--url", "http://127.0.0.1:5984/", "--handler", f"{HANDLERS}:record"], "--db is required"),
+        ([*BASE], "give exactly one of --handler and --handler-factory"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--handler-factory", f"{HANDLERS}:make_recorder"], "exactly one"),
+        ([*BASE, "--handler", "tests.no_such_module:record"], "cannot be imported: ModuleNotFoundError"),
+        ([*BASE, "--handler", f"{HANDLERS}:no_such_name"], "cannot be imported: AttributeError"),
+        ([*BASE, "--handler", f"{HANDLERS}:not_callable"], "is not callable"),
+        ([*BASE, "--handler", f"{HANDLERS}:RecorderClass"], "is a class; use --handler-factory"),
+        ([*BASE, "--handler-factory", f"{HANDLERS}:make_recorder", "--handler-arg", "colour=red"], "cannot be called with"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--handler-arg", "tag=x"], "--handler-arg only goes with"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--param", "region"], "--param expects KEY=VALUE"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--param", "since=5"], "use --since"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--selector", "{not json"], "--selector is not valid JSON"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--selector", "[1]"], "must be a JSON object"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--selector", "@/no/such/file.json"], "cannot read the selector file"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--filter", "nofilter"], "invalid filter name"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--filter", "a/b", "--doc-ids", "x"], "implies filter '_doc_ids'"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--heartbeat", "-1"], "expected a whole number above 0"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--concurrency", "4", "--max-buffered", "2"], "--max-buffered"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--on-error", "ignore"], "--on-error must be one of"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--max-buffered", "8", "--max-ahead", "4"], "--max-ahead (4) must be at least"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--checkpoint", "file:"], "--checkpoint: expected"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--metrics-port", "70000"], "a port number"),
+        (["--url", "nope://x/", "--db", "mydb", "--handler", f"{HANDLERS}:record"], "--url: server URL must start"),
+        (["--url", "http://127.0.0.1:5984/", "--db", "MyDb", "--handler", f"{HANDLERS}:record"], "invalid database name"),
+    ],
+)
+def test_bad_options_are_usage_errors(args, message):
+    """Each bad option, handler or selector is a UsageError whose message names the problem."""
+    with pytest.raises(usage.UsageError) as caught:
+        parse(*args)
+    assert message in str(caught.value)
+
+
+def test_password_without_user_is_a_usage_error():
+    """TXCHANGES_PASSWORD without TXCHANGES_USER is refused rather than silently ignored."""
+    with pytest.raises(usage.UsageError, match="TXCHANGES_USER is not"):
+        parse(*BASE, "--handler", f"{HANDLERS}:record", environ={"TXCHANGES_PASSWORD": "x"})
+
+
+class RecordingService(ChangesService):
+    """The real service, remembering the keyword arguments it was made with."""
+
+    made: list[dict[str, Any]] = []
+
+    def __init__(self, db: Any, handler: Any, **kwargs: Any) -> None:
+        RecordingService.made.append(dict(kwargs, db=db, handler=handler))
+        super().__init__(db, handler, **kwargs)
+
+
+def test_make_service_builds_the_follower_with_the_options(monkeypatch, tmp_path):
+    """makeService gives a MultiService holding a ChangesService made from every option, and the exit watcher."""
+    monkeypatch.setattr(_tap, "ChangesService", RecordingService)
+    RecordingService.made.clear()
+    options = parse(
+        "--url", "http://127.0.0.1:5984/prefix/", "--db", "orders", "--handler", f"{HANDLERS}:record",
+        "--filter", "app/important", "--param", "level=2", "--concurrency", "3", "--on-error", "skip",
+        "--checkpoint", f"file:{tmp_path / 'c.json'}", "--since", "now",
+        environ={"TXCHANGES_USER": "bob", "TXCHANGES_PASSWORD": "hunter2"},
+    )
+    top = makeService(options)
+    assert isinstance(top, MultiService)
+    follower = top.getServiceNamed("follower")
+    assert isinstance(follower, ChangesService)
+    assert isinstance(top.getServiceNamed("exit-on-failure"), ExitOnFailure)
+    [made] = RecordingService.made
+    assert made["db"].url == "http://127.0.0.1:5984/prefix/orders"
+    assert "user='bob'" in repr(made["db"].server) and "hunter2" not in repr(made["db"].server)
+    assert made["handler"] is handlers_for_tests.record
+    assert (made["concurrency"], made["max_buffered"], made["max_ahead"], made["on_error"], made["since"]) == (
+        3, None, None, "skip", "now")
+    assert (made["filter"], made["level"]) == ("app/important", "2")
+    store = made["checkpoint"]
+    assert isinstance(store, FileCheckpoint)
+    assert store.identity == "http://127.0.0.1:5984/prefix/orders/_changes?filter=app/important&level=2"
+
+
+def test_handler_factory_is_called_once_with_the_database_and_handler_args():
+    """--handler-factory is called with the Database and the --handler-arg pairs; a local: checkpoint lives in that database."""
+    options = parse(*BASE, "--handler-factory", f"{HANDLERS}:make_recorder", "--handler-arg", "tag=blue",
+                    "--checkpoint", "local:indexer")
+    follower = makeService(options).getServiceNamed("follower")
+    assert follower._handler.__qualname__ == "make_recorder.<locals>.handle"
+    assert follower._handler.__closure__ is not None
+    assert "blue" in [c.cell_contents for c in follower._handler.__closure__ if isinstance(c.cell_contents, str)]
+    assert isinstance(follower._store, LocalDocCheckpoint)
+
+
+def test_handler_factory_returning_nothing_fails_clearly():
+    """A factory that returns something not callable makes makeService fail naming the factory."""
+    options = parse(*BASE, "--handler-factory", f"{HANDLERS}:make_nothing")
+    with pytest.raises(TypeError, match="make_nothing.*returned None, not a callable"):
+        makeService(options)
+
+
+def test_plugin_is_found_by_twisted():
+    """twistd's plugin lookup finds 'txchanges' with a one-line description and these options."""
+    plugins = {p.tapname: p for p in getPlugins(IServiceMaker)}
+    plugin = plugins["txchanges"]
+    assert "\n" not in plugin.description and "CouchDB" in plugin.description
+    assert isinstance(plugin.options(), Options)
+
+
+class FakeFollower:
+    def __init__(self, outcome: Deferred[None]) -> None:
+        self.outcome = outcome
+        self.db = type("Db", (), {"url": "http://127.0.0.1:5984/x"})()
+
+    def when_stopped(self) -> Deferred[None]:
+        return self.outcome
+
+
+class FakeReactor:
+    def __init__(self) -> None:
+        self.stopped = 0
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+def test_exit_on_failure_stops_the_reactor_with_status_1_only_on_an_error():
+    """A follower that fails stops the reactor and sets exit status 1; one stopped normally does neither."""
+    statuses: list[int] = []
+    failed, reactor = FakeReactor(), FakeReactor()
+    error = NotFound(404, "not_found", "Database does not exist.")
+    ExitOnFailure(FakeFollower(fail(error)), failed, statuses.append).startService()  # type: ignore[arg-type]
+    ExitOnFailure(FakeFollower(succeed(None)), reactor, statuses.append).startService()  # type: ignore[arg-type]
+    assert (failed.stopped, reactor.stopped, statuses) == (1, 0, [1])
+
+
+# -- twistd as a process ------------------------------------------------------
+
+
+def twistd_command() -> list[str]:
+    script = Path(sys.executable).with_name("twistd")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def twistd_env(output: Path | None = None, **extra: str) -> dict[str, str]:
+    # The repository root on the path makes its twisted/plugins directory a
+    # plugin directory, whatever the way the package is installed.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **extra)
+    if output is not None:
+        env[handlers_for_tests.OUTPUT_VARIABLE] = str(output)
+    return env
+
+
+def twistd(*args: str, output: Path | None = None, **extra_env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*twistd_command(), "-n", "--pidfile=", *args], env=twistd_env(output, **extra_env),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def wait_for_lines(path: Path, count: int, process: subprocess.Popen[str]) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count:
+            return [json.loads(line) for line in lines]
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"handled {path.read_text() if path.exists() else ''!r}; twistd said {process.communicate()[0]}")
+
+
+def test_twistd_help_lists_the_plugin():
+    """'twistd --help' lists txchanges with its description."""
+    done = subprocess.run([*twistd_command(), "--help"], env=twistd_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert "txchanges        Follow a CouchDB database's _changes feed" in done.stdout
+
+
+def test_twistd_usage_error_is_a_message_not_a_traceback():
+    """An unimportable handler makes twistd print the usage error, without a traceback, and exit non-zero."""
+    done = subprocess.run(
+        [*twistd_command(), "-n", "txchanges", *BASE, "--handler", "tests.no_such_module:x"],
+        env=twistd_env(), capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    assert done.returncode != 0
+    assert "--handler 'tests.no_such_module:x' cannot be imported" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_twistd_follows_and_stops_on_sigterm_with_the_checkpoint_saved(couch_server, db_name, tmp_path):
+    """twistd -n txchanges hands every change to the handler module and, on SIGTERM, saves the checkpoint past them."""
+    couch_server.create_db(db_name)
+    couch_server.request("POST", f"{db_name}/_bulk_docs", {"docs": [{"_id": f"doc-{i}"} for i in range(5)]})
+    output, ckpt = tmp_path / "handled.jsonl", tmp_path / "ckpt.json"
+    process = twistd(
+        "txchanges", "--url", couch_server.url, "--db", db_name, "--handler", f"{HANDLERS}:record",
+        "--checkpoint", f"file:{ckpt}", "--heartbeat", "2000", output=output,
+        TXCHANGES_USER=couch_server.admin[0], TXCHANGES_PASSWORD=couch_server.admin[1],
+    )
+    try:
+        handled = wait_for_lines(output, 5, process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        log = process.communicate(timeout=TIMEOUT)[0]
+    assert process.returncode in (0, -signal.SIGTERM), log  # twistd re-raises the signal it stopped on
+    assert [h["id"] for h in handled] == [f"doc-{i}" for i in range(5)]
+    saved = json.loads(ckpt.read_text())["seq"]
+    assert saved == handled[-1]["seq"]
+    since = urllib.parse.quote(saved, safe="")
+    status, body = couch_server.request("GET", f"{db_name}/_changes?since={since}")
+    assert status == 200 and body["results"] == []
+    assert "secret" not in log
+
+
+def test_twistd_exits_1_when_the_follower_stops_on_an_error(couch_server, tmp_path):
+    """A missing database stops the follower: twistd logs the error and exits with status 1."""
+    process = twistd(
+        "txchanges", "--url", couch_server.admin_url, "--db", "no-such-db",
+        "--handler-factory", f"{HANDLERS}:make_recorder", output=tmp_path / "handled.jsonl",
+    )
+    log = process.communicate(timeout=TIMEOUT)[0]
+    assert process.returncode == 1, log
+    assert "HTTP 404 not_found: Database does not exist." in log and "exiting with status 1" in log
+    assert "secret" not in log
+
+
+def test_twistd_exits_1_when_the_handler_fails_with_on_error_stop(couch_server, db_name, tmp_path):
+    """With --on-error stop, a failing handler stops twistd with status 1, the checkpoint left before that change."""
+    couch_server.create_db(db_name)
+    couch_server.request("PUT", f"{db_name}/doc-0", {})
+    ckpt = tmp_path / "ckpt.json"
+    process = twistd(
+        "txchanges", "--url", couch_server.admin_url, "--db", db_name, "--handler", f"{HANDLERS}:fail",
+        "--checkpoint", f"file:{ckpt}", output=tmp_path / "handled.jsonl",
+    )
+    log = process.communicate(timeout=TIMEOUT)[0]
+    assert process.returncode == 1, log
+    assert "RuntimeError: cannot handle doc-0" in log and "exiting with status 1" in log
+    assert not ckpt.exists()
