@@ -1,0 +1,65 @@
+"""The README is a manual that works: its code runs, and what it points to exists."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, re.S)
+PYTHON = [code for lang, code in BLOCKS if lang == "python"]
+
+
+def test_exactly_two_setup_commands_at_the_top():
+    """The README opens with exactly the two commands: follow and test, both through ./run."""
+    lang, first = BLOCKS[0]
+    commands = [line.split("#")[0].strip() for line in first.splitlines() if line.strip()]
+    assert lang == "sh" and commands == ["./run follow", "./run test"]
+    assert README.index("```sh") < README.index("\n## ")
+
+
+def test_ci_runs_the_readme_test_command():
+    """CI's entry point runs the README's test command."""
+    assert "./run test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_python_block_is_run_or_mirrored():
+    """Each Python block either runs as it is (and is run below) or names an example that exists."""
+    assert PYTHON
+    for code in PYTHON:
+        first = code.splitlines()[0]
+        if first.startswith("# Runnable: "):
+            example = ROOT / first.removeprefix("# Runnable: ").strip()
+            assert example.is_file(), example
+        else:
+            assert first.startswith("# Runs as it is"), first
+
+
+def test_every_example_is_tested():
+    """Every script in examples/ is run by a test."""
+    tests = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    for example in (ROOT / "examples").glob("*.py"):
+        assert f'"{example.name}"' in tests, example.name
+
+
+def _run(code, timeout=60):
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_quick_start_runs(couch_server, db_name):
+    """The quick start runs against a real server and prints what it promises."""
+    code = PYTHON[0]
+    assert "http://admin:secret@127.0.0.1:5984/" in code and '"mydb"' in code
+    code = code.replace("http://admin:secret@127.0.0.1:5984/", couch_server.admin_url).replace('"mydb"', repr(db_name))
+    out = _run(code)
+    assert "next change:" in out and out.count("got ") == 3 and "resume from " in out
+
+
+def test_testing_block_runs():
+    """The txchanges.testing example runs as it is, with no server."""
+    blocks = [code for code in PYTHON if "FakeCouchDB" in code and code.startswith("# Runs as it is")]
+    assert len(blocks) == 1
+    _run(blocks[0])
