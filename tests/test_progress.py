@@ -231,3 +231,26 @@ def test_handlers_that_finish_at_once_with_a_queue():
     assert order == ["a", "a", "b", "a", "c"]
     pending.finish("slow")
     assert p.resume == "5" and s.buffered == 0
+
+
+def test_dropped_changes_are_reported():
+    """halt() and a failure under on_error='stop' report each change taken but never done."""
+    calls = Calls()
+    s, p, _ = make(calls, concurrency=1)
+    dropped = []
+    s.dropped = lambda row: dropped.append(row["id"])
+    submit(s, p, "a", "1")
+    submit(s, p, "b", "2")
+    calls.finish("a", RuntimeError("bad"))
+    assert dropped == ["a"]
+    s.halt()
+    assert dropped == ["a", "b"]
+
+
+def test_forgotten_rows_are_no_replays():
+    """A row the window forgot is not flagged when it comes again."""
+    w = DedupWindow(10)
+    r = {"id": "a", "changes": [{"rev": "1-x"}]}
+    assert w.seen(r) is False
+    w.forget(r)
+    assert w.seen(r) is False and w.seen(r) is True

@@ -118,6 +118,16 @@ class DedupWindow:
         revs = tuple(c.get("rev") for c in changes if isinstance(c, dict))
         return (docid, row.get("deleted", False), revs)
 
+    def forget(self, row: dict[str, Any]) -> None:
+        """
+        Forget *row*: it was received but will not be handled (dropped at a
+        stop, or its handler failed), so when the server sends it again it
+        is no replay.
+        """
+        key = self.key(row)
+        if key is not None:
+            self._seen.pop(key, None)
+
     def seen(self, row: dict[str, Any]) -> bool:
         """
         Whether *row* was seen before; remembers it either way.

@@ -110,6 +110,9 @@ class Scheduler:
         self.resume: Callable[[], object] = lambda: None
         #: Called with the failure when ``on_error="stop"`` and the handler fails.
         self.failed: Callable[[Failure], object] = lambda f: None
+        #: Called with each change taken but never done: dropped by
+        #: :meth:`halt`, or failed with ``on_error="stop"``.
+        self.dropped: Callable[[dict[str, Any]], object] = lambda row: None
         #: Called when a change is done (handled or skipped).
         self.done: Callable[[dict[str, Any], bool], object] = lambda row, moved: None
         self.handled = 0
@@ -179,6 +182,7 @@ class Scheduler:
         row = job.row
         docid = row.get("id", row.get("db_name"))
         if self._halted:
+            self.dropped(row)
             self._release(job)
             return
         if self._on_error == "skip":
@@ -201,6 +205,7 @@ class Scheduler:
                 failure, id=docid, seq=row.get("seq"),
             )
             self._halted = True
+            self.dropped(row)
             self._release(job)
             self.failed(failure)
 
@@ -237,11 +242,14 @@ class Scheduler:
         retries. Running handler calls go on; see :meth:`drain`.
         """
         self._halted = True
-        self._waiting.clear()
+        waiting, self._waiting = self._waiting, deque()
+        for job in waiting:
+            self.dropped(job.row)
         for job in list(self._running.values()):
             if job.retry is not None:
                 job.retry.cancel()
                 job.retry = None
+                self.dropped(job.row)
                 self._release(job)
 
     def drain(self) -> "Deferred[None]":

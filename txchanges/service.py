@@ -422,6 +422,7 @@ class ChangesService(Service):
         scheduler.resume = self._resume
         scheduler.failed = self._handler_failed
         scheduler.done = self._done
+        scheduler.dropped = self._dedup.forget
         self._ticker = LoopingCall(self._save_if_moved)
         self._ticker.clock = self._clock  # type: ignore[assignment]
         self._ticker.start(self._interval, now=False)
