@@ -27,7 +27,8 @@ from .checkpoint import CheckpointStore
 from .client import Database
 from .consumer import Consumer
 from .errors import TxChangesError
-from .service import ChangesService, ServiceStats, is_terminal
+from ._retry import is_terminal
+from .service import ChangesService, ServiceStats
 
 __all__ = ["Command", "LongpollFollower", "describe"]
 

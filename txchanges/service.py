@@ -5,14 +5,13 @@ the service runs, through any failure, without losing a change.
 
 from __future__ import annotations
 
-import email.utils
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -21,99 +20,19 @@ from ._params import feed_request
 from ._progress import DedupWindow, Progress
 from ._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
 from ._rows import ChangeRow, LastSeq
+from ._retry import Backoff, is_terminal
+from ._saver import CheckpointSaver
 from ._scheduler import Scheduler, check_options, default_max_ahead
 from ._watchdog import Clock, idle_limit
 from .checkpoint import CheckpointStore, MemoryCheckpoint
 from .client import Database
-from .errors import CouchError, LineTooLong
 
-__all__ = ["ChangesService", "ServiceStats", "is_terminal"]
+__all__ = ["ChangesService", "ServiceStats"]
 
 Handler = Callable[[dict[str, Any]], Any]
 
 # Parameters the service sets itself.
 _RESERVED = frozenset({"since", "feed", "heartbeat", "timeout"})
-
-
-def is_terminal(error: BaseException) -> bool:
-    """
-    Whether retrying cannot help: a request CouchDB refuses (400), bad or
-    missing credentials (401, 403), a missing database, design document or
-    filter (404), or a line over the configured bound. Everything else -
-    5xx, 408, 429, connection failures, cut or stalled feeds, error rows -
-    is worth retrying.
-    """
-    if isinstance(error, LineTooLong):
-        return True
-    if isinstance(error, CouchError):
-        return 400 <= error.status < 500 and error.status not in (408, 429)
-    return False
-
-
-def retry_after(error: BaseException, clock: Clock) -> Optional[float]:
-    """
-    The delay a 429 or 503 answer asks for in its ``Retry-After`` header,
-    in seconds, or ``None``.
-    """
-    if not isinstance(error, CouchError) or error.status not in (429, 503):
-        return None
-    value = error.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - clock.seconds())
-
-
-class _Backoff:
-    """
-    Delays between attempts: the retry policy's, or what ``Retry-After``
-    asks for, until *give_up_after* seconds of failing.
-    """
-
-    def __init__(
-        self, policy: Callable[[int], float], give_up_after: Optional[float], clock: Clock
-    ) -> None:
-        self._policy = policy
-        self._give_up_after = give_up_after
-        self._clock = clock
-        self.attempt = 0
-        self._failing_since: Optional[float] = None
-
-    @property
-    def failing_for(self) -> float:
-        """
-        Seconds since the first failure after the last success.
-        """
-        if self._failing_since is None:
-            return 0.0
-        return self._clock.seconds() - self._failing_since
-
-    def reset(self) -> None:
-        """
-        Something worked: start over.
-        """
-        self.attempt = 0
-        self._failing_since = None
-
-    def next_delay(self, error: BaseException) -> Optional[float]:
-        """
-        :return: Seconds to wait before the next attempt, or ``None`` when it
-            is time to give up.
-        """
-        if self._failing_since is None:
-            self._failing_since = self._clock.seconds()
-        elif self._give_up_after is not None and self.failing_for > self._give_up_after:
-            return None
-        delay = retry_after(error, self._clock)
-        if delay is None:
-            delay = self._policy(self.attempt)
-        self.attempt += 1
-        return delay
 
 
 @dataclass
@@ -259,9 +178,7 @@ class ChangesService(Service):
         self._loop: Optional[Deferred[None]] = None
         self._waiters: list[Deferred[None]] = []
         self._saved: Any = None
-        self._saving: Optional[Deferred[None]] = None
-        self._since_save = 0
-        self._ticker: Optional[LoopingCall] = None
+        self._saver: Optional[CheckpointSaver] = None
 
     def __repr__(self) -> str:
         return f"<ChangesService of {self.db!r} {self.state}>"
@@ -274,6 +191,8 @@ class ChangesService(Service):
         if self._scheduler is not None:
             self._stats.handled = self._scheduler.handled
             self._stats.handler_failures = self._scheduler.failures
+        if self._saver is not None:
+            self._stats.checkpoints = self._saver.count
         return self._stats
 
     @property
@@ -421,14 +340,15 @@ class ChangesService(Service):
         scheduler.pause = self._pause
         scheduler.resume = self._resume
         scheduler.failed = self._handler_failed
-        scheduler.done = self._done
+        scheduler.done = lambda row, moved: saver.done(moved)
         scheduler.dropped = self._dedup.forget
-        self._ticker = LoopingCall(self._save_if_moved)
-        self._ticker.clock = self._clock  # type: ignore[assignment]
-        self._ticker.start(self._interval, now=False)
+        progress = self._progress
+        saver = self._saver = CheckpointSaver(
+            self._store, lambda: progress.resume, self._every, self._interval, self._clock, self._saved
+        )
         await self._connect_loop(since)
 
-    async def _wait_to_retry(self, backoff: "_Backoff", error: Exception, what: str) -> bool:
+    async def _wait_to_retry(self, backoff: Backoff, error: Exception, what: str) -> bool:
         """
         Log a transient failure and wait before the next attempt.
 
@@ -453,7 +373,7 @@ class ChangesService(Service):
     async def _start_step(self, what: str, step: Callable[[], "Deferred[Any]"]) -> Any:
         # Start-up requests are retried like feed requests: a passing 503 or
         # a refused connection must not end the service.
-        backoff = _Backoff(self._retry, self._give_up_after, self._clock)
+        backoff = Backoff(self._retry, self._give_up_after, self._clock)
         while True:
             try:
                 return await self._io(step())
@@ -464,7 +384,7 @@ class ChangesService(Service):
                     raise CancelledError() from None
 
     async def _connect_loop(self, since: Any) -> None:
-        backoff = _Backoff(self._retry, self._give_up_after, self._clock)
+        backoff = Backoff(self._retry, self._give_up_after, self._clock)
         first = True
         while not self._stopping:
             if not first:
@@ -527,7 +447,9 @@ class ChangesService(Service):
         ticket = self._progress.begin(row.get("seq"))
         if self._dedup.seen(row):
             self._stats.duplicates += 1
-            self._done(row, self._progress.finish(ticket))
+            moved = self._progress.finish(ticket)
+            if self._saver is not None:
+                self._saver.done(moved)
             return
         self._scheduler.submit(row, ticket)
 
@@ -549,41 +471,12 @@ class ChangesService(Service):
     # -- progress and checkpoints -------------------------------------------
 
     def _passed(self, seq: Any) -> None:
-        assert self._progress is not None
+        assert self._progress is not None and self._saver is not None
         if self._progress.passed(seq):
-            self._save_if_moved()
-
-    def _done(self, row: dict[str, Any], moved: bool) -> None:
-        self._since_save += 1
-        if moved and self._since_save >= self._every:
-            self._save_if_moved()
-
-    def _save_if_moved(self) -> None:
-        if self._progress is None or self._progress.resume in (None, self._saved):
-            return
-        if self._saving is not None:
-            return  # the save in flight saves again when it finishes
-        seq = self._progress.resume
-        self._since_save = 0
-        self._saving = self._store.save(seq)
-
-        def saved(_: object) -> None:
-            self._saving = None
-            self._saved = seq
-            self._stats.checkpoints += 1
-            self.log.debug("checkpoint {seq} saved to {where}", seq=seq, where=self._store.describe())
-            self._save_if_moved()
-
-        def failed(f: Failure) -> None:
-            self._saving = None
-            self.log.failure("cannot save checkpoint {seq} to {where}", f, seq=seq, where=self._store.describe())
-
-        self._saving.addCallbacks(saved, failed)
+            self._saver.save_if_moved()
 
     async def _finish(self) -> None:
         self.state = "stopping"
-        if self._ticker is not None and self._ticker.running:
-            self._ticker.stop()
         if self._scheduler is not None:
             self._scheduler.halt()
             drained = self._scheduler.drain()
@@ -595,8 +488,5 @@ class ChangesService(Service):
             finally:
                 if timer.active():
                     timer.cancel()
-        while self._saving is not None:
-            await self._saving
-        self._save_if_moved()
-        if self._saving is not None:
-            await self._saving
+        if self._saver is not None:
+            await self._saver.flush()
