@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+import pytest_twisted
+
+from txchanges import Database, Server
 
 from . import couchserver
+from .faultproxy import FaultProxy
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +62,46 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("txchanges")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+# Asynchronous fixtures shared by the tests that talk to the test server
+# through txchanges itself (they run in the reactor, unlike those above).
+
+
+@pytest_twisted.async_yield_fixture
+async def server(couch_server: couchserver.RunningServer) -> AsyncIterator[Server]:
+    """A Server on the test server with the admin's credentials, closed afterwards."""
+    s = Server(couch_server.admin_url)
+    yield s
+    await s.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def db(server: Server, db_name: str) -> AsyncIterator[Database]:
+    """A new, empty database on the test server."""
+    yield await server.create_db(db_name)
+
+
+@pytest.fixture
+def direct(db: Database) -> Database:
+    """The test database reached without a proxy (the same as ``db``)."""
+    return db
+
+
+@pytest_twisted.async_yield_fixture
+async def proxy(couch_server: couchserver.RunningServer) -> AsyncIterator[FaultProxy]:
+    """A started fault-injecting proxy in front of the test server, stopped afterwards."""
+    p = FaultProxy("127.0.0.1", couch_server.port)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def proxied(
+    couch_server: couchserver.RunningServer, proxy: FaultProxy, db: Database
+) -> AsyncIterator[Database]:
+    """The test database reached through the proxy."""
+    s = Server(proxy.url_for(couch_server.admin_url))
+    yield s[db.name]
+    await s.close()

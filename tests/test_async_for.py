@@ -11,12 +11,6 @@ def sleep(seconds):
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-@pytest_twisted.async_yield_fixture
-async def db(couch_server, db_name):
-    server = Server(couch_server.admin_url)
-    yield await server.create_db(db_name)
-    await server.close()
-
 
 async def open_feeds(couch_server, expected, timeout=5.0):
     """Poll the test server's count of open _changes feeds until it is `expected`."""

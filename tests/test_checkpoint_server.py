@@ -4,17 +4,11 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import gatherResults
 
-from txchanges import Consumer, NotFound, Server
+from txchanges import Consumer, NotFound
 from txchanges.checkpoint import CheckpointError, LocalDocCheckpoint
 
 SEQ = "10-g1AAAACbeJzLYWBgYMpgTmHgz8tPSTV0MDQy1zMAQsMcoARTIkOS_P___7MSGQgqy2MB/+x=-"
 
-
-@pytest_twisted.async_yield_fixture
-async def server(couch_server):
-    s = Server(couch_server.admin_url)
-    yield s
-    await s.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -23,30 +23,7 @@ def sleep(seconds: float) -> Any:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-@pytest_twisted.async_yield_fixture
-async def direct(couch_server, db_name):
-    """The test database, reached without the proxy."""
-    server = Server(couch_server.admin_url)
-    db = await server.create_db(db_name)
-    yield db
-    await server.close()
 
-
-@pytest_twisted.async_yield_fixture
-async def proxy(couch_server):
-    """A started proxy in front of the test server, stopped afterwards."""
-    p = FaultProxy("127.0.0.1", couch_server.port)
-    await p.start()
-    yield p
-    await p.stop()
-
-
-@pytest_twisted.async_yield_fixture
-async def proxied(couch_server, proxy, direct):
-    """The test database, reached through the proxy."""
-    server = Server(proxy.url_for(couch_server.admin_url))
-    yield server[direct.name]
-    await server.close()
 
 
 @pytest.fixture

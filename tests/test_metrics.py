@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from txchanges import ChangesService, MemoryCheckpoint, Server, ServiceStats
+from txchanges import ChangesService, MemoryCheckpoint, ServiceStats
 from txchanges import _options
 from txchanges._tap import Options
 from txchanges.metrics import STATES, MetricsServer, render_metrics
@@ -73,13 +73,6 @@ def test_unknown_values_are_left_out_and_non_string_seqs_are_json():
     follower.resume_seq = 17
     assert ("txchanges_resume_seq_info", (("db", DB), ("seq", "17"))) in samples(render_metrics([follower], clock=clock))
 
-
-@pytest_twisted.async_yield_fixture
-async def db(couch_server, db_name):
-    server = Server(couch_server.admin_url)
-    database = await server.create_db(db_name)
-    yield database
-    await server.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -6,12 +6,6 @@ import pytest_twisted
 from txchanges import Consumer, NotFound, PreconditionFailed, Server, Unauthorized
 
 
-@pytest_twisted.async_yield_fixture
-async def server(couch_server):
-    s = Server(couch_server.admin_url)
-    yield s
-    await s.close()
-
 
 @pytest_twisted.ensureDeferred
 async def test_server_info_and_all_dbs(server, db_name):

@@ -5,7 +5,7 @@ import time
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from txchanges import Consumer, NotFound, Server
+from txchanges import Consumer, NotFound
 import pytest
 
 FRUIT_FILTER = "function(doc, req) { return doc.type === req.query.type; }"
@@ -15,13 +15,6 @@ TYPE_VIEW = "function(doc) { if (doc.type) { emit(doc.type, null); } }"
 def sleep(seconds):
     return task.deferLater(reactor, seconds, lambda: None)
 
-
-@pytest_twisted.async_yield_fixture
-async def db(couch_server, db_name):
-    server = Server(couch_server.admin_url)
-    database = await server.create_db(db_name)
-    yield database
-    await server.close()
 
 
 async def fill(db):

@@ -22,13 +22,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from txchanges import ChangesService, ConnectionFailed, MemoryCheckpoint, NotFound, Server
+from txchanges import ChangesService, ConnectionFailed, MemoryCheckpoint, NotFound
 from txchanges import _watchdog
 from txchanges._progress import Progress
 from txchanges._scheduler import Scheduler
 
-from ._fault_helpers import FailureLog, Tracker, Writer, change_key, fast_retry, latest_revs, report, sleep, wait_for
-from .faultproxy import FaultProxy
+from ._fault_helpers import FailureLog, Tracker, Writer, fast_retry, latest_revs, report, sleep, wait_for
 
 #: The heartbeat the service asks for, in ms; with GRACE below a silence of
 #: 0.5 * 1.25 + 0.2 = 0.825 s trips the watchdog.
@@ -43,30 +42,7 @@ def quick_watchdog(monkeypatch):
     monkeypatch.setattr(_watchdog, "GRACE", GRACE)
 
 
-@pytest_twisted.async_yield_fixture
-async def direct(couch_server, db_name):
-    """The test database, reached without the proxy."""
-    server = Server(couch_server.admin_url)
-    db = await server.create_db(db_name)
-    yield db
-    await server.close()
 
-
-@pytest_twisted.async_yield_fixture
-async def proxy(couch_server):
-    """A started proxy in front of the test server, stopped afterwards."""
-    p = FaultProxy("127.0.0.1", couch_server.port)
-    await p.start()
-    yield p
-    await p.stop()
-
-
-@pytest_twisted.async_yield_fixture
-async def proxied(couch_server, proxy, direct):
-    """The test database, reached through the proxy."""
-    server = Server(proxy.url_for(couch_server.admin_url))
-    yield server[direct.name]
-    await server.close()
 
 
 def make_service(db, handler, **options: Any) -> ChangesService:

@@ -17,7 +17,6 @@ from collections import Counter, defaultdict
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer, interfaces, protocol, reactor
 from zope.interface import implementer

@@ -23,7 +23,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 
-from txchanges import ChangesService, FileCheckpoint, LocalDocCheckpoint, Server
+from txchanges import ChangesService, FileCheckpoint, LocalDocCheckpoint
 
 from ._service_helpers import Recorder, change_key, feed_rows, sleep, wait_for, write_docs
 
@@ -36,13 +36,6 @@ DOCS = 300
 UPDATED = 30  # documents given a second revision before following starts
 NEW_DOCS = 40  # written while the second service runs
 
-
-@pytest_twisted.async_yield_fixture
-async def db(couch_server, db_name):
-    server = Server(couch_server.admin_url)
-    database = await server.create_db(db_name)
-    yield database
-    await server.close()
 
 
 def make_store(kind: str, db, tmp_path: Path):
