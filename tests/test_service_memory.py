@@ -232,7 +232,7 @@ class SlowHandler:
             assert svc._scheduler is not None
             self.max_buffered_on_arrival = max(self.max_buffered_on_arrival, svc._scheduler.buffered)
             assert svc._progress is not None
-            self.max_open = max(self.max_open, len(svc._progress._open))
+            self.max_open = max(self.max_open, svc._progress.tracked)
 
         def paused() -> None:
             self.feed_pauses += 1

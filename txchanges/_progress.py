@@ -24,11 +24,13 @@ class Progress:
 
     def __init__(self, resume: Any) -> None:
         self.resume = resume
+        # Tickets are consecutive: _head is the oldest not yet behind the
+        # resume point, _next the one the next row gets. Rows done out of
+        # order wait in _done until the rows before them are done too.
+        self._head = 0
         self._next = 0
-        self._unfinished = 0
-        # ticket -> [seq, done] for every ticket from the oldest unfinished
-        # one on; finished tickets behind an unfinished one wait here.
-        self._open: OrderedDict[int, list[Any]] = OrderedDict()
+        self._seqs: dict[int, Any] = {}
+        self._done: set[int] = set()
 
     @property
     def tracked(self) -> int:
@@ -36,14 +38,14 @@ class Progress:
         How many rows are past the resume point: not done, or done behind
         one that is not.
         """
-        return len(self._open)
+        return self._next - self._head
 
     @property
     def in_flight(self) -> int:
         """
         How many rows have arrived and are not done.
         """
-        return self._unfinished
+        return self._next - self._head - len(self._done)
 
     def begin(self, seq: Any) -> int:
         """
@@ -54,9 +56,8 @@ class Progress:
         :return: A ticket for :meth:`finish`.
         """
         ticket = self._next
-        self._next += 1
-        self._open[ticket] = [seq, False]
-        self._unfinished += 1
+        self._next = ticket + 1
+        self._seqs[ticket] = seq
         return ticket
 
     def finish(self, ticket: int) -> bool:
@@ -65,18 +66,21 @@ class Progress:
 
         :return: Whether the resume point moved.
         """
-        self._open[ticket][1] = True
-        self._unfinished -= 1
+        if ticket != self._head:
+            self._done.add(ticket)
+            return False
+        seqs, done = self._seqs, self._done
         moved = False
-        while self._open:
-            first = next(iter(self._open))
-            seq, done = self._open[first]
-            if not done:
-                break
-            del self._open[first]
+        while True:
+            seq = seqs.pop(ticket)
             if seq is not None:
                 self.resume = seq
                 moved = True
+            ticket += 1
+            if ticket not in done:
+                break
+            done.remove(ticket)
+        self._head = ticket
         return moved
 
     def passed(self, seq: Any) -> bool:

@@ -53,9 +53,10 @@ class CheckpointSaver:
         self._ticker.clock = clock  # type: ignore[assignment]
         self._ticker.start(interval, now=False)
 
-    def done(self, moved: bool) -> None:
+    def done(self, row: object, moved: bool) -> None:
         """
-        A change is done; *moved* says whether the resume point moved.
+        A change (*row*) is done; *moved* says whether the resume point
+        moved.
         """
         self._since_save += 1
         if moved and self._since_save >= self._every:

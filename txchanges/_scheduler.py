@@ -6,10 +6,11 @@ a bounded buffer, and a chosen policy for failures.
 from __future__ import annotations
 
 from collections import deque
+from types import CoroutineType
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -44,7 +45,7 @@ def check_options(concurrency: int, max_buffered: int, on_error: str) -> None:
         raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Job:
     row: dict[str, Any]
     ticket: int
@@ -130,11 +131,26 @@ class Scheduler:
         Take a change; it runs when a slot is free and no earlier change of
         the same document is running.
         """
-        key = row.get("id", row.get("db_name"))
-        self._waiting.append(_Job(row, ticket, key))
-        self._pump()
+        key = row.get("id")
+        if key is None:
+            key = row.get("db_name")
+        job = _Job(row, ticket, key)
+        running = self._running
+        if (
+            self._waiting
+            or self._pumping
+            or self._halted
+            or key in running
+            or len(running) >= self._concurrency
+        ):
+            self._waiting.append(job)
+            self._pump()
+        else:
+            # The common case, a free slot and no queue: no pass over it.
+            self._start(job)
         if not self.paused and (
-            self.buffered >= self._max_buffered or self._progress.tracked >= self._max_ahead
+            len(self._waiting) + len(running) >= self._max_buffered
+            or self._progress.tracked >= self._max_ahead
         ):
             self.paused = True
             self.pause()
@@ -168,10 +184,23 @@ class Scheduler:
     def _start(self, job: _Job) -> None:
         self._running[job.key] = job
         job.attempts += 1
-        d = maybeDeferred(self._handler, job.row)
-        d.addCallbacks(
-            self._succeeded, self._failed, callbackArgs=(job,), errbackArgs=(job,)
-        )
+        try:
+            result = self._handler(job.row)
+        except Exception:
+            self._failed(Failure(), job)
+            return
+        # A plain return value is done at once, without a Deferred: most
+        # handlers are synchronous, and this is once per change.
+        if result is not None:
+            if type(result) is CoroutineType:
+                result = Deferred.fromCoroutine(result)
+            if isinstance(result, Deferred):
+                result.addCallbacks(
+                    self._succeeded, self._failed, callbackArgs=(job,), errbackArgs=(job,)
+                )
+                return
+        self.handled += 1
+        self._finish(job)
 
     def _succeeded(self, _: object, job: _Job) -> None:
         self.handled += 1
@@ -215,25 +244,35 @@ class Scheduler:
         self._start(job)
 
     def _finish(self, job: _Job) -> None:
-        moved = self._progress.finish(job.ticket)
-        self.done(job.row, moved)
-        self._release(job)
+        self.done(job.row, self._progress.finish(job.ticket))
+        # What _release() does, inline: this runs once per change.
+        running = self._running
+        del running[job.key]
+        if self._waiting:
+            self._pump()
+        if self.paused or self._drained:
+            self._after_release()
 
-    def _release(self, job: _Job) -> None:
-        del self._running[job.key]
-        self._pump()
+    def _after_release(self) -> None:
+        running = self._running
         if (
             self.paused
             and not self._halted
-            and self.buffered <= self._max_buffered // 2
+            and len(self._waiting) + len(running) <= self._max_buffered // 2
             and self._progress.tracked < self._max_ahead
         ):
             self.paused = False
             self.resume()
-        if not self._running:
+        if self._drained and not running:
             drained, self._drained = self._drained, []
             for d in drained:
                 d.callback(None)
+
+    def _release(self, job: _Job) -> None:
+        del self._running[job.key]
+        if self._waiting:
+            self._pump()
+        self._after_release()
 
     def halt(self) -> None:
         """

@@ -340,12 +340,12 @@ class ChangesService(Service):
         scheduler.pause = self._pause
         scheduler.resume = self._resume
         scheduler.failed = self._handler_failed
-        scheduler.done = lambda row, moved: saver.done(moved)
         scheduler.dropped = self._dedup.forget
         progress = self._progress
         saver = self._saver = CheckpointSaver(
             self._store, lambda: progress.resume, self._every, self._interval, self._clock, self._saved
         )
+        scheduler.done = saver.done
         await self._connect_loop(since)
 
     async def _wait_to_retry(self, backoff: Backoff, error: Exception, what: str) -> bool:
@@ -441,17 +441,17 @@ class ChangesService(Service):
         return ChangesProtocol(self._on_change, activity, self._max_line_length)
 
     def _on_change(self, change: ChangeRow) -> None:
-        assert self._progress is not None and self._scheduler is not None
+        # Once per change: kept lean.
         self._good = True
         row = change.row
-        ticket = self._progress.begin(row.get("seq"))
-        if self._dedup.seen(row):
+        ticket = self._progress.begin(row.get("seq"))  # type: ignore[union-attr]
+        if self._dedup.size and self._dedup.seen(row):
             self._stats.duplicates += 1
-            moved = self._progress.finish(ticket)
+            moved = self._progress.finish(ticket)  # type: ignore[union-attr]
             if self._saver is not None:
-                self._saver.done(moved)
+                self._saver.done(row, moved)
             return
-        self._scheduler.submit(row, ticket)
+        self._scheduler.submit(row, ticket)  # type: ignore[union-attr]
 
     def _pause(self) -> None:
         if self._feed is not None:
