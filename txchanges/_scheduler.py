@@ -100,7 +100,8 @@ class Scheduler:
         self._clock = clock
         self._retry_delay = retry_delay
         self._waiting: deque[_Job] = deque()
-        self._running: dict[Any, _Job] = {}
+        # Keys of the changes running, to their job record if they have one.
+        self._running: dict[Any, _Job | None] = {}
         self._drained: list[Deferred[None]] = []
         self._halted = False
         self._pumping = False
@@ -134,7 +135,6 @@ class Scheduler:
         key = row.get("id")
         if key is None:
             key = row.get("db_name")
-        job = _Job(row, ticket, key)
         running = self._running
         if (
             self._waiting
@@ -143,11 +143,11 @@ class Scheduler:
             or key in running
             or len(running) >= self._concurrency
         ):
-            self._waiting.append(job)
+            self._waiting.append(_Job(row, ticket, key))
             self._pump()
         else:
             # The common case, a free slot and no queue: no pass over it.
-            self._start(job)
+            self._start(row, ticket, key, None)
         if not self.paused and (
             len(self._waiting) + len(running) >= self._max_buffered
             or self._progress.tracked >= self._max_ahead
@@ -175,32 +175,40 @@ class Scheduler:
                         continue
                     blocked.add(job.key)
                     self._waiting.remove(job)
-                    self._start(job)
+                    self._start(job.row, job.ticket, job.key, job)
                     if self._halted:
                         return
         finally:
             self._pumping = False
 
-    def _start(self, job: _Job) -> None:
-        self._running[job.key] = job
-        job.attempts += 1
+    def _start(self, row: dict[str, Any], ticket: int, key: Any, job: _Job | None) -> None:
+        # Most handlers are synchronous, and this runs once per change: the
+        # job record is made only for a call that fails or returns a
+        # Deferred, and a plain return value is done at once.
+        self._running[key] = job
+        if job is not None:
+            job.attempts += 1
         try:
-            result = self._handler(job.row)
+            result = self._handler(row)
         except Exception:
-            self._failed(Failure(), job)
+            self._failed(Failure(), self._job(row, ticket, key, job))
             return
-        # A plain return value is done at once, without a Deferred: most
-        # handlers are synchronous, and this is once per change.
         if result is not None:
             if type(result) is CoroutineType:
                 result = Deferred.fromCoroutine(result)
             if isinstance(result, Deferred):
+                job = self._job(row, ticket, key, job)
                 result.addCallbacks(
                     self._succeeded, self._failed, callbackArgs=(job,), errbackArgs=(job,)
                 )
                 return
         self.handled += 1
-        self._finish(job)
+        self._complete(row, ticket, key)
+
+    def _job(self, row: dict[str, Any], ticket: int, key: Any, job: _Job | None) -> _Job:
+        if job is None:
+            job = self._running[key] = _Job(row, ticket, key, attempts=1)
+        return job
 
     def _succeeded(self, _: object, job: _Job) -> None:
         self.handled += 1
@@ -240,14 +248,15 @@ class Scheduler:
 
     def _retry(self, job: _Job) -> None:
         job.retry = None
-        del self._running[job.key]
-        self._start(job)
+        self._start(job.row, job.ticket, job.key, job)
 
     def _finish(self, job: _Job) -> None:
-        self.done(job.row, self._progress.finish(job.ticket))
+        self._complete(job.row, job.ticket, job.key)
+
+    def _complete(self, row: dict[str, Any], ticket: int, key: Any) -> None:
+        self.done(row, self._progress.finish(ticket))
         # What _release() does, inline: this runs once per change.
-        running = self._running
-        del running[job.key]
+        del self._running[key]
         if self._waiting:
             self._pump()
         if self.paused or self._drained:
@@ -284,12 +293,12 @@ class Scheduler:
         waiting, self._waiting = self._waiting, deque()
         for job in waiting:
             self.dropped(job.row)
-        for job in list(self._running.values()):
-            if job.retry is not None:
-                job.retry.cancel()
-                job.retry = None
-                self.dropped(job.row)
-                self._release(job)
+        for retrying in list(self._running.values()):
+            if retrying is not None and retrying.retry is not None:
+                retrying.retry.cancel()
+                retrying.retry = None
+                self.dropped(retrying.row)
+                self._release(retrying)
 
     def drain(self) -> "Deferred[None]":
         """
