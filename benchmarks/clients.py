@@ -32,6 +32,19 @@ The clients:
 ``raw-json`` / ``raw-orjson``
     a blocking socket, a de-chunking loop, and ``json.loads`` on ``str`` (or
     ``orjson.loads`` on bytes) per line: the floor for a Python client.
+
+``--treq-feeds`` makes the txchanges clients read feeds through treq
+(``Server(fast_feeds=False)``) instead of txchanges' own HTTP/1.1 reader.
+
+One more client measures latency rather than throughput, against the
+project's CouchDB-compatible test server rather than the canned one:
+
+    python -m benchmarks.clients latency URL WRITES [--follower service|consumer]
+
+It follows a fresh database (``URL`` carries the admin's credentials) from
+``since=now``, writes *WRITES* documents one after the other, each once the
+previous one reached the handler, and prints the median and 95th percentile
+of the time from sending the write to the handler's call.
 """
 
 from __future__ import annotations
@@ -58,6 +71,16 @@ def _feed_end(url: str) -> Any:
 # -- txchanges -----------------------------------------------------------------
 
 
+#: Set by --treq-feeds: read feeds through treq.
+FAST_FEEDS = True
+
+
+def _server(url: str) -> Any:
+    from txchanges import Server
+
+    return Server(url, fast_feeds=FAST_FEEDS)
+
+
 def _react(main: Callable[[Any], Any]) -> int:
     """Run *main(reactor)* (a coroutine function) under the reactor; return its result."""
     from twisted.internet import defer, task
@@ -78,10 +101,10 @@ def _react(main: Callable[[Any], Any]) -> int:
 
 
 def consumer(url: str) -> int:
-    from txchanges import Consumer, Server
+    from txchanges import Consumer
 
     async def main(reactor: Any) -> int:
-        server = Server(url)
+        server = _server(url)
         count = 0
 
         def on_change(row: dict[str, Any]) -> None:
@@ -100,7 +123,7 @@ def consumer(url: str) -> int:
 def service(url: str) -> int:
     from twisted.internet.defer import Deferred
 
-    from txchanges import ChangesService, MemoryCheckpoint, Server
+    from txchanges import ChangesService, MemoryCheckpoint
 
     end = _feed_end(url)
     reached: Deferred[None] = Deferred()
@@ -113,7 +136,7 @@ def service(url: str) -> int:
             return d
 
     async def main(reactor: Any) -> int:
-        server = Server(url)
+        server = _server(url)
         count = 0
 
         def handler(row: dict[str, Any]) -> None:
@@ -131,10 +154,10 @@ def service(url: str) -> int:
 
 
 def normal_stream(url: str) -> int:
-    from txchanges import Consumer, Server
+    from txchanges import Consumer
 
     async def main(reactor: Any) -> int:
-        server = Server(url)
+        server = _server(url)
         count = 0
 
         def on_row(row: dict[str, Any]) -> None:
@@ -149,10 +172,10 @@ def normal_stream(url: str) -> int:
 
 
 def fetch(url: str) -> int:
-    from txchanges import Consumer, Server
+    from txchanges import Consumer
 
     async def main(reactor: Any) -> int:
-        server = Server(url)
+        server = _server(url)
         result = await Consumer(server["db"]).fetch(since=0)
         await server.close()
         return len(result["results"])
@@ -263,6 +286,97 @@ def raw_orjson(url: str) -> int:
     return _raw(url, orjson.loads)
 
 
+# -- latency -------------------------------------------------------------------
+
+
+def latency(url: str, writes: int, follower: str) -> dict[str, Any]:
+    """
+    Follow a fresh database and time each write's way to the handler.
+
+    :return: ``{"writes", "median_ms", "p95_ms", "write_ms", "delays_ms"}``
+        (``write_ms``: the median time for the write's own answer).
+    """
+    import secrets
+    import statistics
+
+    from twisted.internet import defer
+
+    from txchanges import ChangesService, Consumer
+
+    async def main(reactor: Any) -> dict[str, Any]:
+        server = _server(url)
+        db = await server.create_db(f"latency-{secrets.token_hex(4)}")
+        arrived: dict[str, float] = {}
+        waiter: list[defer.Deferred[None]] = []
+
+        def on_change(row: dict[str, Any]) -> None:
+            arrived[row["id"]] = time.perf_counter()
+            if waiter:
+                waiter.pop().callback(None)
+
+        if follower == "service":
+            svc = ChangesService(db, on_change, since="now", heartbeat=10000)
+            svc.startService()
+            stop = svc.stopService
+        else:
+            consumer = Consumer(db)
+            consumer.register_callback(on_change)
+            following = consumer.wait(since="now", heartbeat=10000)
+
+            def stop() -> Any:
+                consumer.stop()
+                return following
+
+        # Let the feed start before the first write.
+        await db.save_doc({"_id": "warm-up"})
+        while "warm-up" not in arrived:
+            await task_sleep(reactor, 0.01)
+        delays, write_times = [], []
+        for n in range(writes):
+            docid = f"doc-{n:05d}"
+            d: defer.Deferred[None] = defer.Deferred()
+            waiter.append(d)
+            started = time.perf_counter()
+            await db.save_doc({"_id": docid, "n": n})
+            write_times.append(time.perf_counter() - started)
+            if docid not in arrived:
+                await d
+            waiter.clear()
+            delays.append(arrived[docid] - started)
+        await stop()
+        await server.delete_db(db.name)
+        await server.close()
+        delays_ms = [round(d * 1000, 4) for d in delays]
+        return {
+            "writes": len(delays),
+            "median_ms": statistics.median(delays_ms),
+            "p95_ms": percentile(delays_ms, 95),
+            "write_ms": statistics.median(write_times) * 1000,
+            "delays_ms": delays_ms,
+        }
+
+    result: dict[str, Any] = {}
+
+    async def run(reactor: Any) -> int:
+        result.update(await main(reactor))
+        return result["writes"]
+
+    _react(run)
+    return result
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The *p*-th percentile of *values* (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[max(0, int(-(-len(ordered) * p // 100)) - 1)]
+
+
+def task_sleep(reactor: Any, seconds: float) -> Any:
+    from twisted.internet import task
+
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
 CLIENTS: dict[str, Callable[[str], int]] = {
     "consumer": consumer,
     "service": service,
@@ -278,13 +392,25 @@ def main(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description="Run one benchmark client.")
-    parser.add_argument("client", choices=sorted(CLIENTS))
+    parser.add_argument("client", choices=sorted(CLIENTS) + ["latency"])
     parser.add_argument("url", help="the feed server's base URL, ending in /")
     parser.add_argument("changes", type=int, help="how many changes the client must see")
     parser.add_argument("--no-orjson", action="store_true", help="hide orjson from this process")
+    parser.add_argument("--treq-feeds", action="store_true", help="read feeds through treq")
+    parser.add_argument("--follower", choices=("service", "consumer"), default="service",
+                        help="what follows the feed in the latency client")
     args = parser.parse_args(argv)
     if args.no_orjson:
         sys.modules["orjson"] = None  # type: ignore[assignment]
+    global FAST_FEEDS
+    FAST_FEEDS = not args.treq_feeds
+    if args.client == "latency":
+        result = latency(args.url, args.changes, args.follower)
+        print(json.dumps(dict(result, client="latency", follower=args.follower,
+                              fast_feeds=FAST_FEEDS,
+                              json=getattr(sys.modules.get("txchanges._rows"), "PARSER", "json"))),
+              flush=True)
+        return 0 if result["writes"] == args.changes else 1
     run = CLIENTS[args.client]
     started = time.perf_counter()
     count = run(args.url)

@@ -36,6 +36,7 @@ import argparse
 import base64
 import hashlib
 import json
+import os
 import socket
 import sys
 import threading
@@ -276,6 +277,13 @@ class FeedServer(ThreadingHTTPServer):
         super().server_bind()
 
 
+def _exit_with_parent(server: FeedServer, parent: int) -> None:
+    """Stop *server* once this process's parent is gone, so that a killed run leaves none behind."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    server.shutdown()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--changes", type=int, default=200_000, help="how many changes the database holds")
@@ -284,11 +292,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="one HTTP chunk per line, or ~1490-byte chunks")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--prerender", action="store_true", help="render the continuous feed before listening")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="stop when the process that started this one is gone")
     args = parser.parse_args(argv)
     feed = Feed(args.changes, args.docs, args.chunks)
     if args.prerender:
         feed.continuous()
     server = FeedServer(("127.0.0.1", args.port), feed)
+    if args.exit_with_parent:
+        threading.Thread(target=_exit_with_parent, args=(server, os.getppid()), daemon=True).start()
     print(f"listening http://127.0.0.1:{server.server_address[1]}/", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)

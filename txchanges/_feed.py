@@ -139,9 +139,7 @@ class FeedRun:
     async def _run(self) -> Any:
         r = self._request
         body: dict[str, Any] = {} if r.body is None else {"json_body": r.body}
-        self._pending = self._server.request(
-            r.method, self._path, r.query, unbuffered=True, **body
-        )
+        self._pending = self._server.open_feed(r.method, self._path, r.query, **body)
         try:
             self.response = await self._pending
         except Exception:

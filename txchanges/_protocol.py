@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 
-from txchanges._rows import ChangeRow, LastSeq, Row, iter_rows
+from txchanges._rows import ChangeRow, LastSeq, iter_lines
 from txchanges.errors import FeedError, LineTooLong, UncleanEnd
 
 __all__ = ["ChangesProtocol", "Stopped", "DEFAULT_MAX_LINE_LENGTH"]
@@ -92,9 +92,11 @@ class ChangesProtocol(Protocol):
 
     def __init__(
         self,
-        on_change: Callable[[ChangeRow], object],
+        on_change: Callable[[Any], object],
         on_activity: Callable[[], object] | None = None,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        *,
+        raw_rows: bool = False,
     ) -> None:
         """
         :param on_change: Called with each :class:`~txchanges._rows.Change`
@@ -106,12 +108,16 @@ class ChangesProtocol(Protocol):
             be reset.
         :param max_line_length: The longest line accepted, in bytes. Memory
             held for an unfinished line stays below this plus one read.
+        :param raw_rows: Hand *on_change* each row's dict, exactly as parsed,
+            instead of a view over it: cheaper, for callers that want the
+            dict anyway.
         """
         if max_line_length < 1:
             raise ValueError(f"max_line_length must be positive, not {max_line_length!r}")
         self._on_change = on_change
         self._on_activity = on_activity
         self._max = max_line_length
+        self._raw = raw_rows
         self.finished = Deferred()
         self.last_seq = None
         self.heartbeats = 0
@@ -125,7 +131,7 @@ class ChangesProtocol(Protocol):
         self._pending_length = 0
         # While paused: the rest of a read's parsed rows, the reads that
         # arrived after it, and how the body ended if it did meanwhile.
-        self._backlog: Iterator[Row] | None = None
+        self._backlog: Iterator[Any] | None = None
         self._held: list[bytes] = []
         self._lost: Failure | None = None
 
@@ -144,99 +150,115 @@ class ChangesProtocol(Protocol):
             self.pauseProducing()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._arrived(data):
+            self._process(data)
+
+    def lines_received(self, lines: list[bytes]) -> None:
+        """
+        Like :meth:`dataReceived`, for a transport that has split the body
+        into lines already: *lines* are complete lines without their
+        ``\\n`` (the first one continues an unfinished line, if any).
+        """
+        if not self._arrived(lines):
+            return
+        if self._pending:
+            lines[0] = b"".join(self._pending) + lines[0]
+            self._pending = []
+            self._pending_length = 0
+        self._deliver_lines(lines)
+
+    def _arrived(self, data: bytes | list[bytes]) -> bool:
+        """
+        Note that body data arrived, and hold it back while paused.
+
+        :return: Whether to process it now.
+        """
         if self._done:
             # Nothing after the end is delivered. After a clean end that is
             # at most CouchDB's closing newline; anything else a server sent
             # there lies past last_seq, so resuming from it fetches it again.
-            return
+            return False
         if self._on_activity is not None:
             try:
                 self._on_activity()
             except Exception as e:
                 self._fail(e)
-                return
+                return False
         if self._paused or self._backlog is not None or self._held:
             # Paused: rows already parsed wait in the backlog, and what the
             # transport still hands over waits behind them, unparsed.
-            self._held.append(data)
-            return
-        self._process(data)
+            self._held.append(data if isinstance(data, bytes) else b"\n".join(data) + b"\n")
+            return False
+        return True
 
     def _process(self, data: bytes) -> None:
-        end = data.rfind(b"\n") + 1
-        if end == 0:
-            self._pending.append(data)
-            self._pending_length += len(data)
-            if self._pending_length > self._max:
-                self._fail_too_long(b"".join(self._pending))
-            return
         if self._pending:
+            if b"\n" not in data:
+                self._add_pending(data)
+                return
             self._pending.append(data)
-            end += self._pending_length
             data = b"".join(self._pending)
             self._pending = []
             self._pending_length = 0
-        # A full-length slice of bytes is the same object: no copy when the
-        # read ends on a line boundary, as live rows and heartbeats do.
-        complete = data[:end]
-        if end > self._max and not self._deliver_bounded(complete):
+        lines = data.split(b"\n")
+        # The last piece is the start of an unfinished line, or b"".
+        rest = lines.pop()
+        if lines and not self._deliver_lines(lines):
             return
-        if not self._deliver(iter_rows(complete)):
-            return
-        if end < len(data):
-            rest = data[end:]
-            self._pending = [rest]
-            self._pending_length = len(rest)
-            if len(rest) > self._max:
-                self._fail_too_long(rest)
+        if rest:
+            self._add_pending(rest)
 
-    def _deliver_bounded(self, complete: bytes) -> bool:
+    def _add_pending(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pending_length += len(data)
+        if self._pending_length > self._max:
+            self._fail_too_long(b"".join(self._pending))
+
+    def _deliver_lines(self, lines: list[bytes]) -> bool:
         """
-        Deliver the lines of a read larger than the line bound, up to the
-        first line that is too long, and fail there if there is one.
+        Deliver complete lines, up to the first one that is too long, and
+        fail there if there is one.
 
-        :return: Whether the feed is still going and the whole of
-            *complete* was checked; if so the caller delivers it.
+        :return: Whether the feed is still going.
         """
-        start = 0
-        while start < len(complete):
-            stop = complete.index(b"\n", start)
-            if stop - start > self._max:
-                if not start or self._deliver(iter_rows(complete[:start])):
-                    self._fail_too_long(complete[start:stop])
-                return False
-            start = stop + 1
-        return True
+        if max(map(len, lines)) <= self._max:
+            return self._deliver(iter_lines(lines, self._raw))
+        first = next(i for i, line in enumerate(lines) if len(line) > self._max)
+        if not first or self._deliver(iter_lines(lines[:first], self._raw)):
+            self._fail_too_long(lines[first])
+        return False
 
-    def _deliver(self, rows: Iterator[Row]) -> bool:
+    def _deliver(self, rows: Iterator[Any]) -> bool:
         """
         Hand parsed rows to the callback, in order, until one ends the feed.
 
-        :param rows: An iterator of :data:`~txchanges._rows.Row`, which may
-            raise a :class:`~txchanges.errors.FeedError` when it reaches a
-            bad line.
+        :param rows: An iterator of rows from
+            :func:`~txchanges._rows.iter_lines`, which may raise a
+            :class:`~txchanges.errors.FeedError` when it reaches a bad line.
         :return: Whether the feed is still going.
         """
         on_change = self._on_change
-        row: Row
+        raw = self._raw
+        # Nothing but on_change can call stop() while this loop runs (the
+        # parser cannot), so the flag is set around the loop, not per row;
+        # restored, not cleared, for a resumeProducing() from a callback.
+        outer = self._in_callback
+        self._in_callback = True
         try:
             for row in rows:
                 if row is None:
                     self.heartbeats += 1
-                elif isinstance(row, LastSeq):
+                elif type(row) is LastSeq:
                     self.last_seq = row.last_seq
                     self._finish(row)
                     return False
                 else:
-                    self._in_callback = True
                     try:
                         on_change(row)
                     except Exception as e:
-                        self._in_callback = False
                         self._fail(e)
                         return False
-                    self._in_callback = False
-                    seq = row.row["seq"]
+                    seq = (row if raw else row.row)["seq"]
                     if seq is not None:
                         self.last_seq = seq
                     # The callback may have called stop(): the row it
@@ -252,6 +274,8 @@ class ChangesProtocol(Protocol):
         except FeedError as e:
             self._fail(e)
             return False
+        finally:
+            self._in_callback = outer
         return True
 
     def stop(self) -> None:

@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 
 from ._aiter import ChangeStream
 from ._feed import BodyCollector, FeedRun, Stopped
+from ._normal import RowsProtocol
 from ._params import FeedRequest, feed_request
 from ._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
 from ._watchdog import Clock, idle_limit
@@ -128,6 +129,63 @@ class Consumer:
             request.query,
             *(() if request.body is None else (request.body,)),
         )
+
+    def fetch_rows(
+        self, callback: Callback, since: Any = None, **params: Any
+    ) -> "Deferred[dict[str, Any]]":
+        """
+        Read the normal feed (``feed=normal``) like :meth:`fetch`, but hand
+        each row to *callback* as soon as it is parsed instead of returning
+        them all: memory stays flat however many changes there are.
+
+        ::
+
+            end = yield consumer.fetch_rows(index_row, since=0, include_docs=True)
+            since = end["last_seq"]
+
+        :param callback: Called with each row (a dict, exactly as the server
+            sent it), in order. When it returns a Deferred, the next row
+            waits for it (and the response is paused meanwhile); when it
+            raises, or its Deferred fails, the fetch fails with that. The
+            registered callbacks are not called.
+        :param since: Where to start, as for :meth:`fetch`.
+        :param params: Feed parameters, as for :meth:`fetch`.
+        :return: A Deferred that fires, once every row was handed over and
+            every Deferred *callback* returned has fired, with the rest of
+            the body: ``{"last_seq": ..., "pending": N}``. It fails like
+            :meth:`fetch` before the body arrives; then with
+            :class:`~txchanges.errors.MalformedRow` for a body that is not a
+            normal feed, :class:`~txchanges.errors.LineTooLong` for a row
+            longer than ``max_line_length``,
+            :class:`~txchanges.errors.UncleanEnd` when the body is cut short,
+            :class:`~txchanges.errors.Stalled` when nothing arrives for
+            80 s (each carrying the ``last_seq`` of the last row handed
+            over), or with what *callback* raised. :meth:`stop` fails it with
+            :class:`~twisted.internet.defer.CancelledError`.
+        """
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {callback!r}")
+        request = feed_request("normal", since, params)
+        return Deferred.fromCoroutine(self._fetch_rows(request, callback))
+
+    async def _fetch_rows(self, request: FeedRequest, callback: Callback) -> dict[str, Any]:
+        def make_protocol(on_activity: Callable[[], None]) -> RowsProtocol:
+            return RowsProtocol(
+                callback, on_activity, self._max_line_length, pause=run.pause, resume=run.resume
+            )
+
+        run = FeedRun(
+            self.db.server,
+            self.db.path("_changes"),
+            request,
+            self._clock,
+            idle_limit(None, None),
+            make_protocol,
+        )
+        end = await self._track(run)
+        if isinstance(end, Stopped):
+            raise CancelledError("the consumer was stopped")
+        return end  # type: ignore[no-any-return]
 
     def wait_once(
         self,
@@ -252,9 +310,7 @@ class Consumer:
 
         def make_protocol(on_activity: Callable[[], None]) -> ChangesProtocol:
             protocol = ChangesProtocol(
-                lambda change: dispatch.row(change.row),
-                on_activity,
-                self._max_line_length,
+                dispatch.row, on_activity, self._max_line_length, raw_rows=True
             )
             dispatch.on_failure = protocol.stop
             return protocol
@@ -348,7 +404,9 @@ class _Dispatcher:
             except Exception:
                 self._log(Failure(), callback, row)
                 raise
-            if isinstance(result, Deferred):
+            # Most callbacks return None; isinstance on Deferred (an ABC) is
+            # not free.
+            if result is not None and isinstance(result, Deferred):
                 self._watch(result, callback, row)
 
     def _watch(self, d: "Deferred[Any]", callback: Callback, row: dict[str, Any]) -> None:

@@ -1,0 +1,401 @@
+"""
+HTTP/1.1 on the wire, for :mod:`txchanges._http11`: the bytes of a request,
+the parsed head of a response, and the framing of its body (chunked,
+``Content-Length``, or until the connection closes), each body decoded a
+whole socket read at a time.
+
+A CouchDB continuous feed sends every row as its own chunk, so one socket
+read holds hundreds of chunks; :class:`ChunkedDecoder` takes a run of plain
+chunks with a handful of calls that each go over the whole read in C, and
+falls back to a chunk-by-chunk state machine for everything else (chunk
+extensions, a CRLF inside chunk data, the last chunk and trailers, a chunk
+cut by the end of a read).
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from itertools import repeat
+from typing import Optional, Union
+
+from twisted.web.http_headers import Headers
+
+__all__ = [
+    "render_request",
+    "parse_head",
+    "host_header",
+    "BadResponse",
+    "ChunkedDecoder",
+    "LengthDecoder",
+    "UntilClose",
+    "Decoder",
+    "body_framing",
+    "MAX_HEAD",
+    "MAX_LINE",
+]
+
+#: The longest status line plus headers, and trailer section, accepted; and
+#: the longest chunk-size line: more means a broken or hostile server.
+MAX_HEAD = 64 * 1024
+MAX_LINE = 4096
+
+_HEXDIGITS = b"0123456789abcdefABCDEF"
+# Size lines without extensions, each ending in CRLF.
+_SIZE_LINES = re.compile(rb"(?:[0-9a-fA-F]{1,16}\r\n)*\Z")
+_minus = operator.sub
+
+
+class BadResponse(Exception):
+    """
+    The response is not valid HTTP/1.1: a broken status line or header, or
+    broken chunked framing.
+    """
+
+
+def render_request(
+    method: str, target: str, host: bytes, headers: Headers, body: Optional[bytes] = None
+) -> bytes:
+    """
+    The bytes of one HTTP/1.1 request that asks the server to close the
+    connection after answering.
+
+    :param target: The path and query, already encoded.
+    :param host: The ``Host`` header: the URL's host and port, encoded.
+    :param headers: Other headers (``Accept``, ``Authorization``,
+        ``Content-Type``); ``Host``, ``Content-Length`` and ``Connection``
+        are set here.
+    """
+    lines = [f"{method} {target} HTTP/1.1".encode("ascii"), b"Host: " + host]
+    for name, values in headers.getAllRawHeaders():
+        if name.lower() in (b"host", b"content-length", b"connection"):
+            continue
+        lines.extend(name + b": " + value for value in values)
+    if body is not None:
+        lines.append(b"Content-Length: %d" % len(body))
+    lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + (body or b"")
+
+
+def parse_head(head: bytes) -> tuple[tuple[bytes, int, int], int, bytes, Headers]:
+    """
+    Parse a status line and headers.
+
+    :raises BadResponse: when they are not HTTP/1.x.
+    """
+    lines = head.split(b"\n")
+    status = lines[0].rstrip(b"\r").split(b" ", 2)
+    if (
+        len(status) < 2
+        or status[0] not in (b"HTTP/1.1", b"HTTP/1.0")
+        or len(status[1]) != 3
+        or not status[1].isdigit()
+    ):
+        raise BadResponse(f"bad status line {lines[0][:80]!r}")
+    version = (b"HTTP", 1, int(status[0][-1:]))
+    headers = Headers()
+    last: Optional[tuple[bytes, bytes]] = None
+    fields: list[tuple[bytes, bytes]] = []
+    for line in lines[1:]:
+        line = line.rstrip(b"\r")
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and last is not None:
+            # Obsolete line folding continues the previous field.
+            last = (last[0], last[1] + b" " + line.strip(b" \t"))
+            fields[-1] = last
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name.strip(b" \t") != name:
+            raise BadResponse(f"bad header line {line[:80]!r}")
+        last = (name, value.strip(b" \t"))
+        fields.append(last)
+    for name, value in fields:
+        headers.addRawHeader(name, value)
+    return version, int(status[1]), status[2] if len(status) > 2 else b"", headers
+
+
+def host_header(netloc: str, host: str) -> bytes:
+    """
+    The ``Host`` header for a URL's authority (without userinfo), with an
+    international host name in its IDNA form.
+    """
+    try:
+        return netloc.encode("ascii")
+    except UnicodeEncodeError:
+        port = netloc.rpartition(":")[2]
+        return host.encode("idna") + (b":" + port.encode("ascii") if port.isdigit() else b"")
+
+
+def _chunk_size(line: bytes) -> int:
+    """
+    The size in a chunk-size line, extensions (``;name=value``) ignored.
+
+    :raises BadResponse: when it is not a hexadecimal number.
+    """
+    size = line.split(b";", 1)[0].rstrip(b" \t")
+    if not size or len(size) > 16 or size.translate(None, _HEXDIGITS):
+        raise BadResponse(f"bad chunk size line {line[:40]!r}")
+    return int(size, 16)
+
+
+_SIZE, _DATA, _CRLF, _TRAILER, _DONE = range(5)
+
+
+class ChunkedDecoder:
+    """
+    Decode a chunked body, a whole read at a time.
+
+    :ivar done: Whether the last chunk and the trailers have arrived;
+        whatever followed them is ignored.
+    """
+
+    def __init__(self) -> None:
+        self.done = False
+        self._state = _SIZE
+        self._remaining = 0
+        self._trailers = 0
+        # An unfinished size line, CRLF or trailer field.
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[Union[bytes, list[bytes]]]:
+        """
+        Take the next bytes of the body.
+
+        :return: The body data they complete or continue, in order: bytes,
+            or for a run of chunks that each held exactly one line, a list
+            of those lines without their ``\\n`` (the body protocol then
+            need not split them again).
+        :raises BadResponse: for broken framing.
+        """
+        if self._buffer:
+            data = self._buffer + data
+            self._buffer = b""
+        out: list[Union[bytes, list[bytes]]] = []
+        pos = 0
+        end = len(data)
+        tried = False
+        while pos < end:
+            state = self._state
+            if state == _SIZE:
+                if not tried:
+                    # Once per read, so that a read the fast path cannot
+                    # take costs linear time in the slow one.
+                    tried = True
+                    pos = self._fast(data, pos, out)
+                    if pos == end:
+                        break
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    self._keep(data, pos, MAX_LINE, "chunk size line")
+                    break
+                size = _chunk_size(data[pos:eol])
+                pos = eol + 2
+                if size:
+                    self._remaining = size
+                    self._state = _DATA
+                else:
+                    self._state = _TRAILER
+            elif state == _DATA:
+                take = min(self._remaining, end - pos)
+                out.append(data[pos:pos + take])
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    self._state = _CRLF
+            elif state == _CRLF:
+                if end - pos < 2:
+                    if data[pos:] != b"\r":
+                        raise BadResponse("chunk data not followed by CRLF")
+                    self._buffer = b"\r"
+                    break
+                if data[pos:pos + 2] != b"\r\n":
+                    raise BadResponse("chunk data not followed by CRLF")
+                pos += 2
+                self._state = _SIZE
+            elif state == _TRAILER:
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    self._keep(data, pos, MAX_HEAD - self._trailers, "trailer section")
+                    break
+                if eol == pos:
+                    self._state = _DONE
+                    self.done = True
+                    break
+                # A trailer field: nothing a feed needs, but bounded.
+                self._trailers += eol + 2 - pos
+                if self._trailers > MAX_HEAD:
+                    raise BadResponse(f"trailer section longer than {MAX_HEAD} bytes")
+                pos = eol + 2
+            else:
+                break
+        return out
+
+    def _keep(self, data: bytes, pos: int, limit: int, what: str) -> None:
+        rest = data[pos:]
+        if len(rest) > limit:
+            raise BadResponse(f"{what} longer than {limit} bytes")
+        self._buffer = rest
+
+    def _fast(self, data: bytes, pos: int, out: list[Union[bytes, list[bytes]]]) -> int:
+        """
+        Take the run of complete, plain chunks at *pos* with a few calls
+        that each go over the whole run in C, instead of a loop per chunk.
+
+        :return: Where the run ends; the slow path takes what follows.
+        """
+        # Look at the first chunk to choose: one line per chunk (a live
+        # feed), or chunks cut anywhere (a backlog, or a normal feed).
+        eol = data.find(b"\r\n", pos, pos + 18)
+        if eol < 0:
+            return pos
+        try:
+            size = int(data[pos:eol], 16)
+        except ValueError:
+            return pos
+        if size and data.find(b"\n", eol + 2, eol + 2 + size) == eol + 1 + size:
+            pos = _one_line_chunks(data, pos, out)
+        return _plain_chunks(data, pos, out)
+
+
+def _one_line_chunks(data: bytes, pos: int, out: list[Union[bytes, list[bytes]]]) -> int:
+    """
+    Take a run of chunks that each hold exactly one line.
+
+    Splitting on LF gives ``size CR, line, CR`` for each of them (the
+    chunk ``b5 CR LF {...} LF CR LF``), so the lines come out of the split
+    ready for the body protocol: no join and no second split. Each size line
+    must be bare hex digits, each size must be the line's length plus one,
+    and each chunk must end in CRLF.
+
+    :return: Where the run ends.
+    """
+    view = data[pos:] if pos else data
+    pieces = view.split(b"\n")
+    count = (len(pieces) - 1) // 3
+    if count < 2:
+        return pos
+    sizes = pieces[0:3 * count:3]
+    lines = pieces[1:3 * count:3]
+    ends = pieces[2:3 * count:3]
+    lengths = list(map(len, lines))
+    if (
+        ends.count(b"\r") != count
+        or not _SIZE_LINES.match(b"\n".join(sizes) + b"\n")
+        or list(map(_minus, map(int, sizes, repeat(16)), lengths)).count(1) != count
+    ):
+        count = _one_line_prefix(sizes, lines, ends)
+        if count < 2:
+            return pos
+        del sizes[count:], lines[count:], lengths[count:]
+    out.append(lines)
+    return pos + sum(map(len, sizes)) + sum(lengths) + 4 * count
+
+
+def _one_line_prefix(sizes: list[bytes], lines: list[bytes], ends: list[bytes]) -> int:
+    """
+    How many leading chunks hold exactly one line; see
+    :func:`_one_line_chunks`.
+    """
+    for i, (size, line, end) in enumerate(zip(sizes, lines, ends)):
+        if end != b"\r" or not _SIZE_LINES.match(size + b"\n") or int(size, 16) != len(line) + 1:
+            return i
+    return len(sizes)
+
+
+def _plain_chunks(data: bytes, pos: int, out: list[Union[bytes, list[bytes]]]) -> int:
+    """
+    Take a run of chunks whose data holds no CRLF.
+
+    Splitting on CRLF gives ``size, data, size, data, ...`` for them; each
+    size line must be bare hex digits and each size the length of the data
+    that follows it.
+
+    :return: Where the run ends.
+    """
+    view = data[pos:] if pos else data
+    pieces = view.split(b"\r\n")
+    pairs = (len(pieces) - 1) >> 1
+    if pairs < 2:
+        return pos
+    sizes = pieces[0:2 * pairs:2]
+    if not _SIZE_LINES.match(b"\r\n".join(sizes) + b"\r\n"):
+        return pos
+    numbers = list(map(int, sizes, repeat(16)))
+    chunks = pieces[1:2 * pairs:2]
+    lengths = list(map(len, chunks))
+    if numbers != lengths or 0 in numbers:
+        pairs = _agreeing(numbers, lengths)
+        if not pairs:
+            return pos
+        del chunks[pairs:], sizes[pairs:], lengths[pairs:]
+    out.extend(chunks)
+    return pos + sum(map(len, sizes)) + sum(lengths) + 4 * pairs
+
+
+def _agreeing(numbers: list[int], lengths: list[int]) -> int:
+    """
+    How many leading chunks are plain: non-empty, with a size equal to the
+    length of the data that follows it.
+    """
+    for i, (number, length) in enumerate(zip(numbers, lengths)):
+        if number != length or not number:
+            return i
+    return len(numbers)
+
+
+class LengthDecoder:
+    """
+    A body of ``Content-Length`` bytes.
+    """
+
+    def __init__(self, length: int) -> None:
+        #: The body's length.
+        self.length = length
+        self._remaining = length
+        self.done = not length
+
+    def feed(self, data: bytes) -> list[Union[bytes, list[bytes]]]:
+        if len(data) < self._remaining:
+            self._remaining -= len(data)
+            return [data]
+        data = data[: self._remaining]
+        self._remaining = 0
+        self.done = True
+        return [data] if data else []
+
+
+class UntilClose:
+    """
+    A body without framing: everything until the server closes.
+    """
+
+    done = False
+
+    def feed(self, data: bytes) -> list[Union[bytes, list[bytes]]]:
+        return [data]
+
+
+#: What decodes a body.
+Decoder = Union["ChunkedDecoder", "LengthDecoder", "UntilClose"]
+
+
+def body_framing(code: int, headers: Headers) -> Decoder:
+    """
+    Choose how the body ends: chunked, a length, nothing, or the close.
+
+    :raises BadResponse: for a contradictory or malformed ``Content-Length``.
+    """
+    if code in (204, 304):
+        return LengthDecoder(0)
+    codings = b",".join(headers.getRawHeaders(b"transfer-encoding", []))
+    if codings:
+        if codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked":
+            return ChunkedDecoder()
+        return UntilClose()
+    lengths = {v.strip() for v in b",".join(headers.getRawHeaders(b"content-length", [])).split(b",") if v.strip()}
+    if not lengths:
+        return UntilClose()
+    if len(lengths) > 1 or not all(v.isdigit() for v in lengths):
+        raise BadResponse(f"bad Content-Length {sorted(lengths)!r}")
+    return LengthDecoder(int(lengths.pop()))
