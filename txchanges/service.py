@@ -19,7 +19,7 @@ from ._feed import FeedRun, Stopped
 from ._params import feed_request
 from ._progress import DedupWindow, Progress
 from ._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
-from ._rows import ChangeRow, LastSeq
+from ._rows import LastSeq
 from ._retry import Backoff, is_terminal
 from ._saver import CheckpointSaver
 from ._scheduler import Scheduler, check_options, default_max_ahead
@@ -438,12 +438,11 @@ class ChangesService(Service):
             on_activity()
 
         self.state = "streaming"
-        return ChangesProtocol(self._on_change, activity, self._max_line_length)
+        return ChangesProtocol(self._on_change, activity, self._max_line_length, raw_rows=True)
 
-    def _on_change(self, change: ChangeRow) -> None:
+    def _on_change(self, row: dict[str, Any]) -> None:
         # Once per change: kept lean.
         self._good = True
-        row = change.row
         ticket = self._progress.begin(row.get("seq"))  # type: ignore[union-attr]
         if self._dedup.size and self._dedup.seen(row):
             self._stats.duplicates += 1
