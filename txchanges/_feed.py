@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import IResponse
 
+from ._httperrors import describe
 from ._params import FeedRequest
 from ._protocol import Stopped
 from ._watchdog import Clock, Watchdog
@@ -68,7 +69,7 @@ class BodyCollector(Protocol):
             received = sum(map(len, self._parts))
             self.finished.errback(
                 UncleanEnd(f"the response body was cut short after {received} bytes "
-                           f"({type(reason.value).__name__}: {reason.value})")
+                           f"({describe(reason.value or Exception("connection lost"))})")
             )
 
     def stop(self) -> None:

@@ -182,8 +182,8 @@ def error_for_status(status: int) -> type[CouchError]:
 
 class ConnectionFailed(TxChangesError):
     """
-    The TCP connection could not be made, or was lost before a response
-    arrived.
+    The TCP connection could not be made, or was lost before the response
+    was complete.
 
     :ivar host: The host that was contacted.
     :ivar port: The port that was contacted.
