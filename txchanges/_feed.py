@@ -67,9 +67,9 @@ class BodyCollector(Protocol):
             self.finished.callback(b"".join(self._parts))
         else:
             received = sum(map(len, self._parts))
+            why = describe(reason.value) if reason.value is not None else "connection lost"
             self.finished.errback(
-                UncleanEnd(f"the response body was cut short after {received} bytes "
-                           f"({describe(reason.value or Exception("connection lost"))})")
+                UncleanEnd(f"the response body was cut short after {received} bytes ({why})")
             )
 
     def stop(self) -> None:
