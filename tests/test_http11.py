@@ -412,22 +412,20 @@ async def test_body_split_between_head_and_reads() -> None:
     assert b"".join(body.data) == BODY and reason.check(ResponseDone)
 
 
-@pytest.mark.parametrize("head", [b"HTP/1.1 200 OK\r\n\r\n", b"HTTP/1.1 2000 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"])
+@pytest.mark.parametrize(
+    "head, close",
+    [
+        (b"HTP/1.1 200 OK\r\n\r\n", False),
+        (b"HTTP/1.1 2000 OK\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", False),
+        (b"HTTP/1.1 200", True),
+    ],
+    ids=["not-http", "bad-status", "bad-header", "closed-before-the-head"],
+)
 @pytest_twisted.ensureDeferred
-async def test_malformed_head_fails_the_response(head: bytes) -> None:
-    """A response head that is not HTTP/1.x fails the request with ResponseFailed."""
-    port, listening = listen(ScriptedServer(head, close=False))
-    try:
-        with pytest.raises(ResponseFailed):
-            await open_response(endpoint_for(port), request_bytes(port))
-    finally:
-        await listening.stopListening()
-
-
-@pytest_twisted.ensureDeferred
-async def test_connection_closed_before_the_head() -> None:
-    """A server that closes without answering fails the request with ResponseFailed."""
-    port, listening = listen(ScriptedServer(b"HTTP/1.1 200"))
+async def test_no_valid_head_fails_the_response(head: bytes, close: bool) -> None:
+    """A head that is not HTTP/1.x, or a server that closes before a whole head, fails the request with ResponseFailed."""
+    port, listening = listen(ScriptedServer(head, close=close))
     try:
         with pytest.raises(ResponseFailed):
             await open_response(endpoint_for(port), request_bytes(port))
