@@ -1,6 +1,6 @@
 """
-When to save the resume point: every N changes done or T seconds, one save
-at a time, and a last one on stop.
+When to save the resume point: when asked (every N changes done, counted by
+the scheduler) or every T seconds, one save at a time, and a last one on stop.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ class CheckpointSaver:
     :param store: Where to save it.
     :param resume: Returns the current resume point (``None``: nothing to
         save yet).
-    :param every: Save after this many changes are done...
-    :param interval: ...or after this many seconds, whichever first.
+    :param interval: Seconds between saves made by the clock, besides those
+        asked for with :meth:`save_if_moved`.
     :param clock: Time.
     :param saved: What the store holds already.
     """
@@ -37,30 +37,18 @@ class CheckpointSaver:
         self,
         store: CheckpointStore,
         resume: Callable[[], Any],
-        every: int,
         interval: float,
         clock: Clock,
         saved: Any,
     ) -> None:
         self._store = store
         self._resume = resume
-        self._every = every
         self.saved = saved
         self.count = 0
-        self._since_save = 0
         self._saving: Optional[Deferred[None]] = None
         self._ticker = LoopingCall(self.save_if_moved)
         self._ticker.clock = clock  # type: ignore[assignment]
         self._ticker.start(interval, now=False)
-
-    def done(self, row: object, moved: bool) -> None:
-        """
-        A change (*row*) is done; *moved* says whether the resume point
-        moved.
-        """
-        self._since_save += 1
-        if moved and self._since_save >= self._every:
-            self.save_if_moved()
 
     def save_if_moved(self) -> None:
         """
@@ -70,14 +58,12 @@ class CheckpointSaver:
         seq = self._resume()
         if seq is None or seq == self.saved or self._saving is not None:
             return
-        self._since_save = 0
         self._saving = self._store.save(seq)
 
         def saved(_: object) -> None:
             self._saving = None
             self.saved = seq
             self.count += 1
-            self.log.debug("checkpoint {seq} saved to {where}", seq=seq, where=self._store.describe())
             self.save_if_moved()
 
         def failed(f: Failure) -> None:

@@ -74,6 +74,8 @@ class Scheduler:
         count the change as done.
     :param clock: Time for retries.
     :param retry_delay: Seconds before retry number *n* (from 1).
+    :param checkpoint_every: How many changes must be done between two calls
+        of :attr:`checkpoint`.
     """
 
     log = Logger()
@@ -89,6 +91,7 @@ class Scheduler:
         clock: Clock,
         max_ahead: int | None = None,
         retry_delay: Callable[[int], float],
+        checkpoint_every: int = 1,
     ) -> None:
         check_options(concurrency, max_buffered, on_error)
         self._handler = handler
@@ -115,8 +118,12 @@ class Scheduler:
         #: Called with each change taken but never done: dropped by
         #: :meth:`halt`, or failed with ``on_error="stop"``.
         self.dropped: Callable[[dict[str, Any]], object] = lambda row: None
-        #: Called when a change is done (handled or skipped).
-        self.done: Callable[[dict[str, Any], bool], object] = lambda row, moved: None
+        #: Called when the resume point moved and *checkpoint_every* changes
+        #: are done (handled, skipped or discarded) since the last call.
+        self.checkpoint: Callable[[], object] = lambda: None
+        self._checkpoint_every = checkpoint_every
+        # Changes still to be done before the next call of checkpoint().
+        self._countdown = checkpoint_every
         self.handled = 0
         self.failures = 0
 
@@ -127,14 +134,87 @@ class Scheduler:
         """
         return len(self._waiting) + len(self._running)
 
+    def take(self, row: dict[str, Any]) -> None:
+        """
+        Take a change as it arrives: note it in the progress, and run it or
+        queue it as :meth:`submit` does.
+
+        This runs once per change, and most handlers are synchronous: when
+        nothing is running or waiting, the handler is called at once, and a
+        call that returns a plain value is done with no more bookkeeping than
+        moving the resume point. A call that raises or returns a Deferred or
+        a coroutine is adopted as if :meth:`submit` had started it.
+        """
+        if self._running or self._waiting or self._pumping or self._halted:
+            self.submit(row, self._progress.begin(row["seq"]))
+            return
+        # Nothing is running or waiting, so nothing is tracked either (every
+        # ticket handed out is finished): the progress is idle, and a change
+        # done now may set the resume point directly.
+        try:
+            result = self._handler(row)
+        except Exception:
+            self._adopt(row, Failure())
+            return
+        if result is not None and (type(result) is CoroutineType or isinstance(result, Deferred)):
+            self._adopt(row, result)
+            return
+        self.handled += 1
+        self._countdown -= 1
+        seq = row["seq"]
+        if seq is not None:
+            self._progress.resume = seq
+            if self._countdown <= 0:
+                self._countdown = self._checkpoint_every
+                self.checkpoint()
+
+    def discard(self, row: dict[str, Any]) -> None:
+        """
+        Take a change that needs no handling (a duplicate): it is done at
+        once, and the resume point passes it once every change before it is
+        done.
+        """
+        progress = self._progress
+        self._count_done(progress.finish(progress.begin(row["seq"])))
+
+    def _count_done(self, moved: bool) -> None:
+        self._countdown -= 1
+        if moved and self._countdown <= 0:
+            self._countdown = self._checkpoint_every
+            self.checkpoint()
+
+    def _adopt(self, row: dict[str, Any], outcome: Any) -> None:
+        """
+        Track a change whose handler call, made by :meth:`take`, failed
+        (*outcome* is the :class:`Failure`) or is still going (a Deferred or
+        a coroutine), just as if :meth:`_start` had made it.
+        """
+        ticket = self._progress.begin(row["seq"])
+        key = self._key(row)
+        job = self._running[key] = _Job(row, ticket, key, attempts=1)
+        if isinstance(outcome, Failure):
+            self._failed(outcome, job)
+        else:
+            if type(outcome) is CoroutineType:
+                outcome = Deferred.fromCoroutine(outcome)
+            outcome.addCallbacks(self._succeeded, self._failed, callbackArgs=(job,), errbackArgs=(job,))
+        self._check_buffer()
+
+    @staticmethod
+    def _key(row: dict[str, Any]) -> Any:
+        # What serialises changes: the document id (the database name for
+        # _db_updates rows).
+        key = row.get("id")
+        if key is None:
+            key = row.get("db_name")
+        return key
+
     def submit(self, row: dict[str, Any], ticket: int) -> None:
         """
         Take a change; it runs when a slot is free and no earlier change of
         the same document is running.
         """
-        key = row.get("id")
-        if key is None:
-            key = row.get("db_name")
+        key = self._key(row)
         running = self._running
         if (
             self._waiting
@@ -148,8 +228,13 @@ class Scheduler:
         else:
             # The common case, a free slot and no queue: no pass over it.
             self._start(row, ticket, key, None)
+        self._check_buffer()
+
+    def _check_buffer(self) -> None:
+        # Pause the feed when the buffer is full, or the resume point lags
+        # too far behind.
         if not self.paused and (
-            len(self._waiting) + len(running) >= self._max_buffered
+            len(self._waiting) + len(self._running) >= self._max_buffered
             or self._progress.tracked >= self._max_ahead
         ):
             self.paused = True
@@ -254,7 +339,7 @@ class Scheduler:
         self._complete(job.row, job.ticket, job.key)
 
     def _complete(self, row: dict[str, Any], ticket: int, key: Any) -> None:
-        self.done(row, self._progress.finish(ticket))
+        self._count_done(self._progress.finish(ticket))
         # What _release() does, inline: this runs once per change.
         del self._running[key]
         if self._waiting:

@@ -134,6 +134,8 @@ class ChangesService(Service):
             raise TypeError(f"handler must be callable, not {handler!r}")
         if not isinstance(heartbeat, int) or isinstance(heartbeat, bool) or heartbeat <= 0:
             raise ValueError(f"heartbeat must be a positive number of milliseconds, not {heartbeat!r}")
+        if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be a positive number of changes, not {checkpoint_every!r}")
         reserved = _RESERVED & set(feed_params)
         if reserved:
             raise ValueError(f"the service sets {', '.join(sorted(reserved))} itself")
@@ -336,6 +338,7 @@ class ChangesService(Service):
             on_error=self._on_error,
             clock=self._clock,
             retry_delay=self._retry,
+            checkpoint_every=self._every,
         )
         scheduler.pause = self._pause
         scheduler.resume = self._resume
@@ -343,9 +346,9 @@ class ChangesService(Service):
         scheduler.dropped = self._dedup.forget
         progress = self._progress
         saver = self._saver = CheckpointSaver(
-            self._store, lambda: progress.resume, self._every, self._interval, self._clock, self._saved
+            self._store, lambda: progress.resume, self._interval, self._clock, self._saved
         )
-        scheduler.done = saver.done
+        scheduler.checkpoint = saver.save_if_moved
         await self._connect_loop(since)
 
     async def _wait_to_retry(self, backoff: Backoff, error: Exception, what: str) -> bool:
@@ -443,14 +446,11 @@ class ChangesService(Service):
     def _on_change(self, row: dict[str, Any]) -> None:
         # Once per change: kept lean.
         self._good = True
-        ticket = self._progress.begin(row.get("seq"))  # type: ignore[union-attr]
         if self._dedup.size and self._dedup.seen(row):
             self._stats.duplicates += 1
-            moved = self._progress.finish(ticket)  # type: ignore[union-attr]
-            if self._saver is not None:
-                self._saver.done(row, moved)
+            self._scheduler.discard(row)  # type: ignore[union-attr]
             return
-        self._scheduler.submit(row, ticket)  # type: ignore[union-attr]
+        self._scheduler.take(row)  # type: ignore[union-attr]
 
     def _pause(self) -> None:
         if self._feed is not None:
