@@ -44,7 +44,7 @@ def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def test_collector_reports_the_stats_state_and_resume_point():
     """Counters, the pending and idle gauges, the state and the resume seq come from the follower at scrape time."""
     clock, follower = Clock(), FakeFollower()
-    follower.stats = ServiceStats(handled=7, duplicates=2, handler_failures=1, reconnects=3, checkpoints=4,
+    follower.stats = ServiceStats(handled=7, duplicates=2, other_shards=5, handler_failures=1, reconnects=3, checkpoints=4,
                                   pending=11, last_activity=100.0)
     follower.resume_seq = "42-g1AAAAB"
     clock.advance(112.5)
@@ -52,6 +52,7 @@ def test_collector_reports_the_stats_state_and_resume_point():
     db = (("db", DB),)
     assert found[("txchanges_changes_handled_total", db)] == 7
     assert found[("txchanges_changes_duplicate_total", db)] == 2
+    assert found[("txchanges_changes_other_shards_total", db)] == 5
     assert found[("txchanges_handler_failures_total", db)] == 1
     assert found[("txchanges_reconnects_total", db)] == 3
     assert found[("txchanges_checkpoints_saved_total", db)] == 4

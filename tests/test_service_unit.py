@@ -14,7 +14,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from txchanges import BadRequest, Forbidden, NotFound, Server, ServerError, Unauthorized
 from txchanges._watchdog import GRACE
-from txchanges.checkpoint import MemoryCheckpoint
+from txchanges.checkpoint import CheckpointError, FileCheckpoint, MemoryCheckpoint
 from txchanges.service import ChangesService
 
 
@@ -391,3 +391,16 @@ def test_bad_options_raise_at_once():
         args = dict({"handler": print}, **kwargs)
         with pytest.raises((TypeError, ValueError)):
             ChangesService(db, args.pop("handler"), clock=Clock(), **args)
+
+
+def test_an_unusable_checkpoint_stops_the_service_at_once(tmp_path):
+    """A corrupt checkpoint file is a terminal error at start-up: no retries, no request, when_stopped fails with it."""
+    path = tmp_path / "ckpt.json"
+    path.write_text("{not json")
+    h = Harness(checkpoint=FileCheckpoint(path))
+    h.start()
+    assert len(h.outcome) == 1 and h.outcome[0].check(CheckpointError)
+    assert "corrupt, not JSON" in str(h.outcome[0].value)
+    assert h.couch.requests == [] and h.service.state == "failed"
+    h.advance(60)
+    assert h.couch.requests == [] and path.read_text() == "{not json"

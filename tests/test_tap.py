@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.plugin import getPlugins
 from twisted.python import usage
 
-from txchanges import ChangesService, FileCheckpoint, LocalDocCheckpoint, NotFound
+from txchanges import ChangesService, FileCheckpoint, LocalDocCheckpoint, NotFound, Shard
 from txchanges import _tap
 from txchanges._tap import ExitOnFailure, Options, makeService
 
@@ -46,12 +46,12 @@ def test_good_options_become_service_arguments(tmp_path):
         "--heartbeat", "5000", "--concurrency", "4", "--max-buffered", "16", "--max-ahead", "500",
         "--on-error", "retry",
         "--checkpoint", f"file:{tmp_path / 'ckpt.json'}", "--checkpoint-every", "7",
-        "--dedup-window", "100", "--give-up-after", "60",
+        "--dedup-window", "100", "--give-up-after", "60", "--shard", "2/3",
     )
     assert options["handler-object"] is handlers_for_tests.record
     assert options.service_kwargs() == {
         "since": "now", "heartbeat": 5000, "checkpoint_every": 7, "dedup_window": 100, "give_up_after": 60.0,
-        "selector": {"type": "order"}, "include_docs": True, "region": "eu",
+        "shard": Shard(2, 3), "selector": {"type": "order"}, "include_docs": True, "region": "eu",
     }
     assert (options["concurrency"], options["max-buffered"], options["max-ahead"], options["on-error"]) == (4, 16, 500, "retry")
 
@@ -89,6 +89,8 @@ def test_doc_ids_accumulate_from_commas_and_repeats():
         ([*BASE, "--handler", f"{HANDLERS}:record", "--max-buffered", "8", "--max-ahead", "4"], "--max-ahead (4) must be at least"),
         ([*BASE, "--handler", f"{HANDLERS}:record", "--checkpoint", "file:"], "--checkpoint: expected"),
         ([*BASE, "--handler", f"{HANDLERS}:record", "--metrics-port", "70000"], "a port number"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--shard", "3/3"], "shard index 3 is not in 0..2"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--shard", "half"], "expected a shard as I/N"),
         (["--url", "nope://x/", "--db", "mydb", "--handler", f"{HANDLERS}:record"], "--url: server URL must start"),
         (["--url", "http://127.0.0.1:5984/", "--db", "MyDb", "--handler", f"{HANDLERS}:record"], "invalid database name"),
     ],

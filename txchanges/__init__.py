@@ -35,6 +35,7 @@ from .errors import (
     UnexpectedResponse,
 )
 from .service import ChangesService, ServiceStats
+from .shard import Shard
 
 __version__ = "0.1.0.dev0"
 
@@ -45,6 +46,7 @@ __all__ = [
     "ChangeStream",
     "ChangesService",
     "ServiceStats",
+    "Shard",
     "CheckpointStore",
     "MemoryCheckpoint",
     "FileCheckpoint",

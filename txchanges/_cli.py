@@ -29,6 +29,7 @@ from .consumer import Consumer
 from .errors import TxChangesError
 from ._retry import is_terminal
 from .service import ChangesService, ServiceStats
+from .shard import Shard
 
 __all__ = ["Command", "LongpollFollower", "describe"]
 
@@ -135,7 +136,8 @@ class Command:
         if options["feed"] == "longpoll":
             follower = LongpollFollower(
                 db, printer, since=options["since"], checkpoint=store, heartbeat=options["heartbeat"],
-                give_up_after=options["give-up-after"], limit=options["limit"], clock=self._reactor,
+                give_up_after=options["give-up-after"], limit=options["limit"], shard=options["shard"],
+                clock=self._reactor,
                 **options["feed_params"],
             )
             self.stop, start = follower.stop, follower.start
@@ -299,6 +301,7 @@ class LongpollFollower:
     ``resume_seq``.
 
     :param limit: Stop after this many changes; requests ask for no more.
+    :param shard: Hand over only the changes of this shard's documents.
     """
 
     log = Logger()
@@ -314,6 +317,7 @@ class LongpollFollower:
         give_up_after: Optional[float],
         limit: Optional[int],
         clock: Clock,
+        shard: Optional[Shard] = None,
         **feed_params: Any,
     ) -> None:
         self.db = db
@@ -326,6 +330,7 @@ class LongpollFollower:
         self._heartbeat = heartbeat
         self._give_up_after = give_up_after
         self._limit = limit
+        self._shard = shard
         self._clock = clock
         self._params = feed_params
         self._consumer = Consumer(db, clock=clock)
@@ -352,6 +357,9 @@ class LongpollFollower:
             self._sleep.cancel()
 
     def _handle(self, change: dict[str, Any]) -> Any:
+        if self._shard is not None and not self._shard.owns(change["id"]):
+            self.stats.other_shards += 1
+            return None
         result = self._handler(change)
         self.stats.handled += 1
         return result

@@ -23,6 +23,7 @@ from ._params import feed_request
 from ._urls import parse_server_url, query_string, redact, validate_db_name
 from .checkpoint import CheckpointStore, parse_checkpoint_spec
 from .client import Database, Server
+from .shard import Shard
 
 __all__ = [
     "FeedOptions",
@@ -76,6 +77,13 @@ positive_int = _coercer(int, lambda n: n > 0, "a whole number above 0")
 non_negative_int = _coercer(int, lambda n: n >= 0, "a whole number, 0 or more")
 positive_float = _coercer(float, lambda n: n > 0, "a number of seconds above 0")
 port_number = _coercer(int, lambda n: 0 <= n <= 65535, "a port number from 0 to 65535")
+
+
+def shard_spec(value: str) -> Shard:
+    try:
+        return Shard.parse(value)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
 
 
 def _key_value(option: str, value: str) -> tuple[str, str]:
@@ -195,6 +203,9 @@ class FollowerOptions(FeedOptions):
         ["give-up-after", None, None,
          "Stop with an error after this many seconds of failed requests; default: retry forever.",
          positive_float],
+        ["shard", None, None,
+         "I/N: hand over only the changes of the documents shard I (from 0) of N owns; run one "
+         "follower per shard, each with its own checkpoint, to share the work.", shard_spec],
         ["metrics-port", None, None,
          "Serve Prometheus metrics at http://INTERFACE:PORT/metrics (needs the 'metrics' extra).",
          port_number],
@@ -221,7 +232,7 @@ class FollowerOptions(FeedOptions):
         """
         :return: Keyword arguments for :class:`~txchanges.ChangesService`:
             ``since``, ``heartbeat``, ``checkpoint_every``, ``dedup_window``,
-            ``give_up_after`` and the feed parameters.
+            ``give_up_after``, ``shard`` and the feed parameters.
         """
         return dict(
             self["feed_params"],
@@ -230,6 +241,7 @@ class FollowerOptions(FeedOptions):
             checkpoint_every=self["checkpoint-every"],
             dedup_window=self["dedup-window"],
             give_up_after=self["give-up-after"],
+            shard=self["shard"],
         )
 
     def checkpoint_store(self, db: Database) -> CheckpointStore:
@@ -238,7 +250,12 @@ class FollowerOptions(FeedOptions):
             filter, so that a checkpoint written for another database or
             filter is refused rather than trusted.
         """
-        return parse_checkpoint_spec(self["checkpoint"], db, identity=checkpoint_identity(db, self["feed_params"]))
+        identity = checkpoint_identity(db, self["feed_params"])
+        if self["shard"] is not None:
+            # Shards pass over each other's changes: one shard's resume
+            # point is no resume point for another.
+            identity += f" shard {self['shard']}"
+        return parse_checkpoint_spec(self["checkpoint"], db, identity=identity)
 
 
 def have_prometheus_client() -> bool:

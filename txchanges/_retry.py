@@ -8,6 +8,7 @@ import email.utils
 from typing import Callable, Optional
 
 from ._watchdog import Clock
+from .checkpoint import CheckpointError
 from .errors import CouchError, LineTooLong
 
 __all__ = ["is_terminal", "retry_after", "Backoff"]
@@ -17,11 +18,13 @@ def is_terminal(error: BaseException) -> bool:
     """
     Whether retrying cannot help: a request CouchDB refuses (400), bad or
     missing credentials (401, 403), a missing database, design document or
-    filter (404), or a line over the configured bound. Everything else -
-    5xx, 408, 429, connection failures, cut or stalled feeds, error rows -
-    is worth retrying.
+    filter (404), a line over the configured bound, or a checkpoint that
+    cannot be used (corrupt, written for another feed or shard, unreadable
+    or unwritable: a person must look at it). Everything else - 5xx, 408,
+    429, connection failures, cut or stalled feeds, error rows - is worth
+    retrying.
     """
-    if isinstance(error, LineTooLong):
+    if isinstance(error, (LineTooLong, CheckpointError)):
         return True
     if isinstance(error, CouchError):
         return 400 <= error.status < 500 and error.status not in (408, 429)

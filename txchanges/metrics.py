@@ -16,6 +16,7 @@ credentials):
 ==========================================  =======  ==========================================
 ``txchanges_changes_handled_total``         counter  changes the handler finished
 ``txchanges_changes_duplicate_total``       counter  changes dropped by the de-duplication window
+``txchanges_changes_other_shards_total``    counter  changes of documents another shard owns
 ``txchanges_handler_failures_total``        counter  handler calls that failed
 ``txchanges_reconnects_total``              counter  requests made after the first
 ``txchanges_checkpoints_saved_total``       counter  checkpoints saved
@@ -82,6 +83,7 @@ class Followed(Protocol):
 _COUNTERS = (
     ("txchanges_changes_handled", "Changes the handler finished.", "handled"),
     ("txchanges_changes_duplicate", "Changes dropped by the de-duplication window.", "duplicates"),
+    ("txchanges_changes_other_shards", "Changes of documents another shard owns, passed over.", "other_shards"),
     ("txchanges_handler_failures", "Handler calls that failed.", "handler_failures"),
     ("txchanges_reconnects", "Changes requests made after the first.", "reconnects"),
     ("txchanges_checkpoints_saved", "Checkpoints saved.", "checkpoints"),

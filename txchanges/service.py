@@ -26,6 +26,7 @@ from ._scheduler import Scheduler, check_options, default_max_ahead
 from ._watchdog import Clock, idle_limit
 from .checkpoint import CheckpointStore, MemoryCheckpoint
 from .client import Database
+from .shard import Shard
 
 __all__ = ["ChangesService", "ServiceStats"]
 
@@ -42,6 +43,7 @@ class ServiceStats:
 
     :ivar handled: Changes the handler finished.
     :ivar duplicates: Changes suppressed by the de-duplication window.
+    :ivar other_shards: Changes of documents another shard owns, passed over.
     :ivar handler_failures: Handler calls that failed.
     :ivar reconnects: Requests made after the first.
     :ivar checkpoints: Checkpoints saved.
@@ -51,6 +53,7 @@ class ServiceStats:
 
     handled: int = 0
     duplicates: int = 0
+    other_shards: int = 0
     handler_failures: int = 0
     reconnects: int = 0
     checkpoints: int = 0
@@ -96,6 +99,10 @@ class ChangesService(Service):
     :param checkpoint_interval: ...or this many seconds, whichever first.
     :param dedup_window: Remember this many ``(id, rev)`` pairs and hand a
         change seen among them to nobody.
+    :param shard: Hand over only the changes of the documents this
+        :class:`~txchanges.Shard` owns, and pass over the rest: run one
+        service per shard, each with a checkpoint of its own, to share a
+        feed's work between processes.
     :param stop_timeout: The longest :meth:`stopService` waits for running
         handler calls.
     :param clock: Time; the global reactor when omitted.
@@ -123,6 +130,7 @@ class ChangesService(Service):
         checkpoint_every: int = 100,
         checkpoint_interval: float = 5.0,
         dedup_window: int = 0,
+        shard: Optional[Shard] = None,
         stop_timeout: float = 30.0,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
         clock: Optional[Clock] = None,
@@ -136,6 +144,8 @@ class ChangesService(Service):
             raise ValueError(f"heartbeat must be a positive number of milliseconds, not {heartbeat!r}")
         if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be a positive number of changes, not {checkpoint_every!r}")
+        if shard is not None and not isinstance(shard, Shard):
+            raise TypeError(f"shard must be a Shard, not {shard!r}")
         reserved = _RESERVED & set(feed_params)
         if reserved:
             raise ValueError(f"the service sets {', '.join(sorted(reserved))} itself")
@@ -159,6 +169,9 @@ class ChangesService(Service):
         self._stop_timeout = stop_timeout
         self._max_line_length = max_line_length
         self._dedup = DedupWindow(dedup_window)
+        self._shard = shard
+        # Whether a change may be passed over before the scheduler sees it.
+        self._sifting = shard is not None or dedup_window > 0
         buffered = 2 * concurrency if max_buffered is None else max_buffered
         check_options(concurrency, buffered, on_error)
         ahead = default_max_ahead(buffered) if max_ahead is None else max_ahead
@@ -446,10 +459,15 @@ class ChangesService(Service):
     def _on_change(self, row: dict[str, Any]) -> None:
         # Once per change: kept lean.
         self._good = True
-        if self._dedup.size and self._dedup.seen(row):
-            self._stats.duplicates += 1
-            self._scheduler.discard(row)  # type: ignore[union-attr]
-            return
+        if self._sifting:
+            if self._shard is not None and not self._shard.owns(row["id"]):
+                self._stats.other_shards += 1
+                self._scheduler.discard(row)  # type: ignore[union-attr]
+                return
+            if self._dedup.seen(row):
+                self._stats.duplicates += 1
+                self._scheduler.discard(row)  # type: ignore[union-attr]
+                return
         self._scheduler.take(row)  # type: ignore[union-attr]
 
     def _pause(self) -> None:
