@@ -304,3 +304,11 @@ def test_twistd_exits_1_when_the_handler_fails_with_on_error_stop(couch_server, 
     assert process.returncode == 1, log
     assert "RuntimeError: cannot handle doc-0" in log and "exiting with status 1" in log
     assert not ckpt.exists()
+
+
+def test_make_service_with_a_shard_names_it_in_the_checkpoint_identity(tmp_path):
+    """--shard reaches the service, and the checkpoint's identity carries it, so shards cannot share one."""
+    options = parse(*BASE, "--handler", f"{HANDLERS}:record", "--shard", "1/4", "--checkpoint", f"file:{tmp_path / 'c.json'}")
+    follower = makeService(options).getServiceNamed("follower")
+    assert follower._shard == Shard(1, 4)
+    assert follower._store.identity.endswith("/_changes shard 1/4")
