@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from txchanges import ChangesService, ConnectionFailed, MemoryCheckpoint, NotFound
+from txchanges import ChangesService, ConnectionFailed, MemoryCheckpoint, NotFound, Shard
 from txchanges import _watchdog
 from txchanges._progress import Progress
 from txchanges._scheduler import Scheduler
@@ -421,3 +421,36 @@ def test_scheduler_pump_survives_handlers_that_finish_at_once(behind):
     assert (len(calls), scheduler.handled, scheduler.buffered) == (behind + 1, behind + 1, 0)
     assert calls == ids
     assert progress.resume == f"{behind}-x"
+
+
+@pytest_twisted.ensureDeferred
+async def test_shards_under_chaos_share_every_latest_revision(direct, proxied, proxy, report_summary):
+    """Two shards through the same seeded faults: each handles every newest revision of its own documents and nothing of the other's."""
+    trackers = [Tracker(random.Random(21 + i)) for i in range(2)]
+    services = [make_service(proxied, trackers[i], shard=Shard(i, 2)) for i in range(2)]
+    writer = Writer(direct, random.Random(22))
+    with FailureLog() as failures:
+        for service in services:
+            service.startService()
+        try:
+            chaos = proxy.chaos(random.Random(23), duration=4.0, gap=(0.05, 0.25), length=(0.15, 1.0))
+            await writer.run(docs=600, batch=50, updates=6, pause=0.2)
+            await chaos
+            await sleep(1.1)
+            assert not (proxy.stalled or proxy.refusing or proxy.dropping)
+            expected = await latest_revs(direct)
+            for i, tracker in enumerate(trackers):
+                mine = {d: r for d, r in expected.items() if Shard(i, 2).owns(d)}
+                await wait_for(lambda: not tracker.missing(mine), 30.0, f"shard {i} to catch up")
+            stats = [service.stats for service in services]
+        finally:
+            for service in services:
+                await stop_within(service, 5.0)
+    failures.check_no_unhandled()
+    assert expected == writer.revs and len(expected) == 600
+    for i, tracker in enumerate(trackers):
+        assert tracker.handled and all(Shard(i, 2).owns(d) for d, _ in tracker.handled)
+        assert tracker.overlaps == []
+    assert all(s.reconnects > 0 and s.other_shards > 0 for s in stats), stats
+    report(report_summary, "shards under faults", faults=dict(proxy.faults),
+           handled=[len(t.handled) for t in trackers], reconnects=[s.reconnects for s in stats])
