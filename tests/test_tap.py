@@ -47,11 +47,12 @@ def test_good_options_become_service_arguments(tmp_path):
         "--on-error", "retry",
         "--checkpoint", f"file:{tmp_path / 'ckpt.json'}", "--checkpoint-every", "7",
         "--dedup-window", "100", "--give-up-after", "60", "--shard", "2/3",
+        "--pending-interval", "15",
     )
     assert options["handler-object"] is handlers_for_tests.record
     assert options.service_kwargs() == {
         "since": "now", "heartbeat": 5000, "checkpoint_every": 7, "dedup_window": 100, "give_up_after": 60.0,
-        "shard": Shard(2, 3), "selector": {"type": "order"}, "include_docs": True, "region": "eu",
+        "shard": Shard(2, 3), "pending_interval": 15.0, "selector": {"type": "order"}, "include_docs": True, "region": "eu",
     }
     assert (options["concurrency"], options["max-buffered"], options["max-ahead"], options["on-error"]) == (4, 16, 500, "retry")
 
@@ -91,6 +92,7 @@ def test_doc_ids_accumulate_from_commas_and_repeats():
         ([*BASE, "--handler", f"{HANDLERS}:record", "--metrics-port", "70000"], "a port number"),
         ([*BASE, "--handler", f"{HANDLERS}:record", "--shard", "3/3"], "shard index 3 is not in 0..2"),
         ([*BASE, "--handler", f"{HANDLERS}:record", "--shard", "half"], "expected a shard as I/N"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--pending-interval", "0"], "a number of seconds above 0"),
         (["--url", "nope://x/", "--db", "mydb", "--handler", f"{HANDLERS}:record"], "--url: server URL must start"),
         (["--url", "http://127.0.0.1:5984/", "--db", "MyDb", "--handler", f"{HANDLERS}:record"], "invalid database name"),
     ],

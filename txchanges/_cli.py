@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._options import open_database
-from ._params import encode_since
+from ._pending import PendingProbe
 from ._watchdog import Clock
 from .checkpoint import CheckpointStore
 from .client import Database
@@ -235,8 +235,12 @@ class _ProgressLine:
         self._follower = follower
         self._last = (clock.seconds(), follower.stats.handled)
         self._rate = 0.0
-        self._asking = False
         self._shown = False
+        # The line is drawn when the answer arrives, so that the pending
+        # count is as fresh as the number handled beside it.
+        self._probe = PendingProbe(
+            follower.db, lambda: follower.resume_seq, lambda: follower.stats.handled, self._draw, clock
+        )
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock  # type: ignore[assignment]
         self._loop.start(interval, now=False)
@@ -246,32 +250,14 @@ class _ProgressLine:
         then, before = self._last
         self._rate = (handled - before) / (now - then) if now > then else 0.0
         self._last = (now, handled)
-        if not self._asking:
-            self._ask_pending()
+        self._probe.ask()
 
-    def _ask_pending(self) -> None:
-        # The line is drawn when the answer arrives, so that the pending
-        # count is as fresh as the number handled beside it.
-        db: Database = self._follower.db
-        seq = self._follower.resume_seq
-        query = [("since", "0" if seq is None else encode_since(seq)), ("limit", "0")]
-        asked = self._follower.stats.handled
-        self._asking = True
-
-        def got(body: Any) -> None:
-            pending = body.get("pending") if isinstance(body, dict) else None
-            handled = self._follower.stats.handled
-            if isinstance(pending, int):
-                pending = max(0, pending - (handled - asked))  # handled while the answer came
-            if pending and self._loop.running:
-                self._write(f"\r{handled} changes, {pending} pending, {self._rate:.0f}/s\x1b[K")
-                self._shown = True
-            elif self._shown:
-                self._clear()
-
-        d = db.server.request_json("GET", db.path("_changes"), query)
-        d.addCallbacks(got, lambda f: None)
-        d.addBoth(lambda _: setattr(self, "_asking", False))
+    def _draw(self, pending: int) -> None:
+        if pending and self._loop.running:
+            self._write(f"\r{self._follower.stats.handled} changes, {pending} pending, {self._rate:.0f}/s\x1b[K")
+            self._shown = True
+        elif self._shown:
+            self._clear()
 
     def _write(self, text: str) -> None:
         try:
@@ -287,6 +273,7 @@ class _ProgressLine:
     def stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
+        self._probe.stop()
         if self._shown:
             self._clear()
 

@@ -206,6 +206,9 @@ class FollowerOptions(FeedOptions):
         ["shard", None, None,
          "I/N: hand over only the changes of the documents shard I (from 0) of N owns; run one "
          "follower per shard, each with its own checkpoint, to share the work.", shard_spec],
+        ["pending-interval", None, None,
+         "Ask the server every this many seconds how many changes lie past the resume point, "
+         "for the pending count in stats and metrics; default: only when a feed ends.", positive_float],
         ["metrics-port", None, None,
          "Serve Prometheus metrics at http://INTERFACE:PORT/metrics (needs the 'metrics' extra).",
          port_number],
@@ -232,7 +235,8 @@ class FollowerOptions(FeedOptions):
         """
         :return: Keyword arguments for :class:`~txchanges.ChangesService`:
             ``since``, ``heartbeat``, ``checkpoint_every``, ``dedup_window``,
-            ``give_up_after``, ``shard`` and the feed parameters.
+            ``give_up_after``, ``shard``, ``pending_interval`` and the feed
+            parameters.
         """
         return dict(
             self["feed_params"],
@@ -242,6 +246,7 @@ class FollowerOptions(FeedOptions):
             dedup_window=self["dedup-window"],
             give_up_after=self["give-up-after"],
             shard=self["shard"],
+            pending_interval=self["pending-interval"],
         )
 
     def checkpoint_store(self, db: Database) -> CheckpointStore:

@@ -20,11 +20,15 @@ credentials):
 ``txchanges_handler_failures_total``        counter  handler calls that failed
 ``txchanges_reconnects_total``              counter  requests made after the first
 ``txchanges_checkpoints_saved_total``       counter  checkpoints saved
-``txchanges_changes_pending``               gauge    ``pending`` from the server, when known
+``txchanges_changes_pending``               gauge    changes past the resume point, when known (see below)
 ``txchanges_idle_seconds``                  gauge    seconds since the last byte (row or heartbeat)
 ``txchanges_state``                         gauge    1 for the current ``state`` label, 0 for the others
 ``txchanges_resume_seq_info``               info     ``seq``: the resume point, as JSON when not a string
 ==========================================  =======  ==========================================
+
+``txchanges_changes_pending`` is what the server last said: in the row that
+ends a feed (rare on a continuous feed), or in the answer to the probe that
+``pending_interval`` (``--pending-interval``) sets up.
 
 ``txchanges_resume_seq_info`` gets a new label value at every checkpoint:
 fine to read the current position, costly to keep for long in a time-series
@@ -114,7 +118,7 @@ class ServiceCollector:
         """
         counters = {name: CounterMetricFamily(name, doc, labels=["db"]) for name, doc, _ in _COUNTERS}
         pending = GaugeMetricFamily(
-            "txchanges_changes_pending", "Changes after the last_seq the server last reported.", labels=["db"]
+            "txchanges_changes_pending", "Changes past the resume point, as the server last reported.", labels=["db"]
         )
         idle = GaugeMetricFamily(
             "txchanges_idle_seconds", "Seconds since the last byte (row or heartbeat) arrived.", labels=["db"]

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 
 from ._feed import FeedRun, Stopped
 from ._params import feed_request
+from ._pending import PendingProbe
 from ._progress import DedupWindow, Progress
 from ._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
 from ._rows import LastSeq
@@ -47,7 +48,9 @@ class ServiceStats:
     :ivar handler_failures: Handler calls that failed.
     :ivar reconnects: Requests made after the first.
     :ivar checkpoints: Checkpoints saved.
-    :ivar pending: ``pending`` from the last ``last_seq`` row, or ``None``.
+    :ivar pending: Changes after the resume point, as the server last said:
+        in the ``last_seq`` row that ends a feed, or in the answer to the
+        probe *pending_interval* sets up; ``None`` until then.
     :ivar last_activity: Clock time of the last byte received.
     """
 
@@ -103,6 +106,11 @@ class ChangesService(Service):
         :class:`~txchanges.Shard` owns, and pass over the rest: run one
         service per shard, each with a checkpoint of its own, to share a
         feed's work between processes.
+    :param pending_interval: Ask the server every this many seconds how
+        many of the database's changes lie past the resume point, for
+        :attr:`ServiceStats.pending` (a continuous feed tells only when it
+        ends); ``None``, the default, never asks. The question carries no
+        filter: with one, the answer counts changes that will not match.
     :param stop_timeout: The longest :meth:`stopService` waits for running
         handler calls.
     :param clock: Time; the global reactor when omitted.
@@ -131,6 +139,7 @@ class ChangesService(Service):
         checkpoint_interval: float = 5.0,
         dedup_window: int = 0,
         shard: Optional[Shard] = None,
+        pending_interval: Optional[float] = None,
         stop_timeout: float = 30.0,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
         clock: Optional[Clock] = None,
@@ -144,6 +153,10 @@ class ChangesService(Service):
             raise ValueError(f"heartbeat must be a positive number of milliseconds, not {heartbeat!r}")
         if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be a positive number of changes, not {checkpoint_every!r}")
+        if pending_interval is not None and (
+            not isinstance(pending_interval, (int, float)) or isinstance(pending_interval, bool) or not pending_interval > 0
+        ):
+            raise ValueError(f"pending_interval must be a positive number of seconds or None, not {pending_interval!r}")
         if shard is not None and not isinstance(shard, Shard):
             raise TypeError(f"shard must be a Shard, not {shard!r}")
         reserved = _RESERVED & set(feed_params)
@@ -170,6 +183,8 @@ class ChangesService(Service):
         self._max_line_length = max_line_length
         self._dedup = DedupWindow(dedup_window)
         self._shard = shard
+        self._pending_interval = pending_interval
+        self._probe: Optional[PendingProbe] = None
         # Whether a change may be passed over before the scheduler sees it.
         self._sifting = shard is not None or dedup_window > 0
         buffered = 2 * concurrency if max_buffered is None else max_buffered
@@ -362,6 +377,11 @@ class ChangesService(Service):
             self._store, lambda: progress.resume, self._interval, self._clock, self._saved
         )
         scheduler.checkpoint = saver.save_if_moved
+        if self._pending_interval is not None:
+            self._probe = PendingProbe(
+                self.db, lambda: self.resume_seq, lambda: self.stats.handled, self._set_pending, self._clock
+            )
+            self._probe.start(self._pending_interval)
         await self._connect_loop(since)
 
     async def _wait_to_retry(self, backoff: Backoff, error: Exception, what: str) -> bool:
@@ -492,8 +512,14 @@ class ChangesService(Service):
         if self._progress.passed(seq):
             self._saver.save_if_moved()
 
+    def _set_pending(self, pending: int) -> None:
+        self._stats.pending = pending
+
     async def _finish(self) -> None:
         self.state = "stopping"
+        if self._probe is not None:
+            self._probe.stop()
+            self._probe = None
         if self._scheduler is not None:
             self._scheduler.halt()
             drained = self._scheduler.drain()
