@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from ._progress import Progress
 from ._watchdog import Clock
 
-__all__ = ["Scheduler", "ON_ERROR", "check_options"]
+__all__ = ["Scheduler", "ON_ERROR", "buffer_bounds", "check_options"]
 
 #: What to do when the handler fails on a change.
 ON_ERROR = ("stop", "retry", "skip")
@@ -31,6 +31,24 @@ def default_max_ahead(max_buffered: int) -> int:
     out-of-order completion never pauses a healthy feed.
     """
     return max(1000, 50 * max_buffered)
+
+
+def buffer_bounds(
+    concurrency: int, max_buffered: int | None, max_ahead: int | None, on_error: str
+) -> tuple[int, int]:
+    """
+    Check a follower's scheduling options and fill in the defaults.
+
+    :return: ``(max_buffered, max_ahead)``: ``2 * concurrency`` and
+        :func:`default_max_ahead` where not given.
+    :raises ValueError: for options a :class:`Scheduler` cannot work with.
+    """
+    buffered = 2 * concurrency if max_buffered is None else max_buffered
+    check_options(concurrency, buffered, on_error)
+    ahead = default_max_ahead(buffered) if max_ahead is None else max_ahead
+    if not isinstance(ahead, int) or ahead < buffered:
+        raise ValueError(f"max_ahead ({ahead!r}) must be an int of at least max_buffered ({buffered})")
+    return buffered, ahead
 
 
 def check_options(concurrency: int, max_buffered: int, on_error: str) -> None:

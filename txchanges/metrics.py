@@ -57,7 +57,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from ._watchdog import Clock
-from .service import ServiceStats
+from ._stats import ServiceStats
 
 __all__ = ["STATES", "ServiceCollector", "render_metrics", "metrics_registry", "MetricsResource", "MetricsServer"]
 

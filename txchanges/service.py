@@ -5,7 +5,6 @@ the service runs, through any failure, without losing a change.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from twisted.application.internet import backoffPolicy
@@ -23,7 +22,8 @@ from ._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
 from ._rows import LastSeq
 from ._retry import Backoff, is_terminal
 from ._saver import CheckpointSaver
-from ._scheduler import Scheduler, check_options, default_max_ahead
+from ._scheduler import Scheduler, buffer_bounds
+from ._stats import ServiceStats
 from ._watchdog import Clock, idle_limit
 from .checkpoint import CheckpointStore, MemoryCheckpoint
 from .client import Database
@@ -35,33 +35,6 @@ Handler = Callable[[dict[str, Any]], Any]
 
 # Parameters the service sets itself.
 _RESERVED = frozenset({"since", "feed", "heartbeat", "timeout"})
-
-
-@dataclass
-class ServiceStats:
-    """
-    What a running service has done, for monitoring.
-
-    :ivar handled: Changes the handler finished.
-    :ivar duplicates: Changes suppressed by the de-duplication window.
-    :ivar other_shards: Changes of documents another shard owns, passed over.
-    :ivar handler_failures: Handler calls that failed.
-    :ivar reconnects: Requests made after the first.
-    :ivar checkpoints: Checkpoints saved.
-    :ivar pending: Changes after the resume point, as the server last said:
-        in the ``last_seq`` row that ends a feed, or in the answer to the
-        probe *pending_interval* sets up; ``None`` until then.
-    :ivar last_activity: Clock time of the last byte received.
-    """
-
-    handled: int = 0
-    duplicates: int = 0
-    other_shards: int = 0
-    handler_failures: int = 0
-    reconnects: int = 0
-    checkpoints: int = 0
-    pending: Optional[int] = None
-    last_activity: Optional[float] = None
 
 
 class ChangesService(Service):
@@ -187,11 +160,7 @@ class ChangesService(Service):
         self._probe: Optional[PendingProbe] = None
         # Whether a change may be passed over before the scheduler sees it.
         self._sifting = shard is not None or dedup_window > 0
-        buffered = 2 * concurrency if max_buffered is None else max_buffered
-        check_options(concurrency, buffered, on_error)
-        ahead = default_max_ahead(buffered) if max_ahead is None else max_ahead
-        if not isinstance(ahead, int) or ahead < buffered:
-            raise ValueError(f"max_ahead ({ahead!r}) must be an int of at least max_buffered ({buffered})")
+        buffered, ahead = buffer_bounds(concurrency, max_buffered, max_ahead, on_error)
         self._concurrency = concurrency
         self._max_buffered = buffered
         self._max_ahead = ahead
