@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import atexit
 import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -39,6 +41,9 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_DIR = ROOT / "testserver"
 DEFAULT_ADMIN = ("admin", "secret")
+#: The HS256 key the server checks bearer tokens with (CouchDB's JWT
+#: authentication); see :func:`jwt`.
+DEFAULT_JWT_SECRET = "test-jwt-secret"
 START_TIMEOUT = 15.0
 _LISTENING = re.compile(rb"^listening (http://\S+?:(\d+)/)\s*$")
 
@@ -80,6 +85,7 @@ class RunningServer:
     admin: tuple[str, str] | None
     process: subprocess.Popen[bytes]
     _stderr: IO[bytes] = field(repr=False)
+    jwt_secret: str | None = None
 
     @property
     def pid(self) -> int:
@@ -165,6 +171,7 @@ class RunningServer:
 def start(
     admin: tuple[str, str] | None = DEFAULT_ADMIN,
     *,
+    jwt_secret: str | None = DEFAULT_JWT_SECRET,
     log: bool = False,
     timeout: float = START_TIMEOUT,
 ) -> RunningServer:
@@ -179,6 +186,8 @@ def start(
     args = [node, str(SERVER_DIR / "server.js"), "--port", "0", "--host", "127.0.0.1"]
     if admin is not None:
         args += ["--admin", f"{admin[0]}:{admin[1]}"]
+    if jwt_secret is not None:
+        args += ["--jwt-secret", jwt_secret]
     if log:
         args.append("--log")
     # A file, not a pipe: nobody drains stderr while the server runs.
@@ -187,7 +196,7 @@ def start(
         args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
         cwd=str(SERVER_DIR),
     )
-    server = RunningServer(0, admin, process, stderr)
+    server = RunningServer(0, admin, process, stderr, jwt_secret)
     try:
         line = _read_line(process, timeout)
     except TestServerError as err:
@@ -243,3 +252,19 @@ def _stop_leftovers() -> None:
     # A crashed session must not leave servers behind; each is stopped by pid.
     for server in list(_running):
         server.stop()
+
+
+def jwt(secret: str, sub: str, roles: list[str] | None = None, expires_in: float | None = 300.0) -> str:
+    """An HS256 JSON Web Token as CouchDB's JWT authentication takes it."""
+
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    claims: dict[str, Any] = {"sub": sub}
+    if roles is not None:
+        claims["_couchdb.roles"] = roles
+    if expires_in is not None:
+        claims["exp"] = int(time.time() + expires_in)
+    signed = part(b'{"alg":"HS256","typ":"JWT"}') + "." + part(json.dumps(claims).encode())
+    signature = hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest()
+    return signed + "." + part(signature)

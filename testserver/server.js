@@ -5,7 +5,8 @@
 // the like; the routes in lib/ replace or front what it gets wrong for a
 // CouchDB 3 client (_changes, _db_updates, auth, database create/delete).
 //
-// Usage: node server.js [--port 0] [--host 127.0.0.1] [--admin name:password] [--log]
+// Usage: node server.js [--port 0] [--host 127.0.0.1] [--admin name:password]
+//                       [--jwt-secret TEXT] [--log]
 // Prints one line "listening http://HOST:PORT/" once it accepts requests.
 
 const http = require('http');
@@ -24,7 +25,7 @@ const mountChanges = require('./lib/changes');
 const mountDbUpdates = require('./lib/db_updates');
 
 function parseArgs(argv) {
-  const opts = {port: 5984, host: '127.0.0.1', admin: null,
+  const opts = {port: 5984, host: '127.0.0.1', admin: null, jwtSecret: null,
     log: Boolean(process.env.TXCHANGES_TESTSERVER_LOG)};
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -45,6 +46,8 @@ function parseArgs(argv) {
         throw new Error('--admin wants name:password');
       }
       opts.admin = {name: text.slice(0, j), password: text.slice(j + 1)};
+    } else if (arg === '--jwt-secret') {
+      opts.jwtSecret = value();
     } else if (arg === '--log') {
       opts.log = true;
     } else {
@@ -106,7 +109,7 @@ function isDocumentPath(path) {
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   const registry = new Registry(PouchDB);
-  const auth = makeAuth(opts.admin);
+  const auth = makeAuth(opts.admin, opts.jwtSecret);
 
   const app = express();
   app.disable('x-powered-by');

@@ -138,7 +138,8 @@ class CommandOptions(_Verbosity):
 
     longdesc = (
         "Read a CouchDB database's _changes feed. Credentials come from the URL or from the "
-        "TXCHANGES_USER and TXCHANGES_PASSWORD environment variables. Run "
+        "TXCHANGES_USER and TXCHANGES_PASSWORD environment variables, or a bearer token from "
+        "TXCHANGES_TOKEN. Run "
         "'txchanges COMMAND --help' for a command's options."
     )
     subCommands = [

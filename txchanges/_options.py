@@ -30,6 +30,8 @@ __all__ = [
     "FollowerOptions",
     "USER_VARIABLE",
     "PASSWORD_VARIABLE",
+    "TOKEN_VARIABLE",
+    "authorization_from",
     "credentials_from",
     "open_database",
     "split_database_url",
@@ -38,6 +40,9 @@ __all__ = [
 #: Environment variables holding credentials, so that they stay out of ``ps``.
 USER_VARIABLE = "TXCHANGES_USER"
 PASSWORD_VARIABLE = "TXCHANGES_PASSWORD"
+#: A bearer token (CouchDB's JWT authentication, a cloud provider's token),
+#: instead of a user and password.
+TOKEN_VARIABLE = "TXCHANGES_TOKEN"
 
 # Parameters with an option of their own, or that the follower sets itself.
 _NOT_PARAMS = {
@@ -305,6 +310,28 @@ def credentials_from(url: str, environ: Mapping[str, str]) -> Optional[tuple[str
     return (user, password or "")
 
 
+def authorization_from(url: str, environ: Mapping[str, str]) -> Optional[Callable[[], str]]:
+    """
+    The ``Authorization`` header for a bearer token in ``TXCHANGES_TOKEN``,
+    as :class:`~txchanges.Server` takes it, or ``None`` without one.
+
+    :raises usage.UsageError: when the token is empty or spans lines, or
+        credentials are given too (in the URL or the environment).
+    """
+    token = environ.get(TOKEN_VARIABLE)
+    if token is None:
+        return None
+    token = token.strip()
+    if not token or "\n" in token or "\r" in token:
+        raise usage.UsageError(f"{TOKEN_VARIABLE} must hold one token on one line")
+    if urlsplit(url).username is not None or environ.get(USER_VARIABLE) is not None:
+        raise usage.UsageError(
+            f"{TOKEN_VARIABLE} is set, and credentials too (in the URL or {USER_VARIABLE}): give one of them"
+        )
+    header = "Bearer " + token
+    return lambda: header
+
+
 def check_server_url(url: str, option: str) -> str:
     """
     :raises usage.UsageError: when *url* is not a usable server URL; the
@@ -350,6 +377,12 @@ def split_database_url(url: str) -> tuple[str, str]:
 def open_database(server_url: str, name: str, environ: Mapping[str, str], reactor: Any = None) -> Database:
     """
     :return: The :class:`~txchanges.Database` *name* on *server_url*, with
-        the credentials of :func:`credentials_from`; nothing is sent yet.
+        the credentials of :func:`credentials_from` or the token of
+        :func:`authorization_from`; nothing is sent yet.
     """
-    return Server(server_url, credentials_from(server_url, environ), reactor=reactor)[name]
+    return Server(
+        server_url,
+        credentials_from(server_url, environ),
+        authorization=authorization_from(server_url, environ),
+        reactor=reactor,
+    )[name]

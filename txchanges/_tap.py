@@ -38,7 +38,14 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 
-from ._options import FollowerOptions, check_db_name, check_server_url, credentials_from, open_database
+from ._options import (
+    FollowerOptions,
+    authorization_from,
+    check_db_name,
+    check_server_url,
+    credentials_from,
+    open_database,
+)
 from ._scheduler import ON_ERROR, check_options
 from .client import Database
 from .service import ChangesService
@@ -78,7 +85,7 @@ class Options(FollowerOptions):
         "Follow a CouchDB database's continuous _changes feed and hand every change to a "
         "Python handler, reconnecting after failures and resuming from a checkpoint. "
         "Credentials come from the URL or from the TXCHANGES_USER and TXCHANGES_PASSWORD "
-        "environment variables; they are never logged. Delivery is at least once: make "
+        "environment variables, or a bearer token from TXCHANGES_TOKEN; they are never logged. Delivery is at least once: make "
         "the handler idempotent. The process exits with status 1 when the follower stops "
         "on an error it cannot retry."
     )
@@ -125,6 +132,7 @@ class Options(FollowerOptions):
         check_server_url(self["url"], "--url")
         check_db_name(self["db"])
         credentials_from(self["url"], self.environ)
+        authorization_from(self["url"], self.environ)
         if self["on-error"] not in ON_ERROR:
             raise usage.UsageError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {self['on-error']!r}")
         buffered = self["max-buffered"] or 2 * self["concurrency"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from base64 import b64encode
 from collections.abc import Iterable, Mapping
-from typing import Any, Optional, cast
+from typing import Any, Callable, Optional, cast
 
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, succeed
@@ -38,6 +38,12 @@ class Server:
     :param url: The server's URL, optionally with ``user:password@`` and a
         path prefix (when CouchDB sits behind a proxy under one).
     :param credentials: ``(username, password)``; overrides any in *url*.
+    :param authorization: Instead of credentials, a function returning the
+        ``Authorization`` header's value, called for every request and
+        every feed connection: ``lambda: "Bearer " + tokens.current`` for
+        CouchDB's JWT authentication or a cloud provider's token, which
+        your code renews before it expires. Never logged; a function that
+        raises fails that request, and a follower retries it with backoff.
     :param http: A treq :class:`~treq.client.HTTPClient` to send requests
         with (tests inject :class:`treq.testing.StubTreq` here). When omitted
         the server builds one with its own persistent connection pool, which
@@ -54,8 +60,9 @@ class Server:
         through treq; ``False`` sends them through treq like every other
         request. It needs the server's own connections: with an injected
         *http* client, feeds go through that client.
-    :raises ValueError: when *url* is not an ``http``/``https`` URL, or
-        *tls_policy* or *fast_feeds* is given with an injected *http*.
+    :raises ValueError: when *url* is not an ``http``/``https`` URL,
+        *tls_policy* or *fast_feeds* is given with an injected *http*, or
+        *authorization* with credentials.
     """
 
     log = Logger()
@@ -69,8 +76,15 @@ class Server:
         reactor: Any = None,
         tls_policy: Optional[IPolicyForHTTPS] = None,
         fast_feeds: Optional[bool] = None,
+        authorization: Optional[Callable[[], str]] = None,
     ) -> None:
         self._url = _urls.parse_server_url(url, credentials)
+        if authorization is not None:
+            if not callable(authorization):
+                raise TypeError(f"authorization must be a function returning the header's value, not {authorization!r}")
+            if self._url.credentials is not None:
+                raise ValueError("give either credentials (in the URL or as an argument) or authorization, not both")
+        self._authorization = authorization
         self._pool: Optional[HTTPConnectionPool] = None
         if http is not None and (tls_policy is not None or fast_feeds):
             raise ValueError(
@@ -110,8 +124,25 @@ class Server:
         return self._http
 
     def __repr__(self) -> str:
+        if self._authorization is not None:
+            return f"<Server {self._url.base} authorization=(a function)>"
         user = self._url.credentials[0] if self._url.credentials else None
         return f"<Server {self._url.base} user={user!r}>"
+
+    def _request_headers(self) -> Headers:
+        # A new header set per request: the authorization function may
+        # give a renewed token every time.
+        headers = Headers(dict(self._headers))
+        if self._authorization is not None:
+            value = self._authorization()
+            if not isinstance(value, str) or not value.strip() or "\r" in value or "\n" in value:
+                raise ValueError("the authorization function must return a one-line, non-empty str")
+            try:
+                raw = value.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError("the authorization function returned characters HTTP headers cannot carry") from None
+            headers.setRawHeaders(b"Authorization", [raw])
+        return headers
 
     def close(self) -> "Deferred[None]":
         """
@@ -163,7 +194,7 @@ class Server:
         url = self._url.base + path
         if query:
             url += "?" + _urls.query_string(query)
-        headers = Headers(dict(self._headers))
+        headers = self._request_headers()
         kwargs: dict[str, Any] = {}
         if json_body is not _NO_BODY:
             headers.setRawHeaders(b"Content-Type", [b"application/json"])
@@ -219,7 +250,7 @@ class Server:
         url = self._url.base + path
         if query:
             url += "?" + _urls.query_string(query)
-        headers = Headers(dict(self._headers))
+        headers = self._request_headers()
         body = None
         if json_body is not _NO_BODY:
             headers.setRawHeaders(b"Content-Type", [b"application/json"])

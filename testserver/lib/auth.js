@@ -2,7 +2,10 @@
 // CouchDB 3's default access rules, for one configured server admin:
 // databases are admin-only, server endpoints other than a few public ones
 // need the admin, and bad credentials are refused on every request.
-// Basic auth and cookie sessions (POST /_session) are both accepted.
+// Basic auth and cookie sessions (POST /_session) are both accepted, and,
+// with a JWT secret, CouchDB 3's JWT authentication: "Authorization: Bearer"
+// with an HS256 token whose "sub" names the user and "_couchdb.roles" lists
+// its roles; "exp", when present, must lie in the future.
 // Without an admin configured the server is in "admin party" mode.
 
 const crypto = require('crypto');
@@ -40,7 +43,43 @@ function safeEqual(a, b) {
   return x.length === y.length && crypto.timingSafeEqual(x, y);
 }
 
-function makeAuth(admin) {
+function base64url(text) {
+  return Buffer.from(text, 'base64url');
+}
+
+// The user a bearer token names, or a CouchError saying why it is refused.
+function checkJwt(token, secret) {
+  const parts = token.split('.');
+  if (parts.length !== 3) {
+    return unauthorized('Invalid token');
+  }
+  let header;
+  let claims;
+  try {
+    header = JSON.parse(base64url(parts[0]).toString('utf8'));
+    claims = JSON.parse(base64url(parts[1]).toString('utf8'));
+  } catch (e) {
+    return unauthorized('Invalid token');
+  }
+  if (!header || header.alg !== 'HS256' || !claims || typeof claims !== 'object') {
+    return unauthorized('Invalid token');
+  }
+  const expected = crypto.createHmac('sha256', secret).update(parts[0] + '.' + parts[1]).digest();
+  const given = base64url(parts[2]);
+  if (given.length !== expected.length || !crypto.timingSafeEqual(given, expected)) {
+    return unauthorized('Signature verification failed');
+  }
+  if (typeof claims.sub !== 'string' || !claims.sub) {
+    return unauthorized('Token is missing the sub claim');
+  }
+  if (claims.exp !== undefined && !(typeof claims.exp === 'number' && claims.exp > Date.now() / 1000)) {
+    return unauthorized('exp not in future');
+  }
+  const roles = Array.isArray(claims['_couchdb.roles']) ? claims['_couchdb.roles'] : [];
+  return {name: claims.sub, roles};
+}
+
+function makeAuth(admin, jwtSecret) {
   const sessions = new Set();
   const adminCtx = () => ({name: admin ? admin.name : null, roles: ['_admin']});
   const isAdmin = (c) => admin && c && safeEqual(c.name, admin.name) &&
@@ -49,6 +88,24 @@ function makeAuth(admin) {
   function middleware(req, res, next) {
     const basic = parseBasic(req.headers.authorization);
     req.authMethod = 'default';
+    const bearer = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization || '');
+    if (bearer && jwtSecret) {
+      const user = checkJwt(bearer[1], jwtSecret);
+      if (user instanceof CouchError) {
+        return sendError(res, user);
+      }
+      req.authMethod = 'jwt';
+      req.userCtx = user;
+      if (!admin || user.roles.includes('_admin')) {
+        return next();
+      }
+      if (PUBLIC.has(req.path)) {
+        return next();
+      }
+      const serverLevel = req.path.startsWith('/_');
+      return sendError(res, serverLevel ? unauthorized('You are not a server admin.')
+        : new CouchError(403, 'forbidden', 'You are not allowed to access this db.'));
+    }
     if (!admin) {
       req.userCtx = adminCtx();
       return next();
@@ -100,7 +157,7 @@ function makeAuth(admin) {
       sendJSON(res, 200, {
         ok: true,
         userCtx: req.userCtx,
-        info: {authentication_handlers: ['cookie', 'default'],
+        info: {authentication_handlers: jwtSecret ? ['jwt', 'cookie', 'default'] : ['cookie', 'default'],
           authenticated: req.userCtx.name || !admin ? req.authMethod : undefined}
       });
     });
