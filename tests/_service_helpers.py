@@ -84,3 +84,10 @@ async def feed_rows(db: Database, since: Any = 0) -> list[dict[str, Any]]:
     """Every row of a normal feed from *since*, in feed order."""
     result = await Consumer(db).fetch(since=since)
     return list(result["results"])
+
+
+def open_feed_count(couch_server: Any) -> int:
+    """How many _changes feeds the test server has open (counted once ``since`` is resolved)."""
+    status, body = couch_server.request("GET", "/_testserver")
+    assert status == 200, body
+    return int(body["open_feeds"]["changes"])

@@ -8,6 +8,8 @@ from twisted.internet import defer, reactor, task
 from txchanges import Consumer, NotFound
 import pytest
 
+from ._service_helpers import open_feed_count, wait_for
+
 FRUIT_FILTER = "function(doc, req) { return doc.type === req.query.type; }"
 TYPE_VIEW = "function(doc) { if (doc.type) { emit(doc.type, null); } }"
 
@@ -63,13 +65,17 @@ async def test_wait_once_with_heartbeat(db):
 
 
 @pytest_twisted.ensureDeferred
-async def test_wait_two_callbacks_get_live_changes_in_order(db):
+async def test_wait_two_callbacks_get_live_changes_in_order(couch_server, db):
     """wait() hands live changes to two registered callbacks, each in write order."""
     c = Consumer(db)
     first, second = [], []
     c.register_callback(lambda row: first.append(row["id"]))
     c.register_callback(lambda row: second.append(row["id"]))
+    before = open_feed_count(couch_server)
     d = c.wait(since="now", heartbeat=500)
+    # Written only once the server has resolved "now": a write that wins the
+    # race with the request lies before "now" and is rightly not delivered.
+    await wait_for(lambda: open_feed_count(couch_server) > before, 5, "the feed to open")
     for i in range(5):
         await db.save_doc({"_id": f"live-{i}"})
         await sleep(0.05)
