@@ -86,8 +86,10 @@ async def feed_rows(db: Database, since: Any = 0) -> list[dict[str, Any]]:
     return list(result["results"])
 
 
-def open_feed_count(couch_server: Any) -> int:
-    """How many _changes feeds the test server has open (counted once ``since`` is resolved)."""
+def started_feeds(couch_server: Any) -> int:
+    """How many _changes feeds the test server has started, each counted once
+    its ``since`` is resolved: when the count grows, a write from then on
+    comes after a ``since=now``."""
     status, body = couch_server.request("GET", "/_testserver")
     assert status == 200, body
-    return int(body["open_feeds"]["changes"])
+    return int(body["started_feeds"]["changes"])

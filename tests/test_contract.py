@@ -24,6 +24,7 @@ from txchanges import Database, NotFound, Server
 from txchanges.testing import FakeCouchDB
 
 from . import fixtures_util
+from ._service_helpers import started_feeds
 from .contract import FRUIT_FILTER_JS, Backend, ContractTests
 from .test_testing import result_of
 
@@ -79,6 +80,11 @@ class FakeBackend(Backend):
         await install_design_filter(db, name, js)
         self.fake.register_filter(name, python)
 
+    def started_feeds(self) -> int:
+        # One feed at a time in a case, none ending by itself: the open ones
+        # are as good a count as the started ones.
+        return int(self.fake.open_feeds)
+
     async def close(self) -> None:
         await super().close()
         assert self.fake.open_feeds == 0, "every feed ended with its test"
@@ -90,6 +96,7 @@ class ServerBackend(Backend):
     def __init__(self, couch: Any, db_name: str) -> None:
         self.clock = reactor
         self._url = couch.url
+        self._couch = couch
         self.server = Server(couch.admin_url)
         self.db_name = db_name
 
@@ -115,6 +122,9 @@ class ServerBackend(Backend):
 
     async def add_filter(self, db: Database, name: str, js: str, python: Callable[..., Any]) -> None:
         await install_design_filter(db, name, js)
+
+    def started_feeds(self) -> int:
+        return started_feeds(self._couch)
 
 
 @pytest.fixture(params=["fake", "server"])

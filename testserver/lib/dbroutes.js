@@ -42,6 +42,7 @@ module.exports = function mountDbRoutes(app, registry, wrap) {
   app.get('/_testserver', (req, res) => {
     sendJSON(res, 200, {
       open_feeds: {changes: stats.changes, db_updates: stats.dbUpdates},
+      started_feeds: {changes: stats.changesStarted},
       databases: registry.entries.size
     });
   });
