@@ -14,14 +14,14 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from txchanges import ChangesService, Consumer, Server, Unauthorized
+from txchanges import ChangesService, Server, Unauthorized
 from txchanges._options import authorization_from, open_database
 
 from ._service_helpers import wait_for, write_docs
 from .couchserver import jwt
 from .fakecouch import Answer, result_of, stub
 from .test_service_unit import ScriptedFeed
-from .test_http11 import HEAD, LINES, ScriptedServer, chunked, listen
+from .test_http11 import LINES, feed_server, ids_through
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl"
 
@@ -75,15 +75,8 @@ def test_a_bad_header_value_fails_the_request_without_sending_it(value):
 @pytest_twisted.ensureDeferred
 async def test_a_feed_through_the_fast_reader_carries_the_token() -> None:
     """The continuous feed's own HTTP/1.1 reader sends the function's header too."""
-    server = ScriptedServer(HEAD + chunked(*LINES, b'{"last_seq":"5-g1AAAA","pending":0}\n'))
-    port, listening = listen(server)
-    couch = Server(f"http://127.0.0.1:{port}/", authorization=lambda: "Bearer " + TOKEN)
-    try:
-        seen: list[str] = []
-        await Consumer(couch["db"]).wait(since=0, cb=lambda r: seen.append(r["id"]))
-    finally:
-        await couch.close()
-        await listening.stopListening()
+    server = feed_server(*LINES, b'{"last_seq":"5-g1AAAA","pending":0}\n')
+    seen, _ = await ids_through(server, authorization=lambda: "Bearer " + TOKEN)
     assert len(seen) == 5
     head = server.requests[0].partition(b"\r\n\r\n")[0]
     assert f"Authorization: Bearer {TOKEN}".encode() in head.split(b"\r\n")

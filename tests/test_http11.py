@@ -651,19 +651,27 @@ async def test_malformed_response_is_connection_failed() -> None:
         await listening.stopListening()
 
 
-@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback")
-@pytest_twisted.ensureDeferred
-async def test_ipv6_address() -> None:
-    """A server at an IPv6 address is reached directly, with a bracketed Host header."""
-    server = feed_server(*LINES, b'{"last_seq":"5-g1AAAA","pending":0}\n')
-    port, listening = listen(server, interface="::1")
-    couch = Server(f"http://[::1]:{port}/")
+async def ids_through(server: ScriptedServer, url: str = "http://127.0.0.1:{port}/", interface: str = "127.0.0.1",
+                      **options: Any) -> tuple[list[str], int]:
+    """Serve *server* on a free port, follow its feed with Consumer.wait through a Server at *url*
+    (``{port}`` filled in) made with *options*; return the ids seen and the port."""
+    port, listening = listen(server, interface=interface)
+    couch = Server(url.format(port=port), **options)
     try:
         seen: list[str] = []
         await Consumer(couch["db"]).wait(since=0, cb=lambda r: seen.append(r["id"]))
     finally:
         await couch.close()
         await listening.stopListening()
+    return seen, port
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback")
+@pytest_twisted.ensureDeferred
+async def test_ipv6_address() -> None:
+    """A server at an IPv6 address is reached directly, with a bracketed Host header."""
+    server = feed_server(*LINES, b'{"last_seq":"5-g1AAAA","pending":0}\n')
+    seen, port = await ids_through(server, "http://[::1]:{port}/", interface="::1")
     assert len(seen) == 5 and server.requests[0].split(b"\r\n")[1] == b"Host: [::1]:%d" % port
 
 

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 
-from txchanges._rows import ChangeRow, LastSeq, iter_lines
+from txchanges._rows import LastSeq, iter_lines
 from txchanges.errors import FeedError, LineTooLong, UncleanEnd
 
 __all__ = ["ChangesProtocol", "Stopped", "DEFAULT_MAX_LINE_LENGTH"]
