@@ -129,6 +129,22 @@ class Server:
         user = self._url.credentials[0] if self._url.credentials else None
         return f"<Server {self._url.base} user={user!r}>"
 
+    def _prepare(
+        self, path: str, query: list[tuple[str, str]], json_body: Any
+    ) -> tuple[str, Headers, Optional[bytes]]:
+        """
+        What every request sends, whichever client sends it: the full URL,
+        the headers, and the encoded JSON body (``None`` without one).
+        """
+        url = self._url.base + path
+        if query:
+            url += "?" + _urls.query_string(query)
+        headers = self._request_headers()
+        if json_body is _NO_BODY:
+            return url, headers, None
+        headers.setRawHeaders(b"Content-Type", [b"application/json"])
+        return url, headers, json.dumps(json_body).encode("utf-8")
+
     def _request_headers(self) -> Headers:
         # A new header set per request: the authorization function may
         # give a renewed token every time.
@@ -191,14 +207,8 @@ class Server:
         json_body: Any,
         unbuffered: bool,
     ) -> IResponse:
-        url = self._url.base + path
-        if query:
-            url += "?" + _urls.query_string(query)
-        headers = self._request_headers()
-        kwargs: dict[str, Any] = {}
-        if json_body is not _NO_BODY:
-            headers.setRawHeaders(b"Content-Type", [b"application/json"])
-            kwargs["data"] = json.dumps(json_body).encode("utf-8")
+        url, headers, body = self._prepare(path, query, json_body)
+        kwargs: dict[str, Any] = {} if body is None else {"data": body}
         try:
             response = await self._http.request(
                 method,
@@ -247,14 +257,7 @@ class Server:
     async def _open_feed(
         self, method: str, path: str, query: list[tuple[str, str]], json_body: Any
     ) -> IResponse:
-        url = self._url.base + path
-        if query:
-            url += "?" + _urls.query_string(query)
-        headers = self._request_headers()
-        body = None
-        if json_body is not _NO_BODY:
-            headers.setRawHeaders(b"Content-Type", [b"application/json"])
-            body = json.dumps(json_body).encode("utf-8")
+        url, headers, body = self._prepare(path, query, json_body)
         try:
             response = await _http11.send(self._reactor, self._tls_policy, method, url, headers, body)
             if response.code < 400:
