@@ -46,8 +46,10 @@ def buffer_bounds(
     buffered = 2 * concurrency if max_buffered is None else max_buffered
     check_options(concurrency, buffered, on_error)
     ahead = default_max_ahead(buffered) if max_ahead is None else max_ahead
-    if not isinstance(ahead, int) or ahead < buffered:
-        raise ValueError(f"max_ahead ({ahead!r}) must be an int of at least max_buffered ({buffered})")
+    if not isinstance(ahead, int):
+        raise ValueError(f"max_ahead must be an int, not {ahead!r}")
+    if ahead < buffered:
+        raise ValueError(f"max_ahead ({ahead}) must be at least max_buffered ({buffered})")
     return buffered, ahead
 
 

@@ -46,7 +46,7 @@ from ._options import (
     credentials_from,
     open_database,
 )
-from ._scheduler import ON_ERROR, check_options
+from ._scheduler import ON_ERROR, buffer_bounds
 from .client import Database
 from .service import ChangesService
 
@@ -135,13 +135,11 @@ class Options(FollowerOptions):
         authorization_from(self["url"], self.environ)
         if self["on-error"] not in ON_ERROR:
             raise usage.UsageError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {self['on-error']!r}")
-        buffered = self["max-buffered"] or 2 * self["concurrency"]
         try:
-            check_options(self["concurrency"], buffered, self["on-error"])
+            buffer_bounds(self["concurrency"], self["max-buffered"], self["max-ahead"], self["on-error"])
         except ValueError as e:
-            raise usage.UsageError(str(e).replace("max_buffered", "--max-buffered")) from None
-        if self["max-ahead"] is not None and self["max-ahead"] < buffered:
-            raise usage.UsageError(f"--max-ahead ({self['max-ahead']}) must be at least --max-buffered ({buffered})")
+            message = str(e).replace("max_buffered", "--max-buffered").replace("max_ahead", "--max-ahead")
+            raise usage.UsageError(message) from None
         self._check_handler()
 
     def _check_handler(self) -> None:
