@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import defer, reactor, task
 
 from txchanges import Consumer, Database
+
+T = TypeVar("T")
 
 
 def sleep(seconds: float) -> "defer.Deferred[None]":
@@ -93,3 +95,13 @@ def started_feeds(couch_server: Any) -> int:
     status, body = couch_server.request("GET", "/_testserver")
     assert status == 200, body
     return int(body["started_feeds"]["changes"])
+
+
+async def start_feed(couch_server: Any, open_feed: Callable[[], T]) -> T:
+    """Call *open_feed* (a Consumer call that opens a ``since=now`` feed) and
+    return what it returns once the test server has started that feed: a
+    write from then on comes after its "now"."""
+    before = started_feeds(couch_server)
+    result = open_feed()
+    await wait_for(lambda: started_feeds(couch_server) > before, 5, "the feed to start")
+    return result

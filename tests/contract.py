@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import pytest_twisted
@@ -32,6 +32,8 @@ from txchanges import (
 )
 
 REV = re.compile(r"^\d+-[0-9a-f]{32}$")
+T = TypeVar("T")
+
 FRUIT_FILTER_JS = "function(doc, req) { return doc.type === req.query.type; }"
 
 
@@ -81,10 +83,14 @@ class Backend(ABC):
         """How many _changes feeds the backend has started, each counted once
         its ``since`` is resolved."""
 
-    async def feed_started(self, before: int) -> None:
-        """Let time pass until a feed beyond the *before* started ones has
-        started: a write from then on comes after its ``since=now``."""
+    async def start_feed(self, open_feed: Callable[[], T]) -> T:
+        """Call *open_feed* (a Consumer call that opens a ``since=now`` feed)
+        and return what it returns once the backend has started that feed: a
+        write from then on comes after its "now"."""
+        before = self.started_feeds()
+        result = open_feed()
         await self.until(lambda: self.started_feeds() > before)
+        return result
 
     async def close(self) -> None:
         await self.server.close()
@@ -254,9 +260,7 @@ class ContractTests:
         c = backend.consumer(db)
         fruit = await c.fetch(since=0, filter_name="app/by_type", type="fruit")
         assert sorted(ids(fruit["results"])) == ["apple", "banana"]
-        before = backend.started_feeds()
-        d = c.wait_once(since="now", filter_name="app/by_type", type="vegetable", timeout=5000)
-        await backend.feed_started(before)
+        d = await backend.start_feed(lambda: c.wait_once(since="now", filter_name="app/by_type", type="vegetable", timeout=5000))
         await db.save_doc({"_id": "kiwi", "type": "fruit"})
         await backend.pause(0.1)
         assert not d.called, "a rejected change does not end the longpoll"
@@ -269,9 +273,7 @@ class ContractTests:
         db = await backend.create_db()
         await fill(db)
         c = backend.consumer(db)
-        before = backend.started_feeds()
-        d = c.wait_once(since="now", timeout=10000)
-        await backend.feed_started(before)
+        d = await backend.start_feed(lambda: c.wait_once(since="now", timeout=10000))
         await backend.pause(0.2)
         assert not d.called
         await db.save_doc({"_id": "late"})
@@ -328,9 +330,7 @@ class ContractTests:
         db = await backend.create_db()
         c = backend.consumer(db)
         seen: list[dict[str, Any]] = []
-        before = backend.started_feeds()
-        d = c.wait(since="now", heartbeat=200, cb=seen.append)
-        await backend.feed_started(before)
+        d = await backend.start_feed(lambda: c.wait(since="now", heartbeat=200, cb=seen.append))
         for i in range(3):
             await db.save_doc({"_id": f"live-{i}"})
         await db.save_docs([{"_id": "bulk-a"}, {"_id": "bulk-b"}])

@@ -8,7 +8,7 @@ from twisted.internet import defer, reactor, task
 from txchanges import Consumer, NotFound
 import pytest
 
-from ._service_helpers import started_feeds, wait_for
+from ._service_helpers import start_feed
 
 FRUIT_FILTER = "function(doc, req) { return doc.type === req.query.type; }"
 TYPE_VIEW = "function(doc) { if (doc.type) { emit(doc.type, null); } }"
@@ -37,9 +37,7 @@ async def fill(db):
 async def test_wait_once_fires_after_a_save_and_not_before(couch_server, db):
     """wait_once(since='now') is still waiting before a save and fires with that change after it."""
     c = Consumer(db)
-    before = started_feeds(couch_server)
-    d = c.wait_once(since="now", timeout=10000)
-    await wait_for(lambda: started_feeds(couch_server) > before, 5, "the feed to start")
+    d = await start_feed(couch_server, lambda: c.wait_once(since="now", timeout=10000))
     await sleep(0.5)
     assert not d.called
     await db.save_doc({"_id": "late"})
@@ -59,9 +57,7 @@ async def test_wait_once_times_out_empty(db):
 async def test_wait_once_with_heartbeat(couch_server, db):
     """wait_once with a heartbeat still parses the body CouchDB pads with newlines."""
     c = Consumer(db)
-    before = started_feeds(couch_server)
-    d = c.wait_once(since="now", heartbeat=200)
-    await wait_for(lambda: started_feeds(couch_server) > before, 5, "the feed to start")
+    d = await start_feed(couch_server, lambda: c.wait_once(since="now", heartbeat=200))
     await sleep(0.7)
     await db.save_doc({"_id": "after-heartbeats"})
     result = await d
@@ -75,11 +71,9 @@ async def test_wait_two_callbacks_get_live_changes_in_order(couch_server, db):
     first, second = [], []
     c.register_callback(lambda row: first.append(row["id"]))
     c.register_callback(lambda row: second.append(row["id"]))
-    before = started_feeds(couch_server)
-    d = c.wait(since="now", heartbeat=500)
     # Written only once the server has resolved "now": a write that wins the
     # race with the request lies before "now" and is rightly not delivered.
-    await wait_for(lambda: started_feeds(couch_server) > before, 5, "the feed to start")
+    d = await start_feed(couch_server, lambda: c.wait(since="now", heartbeat=500))
     for i in range(5):
         await db.save_doc({"_id": f"live-{i}"})
         await sleep(0.05)
@@ -196,9 +190,7 @@ async def test_filtered_live_feed_skips_other_changes(couch_server, db):
     await fill(db)
     c = Consumer(db)
     seen = []
-    before = started_feeds(couch_server)
-    d = c.wait(since="now", heartbeat=300, filter_name="app/by_type", type="fruit", cb=lambda r: seen.append(r["id"]))
-    await wait_for(lambda: started_feeds(couch_server) > before, 5, "the feed to start")
+    d = await start_feed(couch_server, lambda: c.wait(since="now", heartbeat=300, filter_name="app/by_type", type="fruit", cb=lambda r: seen.append(r["id"])))
     await db.save_doc({"_id": "leek", "type": "vegetable"})
     await db.save_doc({"_id": "cherry", "type": "fruit"})
     deadline = time.monotonic() + 5
