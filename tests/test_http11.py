@@ -333,6 +333,15 @@ class FailureBox:
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
+async def server_sees_the_close(server: ScriptedServer) -> None:
+    """Wait (at most a second) until *server*'s first connection is lost; fail if it never is."""
+    for _ in range(100):
+        if server.connections[0].lost is not None:
+            return
+        await task.deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("the client never closed the connection")
+
+
 def endpoint_for(port: int) -> Any:
     from twisted.internet.endpoints import TCP4ClientEndpoint
 
@@ -445,11 +454,7 @@ async def test_cancel_while_waiting_for_the_head() -> None:
         d.cancel()
         with pytest.raises(defer.CancelledError):
             await d
-        for _ in range(100):
-            if server.connections[0].lost is not None:
-                break
-            await task.deferLater(reactor, 0.01, lambda: None)
-        assert server.connections[0].lost is not None
+        await server_sees_the_close(server)
     finally:
         await listening.stopListening()
 
@@ -491,11 +496,7 @@ async def test_pause_resume_and_stop_through_the_transport() -> None:
         body.transport.stopProducing()
         reason = await body.ended
         assert reason.check(ResponseFailed)
-        for _ in range(100):
-            if server.connections[0].lost is not None:
-                break
-            await task.deferLater(reactor, 0.01, lambda: None)
-        assert server.connections[0].lost is not None
+        await server_sees_the_close(server)
     finally:
         await listening.stopListening()
 
