@@ -211,14 +211,18 @@ class Scheduler:
         """
         ticket = self._progress.begin(row["seq"])
         key = self._key(row)
-        job = self._running[key] = _Job(row, ticket, key, attempts=1)
+        self._watch(self._job(row, ticket, key, None), outcome)
+        self._check_buffer()
+
+    def _watch(self, job: _Job, outcome: Any) -> None:
+        # A handler call that raised (outcome is its Failure), or that goes
+        # on (a Deferred, or a coroutine to run as one).
         if isinstance(outcome, Failure):
             self._failed(outcome, job)
-        else:
-            if type(outcome) is CoroutineType:
-                outcome = Deferred.fromCoroutine(outcome)
-            outcome.addCallbacks(self._succeeded, self._failed, callbackArgs=(job,), errbackArgs=(job,))
-        self._check_buffer()
+            return
+        if type(outcome) is CoroutineType:
+            outcome = Deferred.fromCoroutine(outcome)
+        outcome.addCallbacks(self._succeeded, self._failed, callbackArgs=(job,), errbackArgs=(job,))
 
     @staticmethod
     def _key(row: dict[str, Any]) -> Any:
@@ -296,17 +300,11 @@ class Scheduler:
         try:
             result = self._handler(row)
         except Exception:
-            self._failed(Failure(), self._job(row, ticket, key, job))
+            self._watch(self._job(row, ticket, key, job), Failure())
             return
-        if result is not None:
-            if type(result) is CoroutineType:
-                result = Deferred.fromCoroutine(result)
-            if isinstance(result, Deferred):
-                job = self._job(row, ticket, key, job)
-                result.addCallbacks(
-                    self._succeeded, self._failed, callbackArgs=(job,), errbackArgs=(job,)
-                )
-                return
+        if result is not None and (type(result) is CoroutineType or isinstance(result, Deferred)):
+            self._watch(self._job(row, ticket, key, job), result)
+            return
         self.handled += 1
         self._complete(row, ticket, key)
 
