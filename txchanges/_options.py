@@ -256,15 +256,11 @@ class FollowerOptions(FeedOptions):
 
     def checkpoint_store(self, db: Database) -> CheckpointStore:
         """
-        :return: The store ``--checkpoint`` names, bound to *db* and to the
-            filter, so that a checkpoint written for another database or
-            filter is refused rather than trusted.
+        :return: The store ``--checkpoint`` names, bound to *db*, the filter
+            and the shard, so that a checkpoint written for another database,
+            filter or shard is refused rather than trusted.
         """
-        identity = checkpoint_identity(db, self["feed_params"])
-        if self["shard"] is not None:
-            # Shards pass over each other's changes: one shard's resume
-            # point is no resume point for another.
-            identity += f" shard {self['shard']}"
+        identity = checkpoint_identity(db, self["feed_params"], self["shard"])
         return parse_checkpoint_spec(self["checkpoint"], db, identity=identity)
 
 
@@ -275,11 +271,13 @@ def have_prometheus_client() -> bool:
     return importlib.util.find_spec("prometheus_client") is not None
 
 
-def checkpoint_identity(db: Database, feed_params: Mapping[str, Any]) -> str:
+def checkpoint_identity(db: Database, feed_params: Mapping[str, Any], shard: Optional[Shard] = None) -> str:
     """
     What a checkpoint belongs to: the database's URL and whatever chooses
     which changes are delivered (filter, view, ids, selector, filter
-    parameters), but not how they are presented (``include_docs``...).
+    parameters, and the shard: shards pass over each other's changes, so one
+    shard's resume point is none for another), but not how they are
+    presented (``include_docs``...).
     """
     chosen = {k: v for k, v in feed_params.items() if k not in _PRESENTATION}
     request = feed_request("normal", None, chosen)
@@ -289,6 +287,8 @@ def checkpoint_identity(db: Database, feed_params: Mapping[str, Any]) -> str:
         identity += "?" + query_string(sorted(query))
     if request.body is not None:
         identity += " " + json.dumps(request.body, sort_keys=True, separators=(",", ":"))
+    if shard is not None:
+        identity += f" shard {shard}"
     return identity
 
 
