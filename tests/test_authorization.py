@@ -14,7 +14,7 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from txchanges import ChangesService, Server, Unauthorized
+from txchanges import ChangesService, Consumer, Forbidden, Server, Unauthorized
 from txchanges._options import authorization_from, open_database
 
 from ._service_helpers import wait_for, write_docs
@@ -210,3 +210,17 @@ def test_the_command_takes_the_token_from_txchanges_token(couch_server, db_name)
         capture_output=True, text=True, timeout=30, env=dict(env, TXCHANGES_TOKEN="not.a.token"),
     )
     assert refused.returncode == 1 and refused.stderr.startswith("txchanges: HTTP 401")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_without_the_admin_role_is_forbidden_the_database(couch_server, db_name):
+    """A valid token for a user who is not the admin gets CouchDB 3's 403 on an admin-only database."""
+    couch_server.create_db(db_name)
+    token = jwt(couch_server.jwt_secret, "reader", [])
+    server = Server(couch_server.url, authorization=lambda: "Bearer " + token)
+    try:
+        with pytest.raises(Forbidden) as caught:
+            await Consumer(server[db_name]).fetch(since=0)
+        assert caught.value.reason == "You are not allowed to access this db."
+    finally:
+        await server.close()

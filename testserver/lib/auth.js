@@ -99,12 +99,7 @@ function makeAuth(admin, jwtSecret) {
       if (!admin || user.roles.includes('_admin')) {
         return next();
       }
-      if (PUBLIC.has(req.path)) {
-        return next();
-      }
-      const serverLevel = req.path.startsWith('/_');
-      return sendError(res, serverLevel ? unauthorized('You are not a server admin.')
-        : new CouchError(403, 'forbidden', 'You are not allowed to access this db.'));
+      return nonAdmin(req, res, next);
     }
     if (!admin) {
       req.userCtx = adminCtx();
@@ -124,6 +119,13 @@ function makeAuth(admin, jwtSecret) {
       return next();
     }
     req.userCtx = {name: null, roles: []};
+    return nonAdmin(req, res, next);
+  }
+
+  // CouchDB 3's rules for anyone but the admin: public endpoints are open,
+  // server endpoints and creating or deleting a database are the admin's,
+  // and databases are admin-only (401 anonymous, 403 for a named user).
+  function nonAdmin(req, res, next) {
     const path = req.path;
     if (PUBLIC.has(path)) {
       return next();
@@ -133,6 +135,9 @@ function makeAuth(admin, jwtSecret) {
     const dbItself = segments.length === 1 && (req.method === 'PUT' || req.method === 'DELETE');
     if (serverLevel || dbItself) {
       return sendError(res, unauthorized('You are not a server admin.'));
+    }
+    if (req.userCtx.name !== null) {
+      return sendError(res, new CouchError(403, 'forbidden', 'You are not allowed to access this db.'));
     }
     return sendError(res, unauthorized('You are not authorized to access this db.'));
   }
