@@ -12,7 +12,6 @@ import pytest
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
-from twisted.python.failure import Failure
 
 from txchanges import Conflict, NotFound, Server
 from txchanges.checkpoint import (
@@ -25,6 +24,8 @@ from txchanges.checkpoint import (
 )
 from txchanges.errors import TxChangesError
 
+from .test_testing import result_of
+
 # Opaque sequences of every shape a server sends, with the characters a
 # CouchDB 3 sequence carries; 0 checks that a falsy seq is still a seq.
 SEQS = [
@@ -34,16 +35,6 @@ SEQS = [
     [12, "g1AAAA-abc"],
     "3-ünïcødé-シーケンス",
 ]
-
-
-def result_of(d: Deferred[Any]) -> Any:
-    """The result of a Deferred that has fired; raise its failure's exception."""
-    box: list[Any] = []
-    d.addBoth(box.append)
-    assert box, "the Deferred has not fired"
-    if isinstance(box[0], Failure):
-        box[0].raiseException()
-    return box[0]
 
 
 def failure_of(d: Deferred[Any], cls: type[BaseException]) -> Any:
