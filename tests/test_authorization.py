@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 
 from txchanges import ChangesService, Consumer, Forbidden, Server, Unauthorized
-from txchanges._options import authorization_from, open_database
+from txchanges.cli._options import authorization_from, open_database
 
 from ._service_helpers import wait_for, write_docs
 from .couchserver import jwt

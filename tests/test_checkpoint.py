@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 
 from txchanges import Conflict, NotFound, Server
-from txchanges.checkpoint import (
+from txchanges.service.checkpoint import (
     CheckpointError,
     CheckpointStore,
     FileCheckpoint,

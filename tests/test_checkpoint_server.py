@@ -5,7 +5,7 @@ import pytest_twisted
 from twisted.internet.defer import gatherResults
 
 from txchanges import Consumer, NotFound
-from txchanges.checkpoint import CheckpointError, LocalDocCheckpoint
+from txchanges.service.checkpoint import CheckpointError, LocalDocCheckpoint
 
 SEQ = "10-g1AAAACbeJzLYWBgYMpgTmHgz8tPSTV0MDQy1zMAQsMcoARTIkOS_P___7MSGQgqy2MB/+x=-"
 

@@ -18,8 +18,8 @@ import pytest_twisted
 from twisted.internet.task import Clock
 
 from txchanges import ConnectionFailed, MemoryCheckpoint, Server, ServiceStats
-from txchanges._cli import LongpollFollower, _ProgressLine
-from txchanges.__main__ import run
+from txchanges.cli._command import LongpollFollower, _ProgressLine
+from txchanges.cli._main import run
 
 from ._service_helpers import wait_for
 

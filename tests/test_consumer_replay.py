@@ -21,7 +21,7 @@ from txchanges import (
     ServerError,
     Unauthorized,
 )
-from txchanges._rows import LastSeq, parse_line
+from txchanges.feed._rows import LastSeq, parse_line
 
 from .fixtures_util import load, names
 from .replay import AllAtOnce, AtRecordedTimes, InSplits

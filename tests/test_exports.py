@@ -4,7 +4,7 @@ import importlib
 
 import txchanges
 
-PUBLIC_MODULES = ["client", "consumer", "errors", "checkpoint", "service", "testing", "metrics"]
+PUBLIC_MODULES = ["http.client", "feed.consumer", "errors", "service.checkpoint", "service", "testing", "metrics", "cli"]
 
 
 def test_all_names_exist():

@@ -14,7 +14,7 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
 
 from txchanges import Consumer, ConnectionFailed, Server, Stalled, UncleanEnd
-from txchanges import _watchdog
+from txchanges.feed import _watchdog
 
 from .faultproxy import FaultProxy
 

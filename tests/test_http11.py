@@ -29,11 +29,11 @@ from zope.interface import implementer
 from twisted.web.iweb import IPolicyForHTTPS
 
 from txchanges import ConnectionFailed, Consumer, NotFound, ServerError, Server, Stalled, Unauthorized
-from txchanges._wire import BadResponse, ChunkedDecoder, LengthDecoder, UntilClose, body_framing, host_header, render_request
-from txchanges._feed import FeedRun, Stopped
-from txchanges._http11 import FeedResponse, open_response
-from txchanges._params import feed_request
-from txchanges._protocol import ChangesProtocol
+from txchanges.http._wire import BadResponse, ChunkedDecoder, LengthDecoder, UntilClose, body_framing, host_header, render_request
+from txchanges.feed._feed import FeedRun, Stopped
+from txchanges.http._http11 import FeedResponse, open_response
+from txchanges.feed._params import feed_request
+from txchanges.feed._protocol import ChangesProtocol
 
 from .fakecouch import Answer, stub
 

@@ -13,8 +13,8 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 
 from txchanges import ChangesService, MemoryCheckpoint, ServiceStats
-from txchanges import _options
-from txchanges._tap import Options
+from txchanges.cli import _options
+from txchanges.cli._tap import Options
 from txchanges.metrics import STATES, MetricsServer, render_metrics
 
 from ._service_helpers import wait_for
@@ -129,7 +129,7 @@ async def test_endpoint_answers_get_metrics_in_the_prometheus_text_format():
 
 def test_plugin_adds_the_metrics_server_when_asked():
     """--metrics-port gives the plugin's MultiService a 'metrics' service on that interface and port, started first."""
-    from txchanges._tap import makeService
+    from txchanges.cli._tap import makeService
 
     options = Options(environ={})
     options.parseOptions(["--url", "http://127.0.0.1:5984/", "--db", "orders", "--handler",

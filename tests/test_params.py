@@ -2,7 +2,7 @@
 
 import pytest
 
-from txchanges._params import encode_value, feed_request
+from txchanges.feed._params import encode_value, feed_request
 
 
 @pytest.mark.parametrize(

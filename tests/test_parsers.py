@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from txchanges import _rows
-from txchanges._rows import Change, DbUpdate, LastSeq, iter_lines, iter_rows, parse_line
+from txchanges.feed import _rows
+from txchanges.feed._rows import Change, DbUpdate, LastSeq, iter_lines, iter_rows, parse_line
 from txchanges.errors import ErrorRow, MalformedRow
 
 from .fixtures_util import load, names
@@ -131,7 +131,7 @@ def test_without_orjson_the_standard_library_parses() -> None:
     """In a process where orjson cannot be imported, PARSER is json and a feed still parses."""
     code = (
         "import sys; sys.modules['orjson'] = None\n"
-        "from txchanges import _rows\n"
+        "from txchanges.feed import _rows\n"
         "rows = list(_rows.iter_rows(b'{\"seq\":\"1-a\",\"id\":\"x\",\"changes\":[]}\\n\\n'))\n"
         "print(_rows.PARSER, rows[0].id, rows[1])\n"
     )

@@ -10,7 +10,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.task import Clock
 
 from txchanges import ChangesService, ConnectionFailed
-from txchanges._pending import PendingProbe
+from txchanges.service._pending import PendingProbe
 
 from ._service_helpers import wait_for, write_docs
 

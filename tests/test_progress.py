@@ -6,8 +6,8 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from txchanges._progress import DedupWindow, Progress
-from txchanges._scheduler import Scheduler
+from txchanges.service._progress import DedupWindow, Progress
+from txchanges.service._scheduler import Scheduler
 
 
 def test_watermark_waits_for_the_oldest_unfinished_row():

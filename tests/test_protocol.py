@@ -1,5 +1,5 @@
 """
-Tests for :class:`txchanges._protocol.ChangesProtocol`, fed body bytes directly.
+Tests for :class:`txchanges.feed._protocol.ChangesProtocol`, fed body bytes directly.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 
-from txchanges._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol, Stopped
-from txchanges._rows import ChangeRow, DbUpdate, LastSeq
+from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol, Stopped
+from txchanges.feed._rows import ChangeRow, DbUpdate, LastSeq
 from txchanges.errors import ErrorRow, LineTooLong, MalformedRow, UncleanEnd
 
 from .fixtures_util import CONTINUOUS, Recording, load

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
-from txchanges._protocol import Stopped
-from txchanges._rows import ChangeRow, LastSeq
+from txchanges.feed._protocol import Stopped
+from txchanges.feed._rows import ChangeRow, LastSeq
 
 from .fixtures_util import CONTINUOUS, load
 from .test_protocol import END, check_replay, row, split_at, start

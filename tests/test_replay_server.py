@@ -20,8 +20,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from txchanges._protocol import ChangesProtocol, Stopped
-from txchanges._rows import ChangeRow, LastSeq
+from txchanges.feed._protocol import ChangesProtocol, Stopped
+from txchanges.feed._rows import ChangeRow, LastSeq
 from txchanges.errors import UncleanEnd
 
 from .fixtures_util import CONTINUOUS, Recording, load, names

@@ -1,5 +1,5 @@
 """
-Tests for the pure line parser, :mod:`txchanges._rows`.
+Tests for the pure line parser, :mod:`txchanges.feed._rows`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from .fixtures_util import load
-from txchanges._rows import Change, DbUpdate, LastSeq, iter_rows, parse_line
+from txchanges.feed._rows import Change, DbUpdate, LastSeq, iter_rows, parse_line
 from txchanges.errors import ErrorRow, MalformedRow, snippet
 
 

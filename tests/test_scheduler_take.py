@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from txchanges._progress import Progress
-from txchanges._scheduler import Scheduler
+from txchanges.service._progress import Progress
+from txchanges.service._scheduler import Scheduler
 
 
 class Run:

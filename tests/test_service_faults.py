@@ -23,9 +23,9 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from txchanges import ChangesService, ConnectionFailed, MemoryCheckpoint, NotFound, Shard
-from txchanges import _watchdog
-from txchanges._progress import Progress
-from txchanges._scheduler import Scheduler
+from txchanges.feed import _watchdog
+from txchanges.service._progress import Progress
+from txchanges.service._scheduler import Scheduler
 
 from ._fault_helpers import FailureLog, Tracker, Writer, fast_retry, latest_revs, report, sleep, wait_for
 

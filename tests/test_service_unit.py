@@ -13,8 +13,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from txchanges import BadRequest, Forbidden, NotFound, Server, ServerError, Unauthorized
-from txchanges._watchdog import GRACE
-from txchanges.checkpoint import CheckpointError, FileCheckpoint, MemoryCheckpoint
+from txchanges.feed._watchdog import GRACE
+from txchanges.service.checkpoint import CheckpointError, FileCheckpoint, MemoryCheckpoint
 from txchanges.service import ChangesService
 
 

@@ -20,8 +20,8 @@ from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 
 from txchanges import Consumer, LineTooLong, MalformedRow, NotFound, Server, UncleanEnd
-from txchanges._normal import RowsProtocol
-from txchanges._protocol import Stopped
+from txchanges.feed._normal import RowsProtocol
+from txchanges.feed._protocol import Stopped
 
 from .fakecouch import Answer, stub
 from .fixtures_util import load, names

@@ -19,8 +19,8 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 
 from txchanges import ChangesService, FileCheckpoint, LocalDocCheckpoint, NotFound, Shard
-from txchanges import _tap
-from txchanges._tap import ExitOnFailure, Options, makeService
+from txchanges.cli import _tap
+from txchanges.cli._tap import ExitOnFailure, Options, makeService
 
 from . import handlers_for_tests
 

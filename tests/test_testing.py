@@ -32,7 +32,7 @@ from txchanges import (
     Unauthorized,
     UncleanEnd,
 )
-from txchanges.checkpoint import MemoryCheckpoint
+from txchanges.service.checkpoint import MemoryCheckpoint
 from txchanges.testing import FakeCouchDB, selector_matches
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "testing_a_handler.py"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from txchanges._urls import (
+from txchanges.http._urls import (
     parse_server_url,
     query_string,
     quote_db_name,

@@ -5,17 +5,17 @@ The public names are re-exported here; modules with a leading underscore are
 private.
 """
 
-from ._aiter import ChangeStream
-from .checkpoint import (
+from txchanges.feed._aiter import ChangeStream
+from txchanges.service.checkpoint import (
     CheckpointError,
     CheckpointStore,
     FileCheckpoint,
     LocalDocCheckpoint,
     MemoryCheckpoint,
 )
-from .client import Database, Server
-from .consumer import Consumer
-from .errors import (
+from txchanges.http.client import Database, Server
+from txchanges.feed.consumer import Consumer
+from txchanges.errors import (
     BadRequest,
     Conflict,
     ConnectionFailed,
@@ -34,8 +34,8 @@ from .errors import (
     UncleanEnd,
     UnexpectedResponse,
 )
-from .service import ChangesService, ServiceStats
-from .shard import Shard
+from txchanges.service._service import ChangesService, ServiceStats
+from txchanges.service.shard import Shard
 
 __version__ = "0.1.0.dev0"
 

@@ -56,8 +56,8 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-from ._watchdog import Clock
-from ._stats import ServiceStats
+from txchanges.feed._watchdog import Clock
+from txchanges.service._stats import ServiceStats
 
 __all__ = ["STATES", "ServiceCollector", "render_metrics", "metrics_registry", "MetricsResource", "MetricsServer"]
 

@@ -10,7 +10,7 @@ from twisted.application.service import ServiceMaker
 
 txchanges = ServiceMaker(
     "txchanges",
-    "txchanges._tap",
+    "txchanges.cli._tap",
     "Follow a CouchDB database's _changes feed and hand each change to a Python handler.",
     "txchanges",
 )

@@ -7,9 +7,9 @@ from __future__ import annotations
 import email.utils
 from typing import Callable, Optional
 
-from ._watchdog import Clock
-from .checkpoint import CheckpointError
-from .errors import CouchError, LineTooLong
+from txchanges.feed._watchdog import Clock
+from txchanges.service.checkpoint import CheckpointError
+from txchanges.errors import CouchError, LineTooLong
 
 __all__ = ["is_terminal", "retry_after", "Backoff"]
 

@@ -14,8 +14,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._progress import Progress
-from ._watchdog import Clock
+from txchanges.service._progress import Progress
+from txchanges.feed._watchdog import Clock
 
 __all__ = ["Scheduler", "ON_ERROR", "buffer_bounds", "check_options"]
 
@@ -85,7 +85,7 @@ class Scheduler:
         :attr:`pause` is called; :attr:`resume` is called when half of them
         are done, so that a fast feed is not paused and resumed per row.
     :param max_ahead: The most rows past the resume point (see
-        :attr:`Progress.tracked <txchanges._progress.Progress.tracked>`)
+        :attr:`Progress.tracked <txchanges.service._progress.Progress.tracked>`)
         before :attr:`pause` is called: one handler call that hangs must not
         let the feed flow on past it without bound.
     :param on_error: ``"stop"``: report the failure through

@@ -12,8 +12,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._watchdog import Clock
-from .checkpoint import CheckpointStore
+from txchanges.feed._watchdog import Clock
+from txchanges.service.checkpoint import CheckpointStore
 
 __all__ = ["CheckpointSaver"]
 

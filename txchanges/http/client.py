@@ -22,10 +22,10 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
 
-from . import _http11, _urls
-from ._httperrors import CONNECTION_ERRORS, couch_error, describe
-from ._params import encode_params
-from .errors import ConnectionFailed, CouchError, UnexpectedResponse
+from txchanges.http import _http11, _urls
+from txchanges.http._httperrors import CONNECTION_ERRORS, couch_error, describe
+from txchanges.feed._params import encode_params
+from txchanges.errors import ConnectionFailed, CouchError, UnexpectedResponse
 
 __all__ = ["Server", "Database"]
 
@@ -188,7 +188,7 @@ class Server:
 
         :param method: The HTTP method.
         :param path: The already-encoded path below the server's URL.
-        :param query: Query pairs (see :func:`txchanges._params.encode_params`).
+        :param query: Query pairs (see :func:`txchanges.feed._params.encode_params`).
         :param json_body: A value sent as a JSON body, if given.
         :param unbuffered: ``True`` to read the body as it arrives (feeds).
         :return: A Deferred that fires with the response when its status is

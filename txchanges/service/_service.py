@@ -14,20 +14,20 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._feed import FeedRun, Stopped
-from ._params import feed_request
-from ._pending import PendingProbe
-from ._progress import DedupWindow, Progress
-from ._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
-from ._rows import LastSeq
-from ._retry import Backoff, is_terminal
-from ._saver import CheckpointSaver
-from ._scheduler import Scheduler, buffer_bounds
-from ._stats import ServiceStats
-from ._watchdog import Clock, idle_limit
-from .checkpoint import CheckpointStore, MemoryCheckpoint
-from .client import Database
-from .shard import Shard
+from txchanges.feed._feed import FeedRun, Stopped
+from txchanges.feed._params import feed_request
+from txchanges.service._pending import PendingProbe
+from txchanges.service._progress import DedupWindow, Progress
+from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
+from txchanges.feed._rows import LastSeq
+from txchanges.service._retry import Backoff, is_terminal
+from txchanges.service._saver import CheckpointSaver
+from txchanges.service._scheduler import Scheduler, buffer_bounds
+from txchanges.service._stats import ServiceStats
+from txchanges.feed._watchdog import Clock, idle_limit
+from txchanges.service.checkpoint import CheckpointStore, MemoryCheckpoint
+from txchanges.http.client import Database
+from txchanges.service.shard import Shard
 
 __all__ = ["ChangesService", "ServiceStats"]
 

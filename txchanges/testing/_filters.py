@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ._fakecouch_store import ErrorResponse, FakeDatabase
+from txchanges.testing._store import ErrorResponse, FakeDatabase
 
 __all__ = ["ChangeFilter", "FilterFunction", "ViewFunction", "Functions", "build_filter", "selector_matches"]
 

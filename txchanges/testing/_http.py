@@ -19,11 +19,11 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ._fakecouch_client import Pump
-from ._fakecouch_feeds import Feed, parse_params
-from ._fakecouch_filters import Functions, build_filter
-from ._fakecouch_store import ErrorResponse, FakeDatabase, check_db_name, dumps
-from ._watchdog import Clock
+from txchanges.testing._client import Pump
+from txchanges.testing._feeds import Feed, parse_params
+from txchanges.testing._filters import Functions, build_filter
+from txchanges.testing._store import ErrorResponse, FakeDatabase, check_db_name, dumps
+from txchanges.feed._watchdog import Clock
 
 __all__ = ["CouchResource", "InjectedFailure", "RecordedRequest", "ServerState"]
 

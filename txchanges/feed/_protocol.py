@@ -2,7 +2,7 @@
 The protocol that reads a continuous feed's response body.
 
 :class:`ChangesProtocol` is handed to ``IResponse.deliverBody``. It splits the
-body into lines, parses them with :mod:`txchanges._rows`, hands each change to
+body into lines, parses them with :mod:`txchanges.feed._rows`, hands each change to
 a callable, and fires :attr:`ChangesProtocol.finished` once when the feed ends
 however it ends.
 
@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 
-from txchanges._rows import LastSeq, iter_lines
+from txchanges.feed._rows import LastSeq, iter_lines
 from txchanges.errors import FeedError, LineTooLong, UncleanEnd
 
 __all__ = ["ChangesProtocol", "Stopped", "DEFAULT_MAX_LINE_LENGTH"]
@@ -60,7 +60,7 @@ class ChangesProtocol(Protocol):
 
     :ivar finished: A :class:`Deferred` that fires once, with:
 
-        - the :class:`~txchanges._rows.LastSeq` row when the server ended the
+        - the :class:`~txchanges.feed._rows.LastSeq` row when the server ended the
           feed with one (whatever follows it is ignored: it lies past
           ``last_seq``, where the next request resumes);
         - :class:`Stopped` at once when :meth:`stop` is called;
@@ -99,8 +99,8 @@ class ChangesProtocol(Protocol):
         raw_rows: bool = False,
     ) -> None:
         """
-        :param on_change: Called with each :class:`~txchanges._rows.Change`
-            (or :class:`~txchanges._rows.DbUpdate` on ``_db_updates``), in
+        :param on_change: Called with each :class:`~txchanges.feed._rows.Change`
+            (or :class:`~txchanges.feed._rows.DbUpdate` on ``_db_updates``), in
             order; its return value is ignored. If it raises, the feed fails
             with that exception.
         :param on_activity: Called with no arguments for every piece of body
@@ -233,7 +233,7 @@ class ChangesProtocol(Protocol):
         Hand parsed rows to the callback, in order, until one ends the feed.
 
         :param rows: An iterator of rows from
-            :func:`~txchanges._rows.iter_lines`, which may raise a
+            :func:`~txchanges.feed._rows.iter_lines`, which may raise a
             :class:`~txchanges.errors.FeedError` when it reaches a bad line.
         :return: Whether the feed is still going.
         """

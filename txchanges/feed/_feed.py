@@ -14,12 +14,12 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import IResponse
 
-from ._httperrors import describe
-from ._params import FeedRequest
-from ._protocol import Stopped
-from ._watchdog import Clock, Watchdog
-from .client import Server
-from .errors import Stalled, UncleanEnd
+from txchanges.http._httperrors import describe
+from txchanges.feed._params import FeedRequest
+from txchanges.feed._protocol import Stopped
+from txchanges.feed._watchdog import Clock, Watchdog
+from txchanges.http.client import Server
+from txchanges.errors import Stalled, UncleanEnd
 
 __all__ = ["FeedRun", "BodyCollector", "Stopped"]
 

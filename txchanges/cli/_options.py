@@ -19,11 +19,11 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.python import usage
 
-from ._params import feed_request
-from ._urls import parse_server_url, query_string, redact, validate_db_name
-from .checkpoint import CheckpointStore, parse_checkpoint_spec
-from .client import Database, Server
-from .shard import Shard
+from txchanges.feed._params import feed_request
+from txchanges.http._urls import parse_server_url, query_string, redact, validate_db_name
+from txchanges.service.checkpoint import CheckpointStore, parse_checkpoint_spec
+from txchanges.http.client import Database, Server
+from txchanges.service.shard import Shard
 
 __all__ = [
     "FeedOptions",

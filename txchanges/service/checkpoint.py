@@ -22,9 +22,9 @@ from typing import Any, Optional, Protocol, runtime_checkable
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
-from ._watchdog import Clock
-from .client import Database
-from .errors import Conflict, NotFound, TxChangesError
+from txchanges.feed._watchdog import Clock
+from txchanges.http.client import Database
+from txchanges.errors import Conflict, NotFound, TxChangesError
 
 __all__ = [
     "CheckpointStore",

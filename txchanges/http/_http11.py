@@ -11,7 +11,7 @@ de-chunks each socket read as a whole, handing the body protocol one
 
 Only feeds go through here (see :meth:`txchanges.Server.open_feed`); every
 other request still goes through treq. The response offers what
-:class:`~txchanges._feed.FeedRun` needs of an
+:class:`~txchanges.feed._feed.FeedRun` needs of an
 :class:`~twisted.web.iweb.IResponse`: ``code``, ``phrase``, ``headers``,
 ``length`` and :meth:`FeedResponse.deliverBody`, whose protocol gets a
 transport with ``pauseProducing``/``resumeProducing``/``stopProducing`` and
@@ -44,7 +44,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-from ._wire import (
+from txchanges.http._wire import (
     MAX_HEAD,
     BadResponse,
     Decoder,

@@ -9,9 +9,9 @@ from typing import Any, Callable, Optional
 
 from twisted.internet.task import LoopingCall
 
-from ._params import encode_since
-from ._watchdog import Clock
-from .client import Database
+from txchanges.feed._params import encode_since
+from txchanges.feed._watchdog import Clock
+from txchanges.http.client import Database
 
 __all__ = ["PendingProbe"]
 

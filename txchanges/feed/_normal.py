@@ -28,8 +28,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from ._protocol import Stopped, _describe_end
-from .errors import FeedError, LineTooLong, MalformedRow, UncleanEnd
+from txchanges.feed._protocol import Stopped, _describe_end
+from txchanges.errors import FeedError, LineTooLong, MalformedRow, UncleanEnd
 
 __all__ = ["RowsProtocol"]
 
@@ -63,7 +63,7 @@ class RowsProtocol(Protocol):
     :ivar finished: A Deferred that fires, once every row was handed over
         and every Deferred *on_row* returned has fired, with the rest of the
         body: ``{"last_seq": ..., "pending": N}``; with
-        :class:`~txchanges._protocol.Stopped` after :meth:`stop`. It fails
+        :class:`~txchanges.feed._protocol.Stopped` after :meth:`stop`. It fails
         with :class:`~txchanges.errors.MalformedRow` when the body is not a
         normal feed, :class:`~txchanges.errors.LineTooLong` for a row over
         the bound, :class:`~txchanges.errors.UncleanEnd` when the body is

@@ -11,14 +11,14 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._aiter import ChangeStream
-from ._feed import BodyCollector, FeedRun, Stopped
-from ._normal import RowsProtocol
-from ._params import FeedRequest, feed_request
-from ._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
-from ._watchdog import Clock, idle_limit
-from .client import Database
-from .errors import UnexpectedResponse
+from txchanges.feed._aiter import ChangeStream
+from txchanges.feed._feed import BodyCollector, FeedRun, Stopped
+from txchanges.feed._normal import RowsProtocol
+from txchanges.feed._params import FeedRequest, feed_request
+from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
+from txchanges.feed._watchdog import Clock, idle_limit
+from txchanges.http.client import Database
+from txchanges.errors import UnexpectedResponse
 
 __all__ = ["Consumer"]
 

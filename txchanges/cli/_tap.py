@@ -38,7 +38,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 
-from ._options import (
+from txchanges.cli._options import (
     FollowerOptions,
     authorization_from,
     check_db_name,
@@ -46,9 +46,9 @@ from ._options import (
     credentials_from,
     open_database,
 )
-from ._scheduler import ON_ERROR, buffer_bounds
-from .client import Database
-from .service import ChangesService
+from txchanges.service._scheduler import ON_ERROR, buffer_bounds
+from txchanges.http.client import Database
+from txchanges.service._service import ChangesService
 
 __all__ = ["Options", "makeService", "ExitOnFailure", "load_object"]
 
@@ -76,7 +76,7 @@ def load_object(spec: str, option: str) -> Any:
 
 class Options(FollowerOptions):
     """
-    The plugin's options: :class:`~txchanges._options.FollowerOptions` plus
+    The plugin's options: :class:`~txchanges.cli._options.FollowerOptions` plus
     the server, the database and the handler.
     """
 
@@ -221,7 +221,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     )
     top = MultiService()
     if options["metrics-port"] is not None:
-        from .metrics import MetricsServer
+        from txchanges.metrics import MetricsServer
 
         # Started first: a port in use fails the start before any change is read.
         metrics = MetricsServer([follower], options["metrics-port"], options["metrics-interface"], reactor=reactor)

@@ -2,7 +2,7 @@
 What a failed request becomes: the typed error for an error response, and
 the exceptions that mean the server could not be talked to. Shared by
 :class:`~txchanges.Server`'s requests through treq and its feeds through
-:mod:`txchanges._http11`.
+:mod:`txchanges.http._http11`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.web.client import ResponseFailed
 from twisted.web.http_headers import Headers
 
-from .errors import CouchError, error_for_status, snippet
+from txchanges.errors import CouchError, error_for_status, snippet
 
 __all__ = ["CONNECTION_ERRORS", "describe", "couch_error"]
 

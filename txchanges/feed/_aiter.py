@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any, Optional
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
-from ._feed import FeedRun
-from ._params import FeedRequest
-from ._protocol import ChangesProtocol
-from ._rows import ChangeRow, LastSeq
-from ._watchdog import Clock
+from txchanges.feed._feed import FeedRun
+from txchanges.feed._params import FeedRequest
+from txchanges.feed._protocol import ChangesProtocol
+from txchanges.feed._rows import ChangeRow, LastSeq
+from txchanges.feed._watchdog import Clock
 
 if TYPE_CHECKING:
-    from .client import Database
+    from txchanges.http.client import Database
 
 __all__ = ["ChangeStream"]
 

@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
-from ._fakecouch_filters import ChangeFilter
-from ._fakecouch_store import DocRecord, ErrorResponse, FakeDatabase, dumps
-from ._watchdog import Clock
+from txchanges.testing._filters import ChangeFilter
+from txchanges.testing._store import DocRecord, ErrorResponse, FakeDatabase, dumps
+from txchanges.feed._watchdog import Clock
 
 __all__ = ["ChangesParams", "Feed", "ResponseWriter", "parse_params"]
 

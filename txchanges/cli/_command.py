@@ -1,6 +1,6 @@
 """
 How the ``txchanges`` command runs (the entry point and its options are in
-:mod:`txchanges.__main__` and :mod:`txchanges._options`): one subcommand on
+:mod:`txchanges.cli._main` and :mod:`txchanges.cli._options`): one subcommand on
 the reactor, the signals that stop it, the handler that prints, the progress
 line, and the longpoll follower.
 """
@@ -20,16 +20,16 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._options import open_database
-from ._pending import PendingProbe
-from ._watchdog import Clock
-from .checkpoint import CheckpointStore
-from .client import Database
-from .consumer import Consumer
-from .errors import TxChangesError
-from ._retry import is_terminal
-from .service import ChangesService, ServiceStats
-from .shard import Shard
+from txchanges.cli._options import open_database
+from txchanges.service._pending import PendingProbe
+from txchanges.feed._watchdog import Clock
+from txchanges.service.checkpoint import CheckpointStore
+from txchanges.http.client import Database
+from txchanges.feed.consumer import Consumer
+from txchanges.errors import TxChangesError
+from txchanges.service._retry import is_terminal
+from txchanges.service._service import ChangesService, ServiceStats
+from txchanges.service.shard import Shard
 
 __all__ = ["Command", "LongpollFollower", "describe"]
 
@@ -159,7 +159,7 @@ class Command:
     def _start_metrics(self, follower: Any) -> Any:
         if self._options["metrics-port"] is None:
             return None
-        from .metrics import MetricsServer
+        from txchanges.metrics import MetricsServer
 
         metrics = MetricsServer(
             [follower], self._options["metrics-port"], self._options["metrics-interface"], reactor=self._reactor

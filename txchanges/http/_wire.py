@@ -1,5 +1,5 @@
 """
-HTTP/1.1 on the wire, for :mod:`txchanges._http11`: the bytes of a request,
+HTTP/1.1 on the wire, for :mod:`txchanges.http._http11`: the bytes of a request,
 the parsed head of a response, and the framing of its body (chunked,
 ``Content-Length``, or until the connection closes), each body decoded a
 whole socket read at a time.
