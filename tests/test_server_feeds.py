@@ -212,3 +212,31 @@ async def test_seq_interval_rows_keep_known_seq(db):
     assert len(rows) == 6
     assert any(r["seq"] is None for r in rows)
     assert isinstance(last_seq, str)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_document_being_updated_never_vanishes_from_the_feed(db):
+    """Every normal feed read while documents are updated lists every document, as CouchDB's atomic by-seq index does (the test server's reads wait for writes in progress)."""
+    revs = {r["id"]: r["rev"] for r in await db.save_docs([{"_id": f"doc-{i:02d}"} for i in range(20)])}
+    writing = True
+
+    async def update() -> None:
+        nonlocal writing
+        for n in range(200):
+            docid = f"doc-{n % 20:02d}"
+            saved = await db.save_doc({"_id": docid, "_rev": revs[docid], "n": n})
+            revs[docid] = saved["rev"]
+        writing = False
+
+    async def read() -> list[int]:
+        counts = []
+        while writing:
+            result = await Consumer(db).fetch(since=0)
+            counts.append(len(result["results"]))
+        return counts
+
+    updating = defer.Deferred.fromCoroutine(update())
+    reads = await defer.gatherResults([defer.Deferred.fromCoroutine(read()) for _ in range(3)])
+    await updating
+    counts = [n for r in reads for n in r]
+    assert len(counts) >= 10 and set(counts) == {20}, counts

@@ -19,6 +19,7 @@ const PouchDB = require('pouchdb-core')
 
 const {CouchError, commonHeaders, sendError} = require('./lib/http');
 const {Registry} = require('./lib/registry');
+const {lockWrites} = require('./lib/rwlock');
 const {makeAuth} = require('./lib/auth');
 const mountDbRoutes = require('./lib/dbroutes');
 const mountChanges = require('./lib/changes');
@@ -132,6 +133,7 @@ async function main() {
   });
   pouchApp.disable('x-powered-by');
   await pouchApp.setPouchDB(PouchDB);
+  app.use(lockWrites((name) => registry.lockFor(name)));
   app.use(couchRequestShape, pouchApp);
   app.use((err, req, res, next) => sendError(res, err));
 

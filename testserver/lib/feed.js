@@ -117,7 +117,7 @@ class Feed {
     const p = this.p;
     let result;
     try {
-      result = await this.entry.db.changes({
+      result = await this.entry.lock.read(() => this.entry.db.changes({
         since: this.position,
         style: 'all_docs',
         include_docs: true,
@@ -125,7 +125,7 @@ class Feed {
         attachments: p.attachments,
         binary: false,
         return_docs: true
-      });
+      }));
     } catch (e) {
       if (!this.done) {
         // A database deleted under a feed ends it like a timeout.

@@ -8,6 +8,7 @@
 
 const EventEmitter = require('events');
 const seqs = require('./seqs');
+const {RWLock} = require('./rwlock');
 
 // Helper databases PouchDB creates for itself; they are not user databases.
 const INTERNAL = /^pouch__all_dbs__$|-mrview-|^https?:\/\//;
@@ -20,6 +21,8 @@ class Entry extends EventEmitter {
     this.scope = seqs.newScope();
     this.deleted = false;
     this.db = new registry.PouchDB(name);
+    // Feeds read under the lock's shared side (see rwlock.js).
+    this.lock = registry.lockFor(name);
     // Every concurrent read of a feed listens for 'destroyed' on it.
     this.db.setMaxListeners(0);
     this._scheduled = false;
@@ -82,12 +85,23 @@ class Registry extends EventEmitter {
     this.PouchDB = PouchDB;
     this.entries = new Map();
     this._chain = Promise.resolve();
+    // One lock per database name, shared by every instance of it.
+    this._locks = new Map();
     PouchDB.on('created', (name) => this._onCreated(name));
     PouchDB.on('destroyed', (name) => this._onDestroyed(name));
   }
 
   get(name) {
     return this.entries.get(name);
+  }
+
+  lockFor(name) {
+    let lock = this._locks.get(name);
+    if (!lock) {
+      lock = new RWLock();
+      this._locks.set(name, lock);
+    }
+    return lock;
   }
 
   exists(name) {
