@@ -16,6 +16,7 @@ from ._feed import BodyCollector, FeedRun, Stopped
 from ._normal import RowsProtocol
 from ._params import FeedRequest, feed_request
 from ._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
+from ._reactor import default_clock
 from ._watchdog import Clock, idle_limit
 from .client import Database
 from .errors import UnexpectedResponse
@@ -59,10 +60,7 @@ class Consumer:
     ) -> None:
         if not isinstance(db, Database):
             raise TypeError(f"Consumer needs a Database, not {type(db).__name__}")
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor
+        clock = default_clock(clock)
         self.db = db
         self._clock: Clock = clock
         self._max_line_length = max_line_length

@@ -19,6 +19,7 @@ from ._params import feed_request
 from ._pending import PendingProbe
 from ._progress import DedupWindow, Progress
 from ._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
+from ._reactor import default_clock
 from ._rows import LastSeq
 from ._retry import Backoff, is_terminal
 from ._saver import CheckpointSaver
@@ -137,10 +138,7 @@ class ChangesService(Service):
             raise ValueError(f"the service sets {', '.join(sorted(reserved))} itself")
         # Fail on a bad filter or parameter now rather than at start-up.
         feed_request("continuous", since if since != "now" else None, feed_params)
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor
+        clock = default_clock(clock)
         self.db = db
         self._handler = handler
         self._since = since

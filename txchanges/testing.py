@@ -66,6 +66,7 @@ from ._fakecouch_http import (
     drop_db,
 )
 from ._fakecouch_store import ErrorResponse, FakeDatabase, check_db_name
+from ._reactor import default_clock
 from ._watchdog import Clock
 from .client import Server
 from .errors import CouchError, error_for_status
@@ -103,10 +104,7 @@ class FakeCouchDB:
     url = "http://couchdb.fake:5984/"
 
     def __init__(self, *, clock: Optional[Clock] = None, admin: Optional[tuple[str, str]] = None) -> None:
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = cast(Clock, reactor)
+        clock = default_clock(clock)
         self._state = ServerState(clock=clock, pump=Pump(), admin=admin)
         self._resource = CouchResource(self._state)
 
