@@ -10,10 +10,10 @@ from txchanges import errors
 
 PUBLIC_MODULES = ["client", "consumer", "errors", "checkpoint", "service", "shard", "testing", "metrics"]
 
-#: Every module of the package, private ones included, by name.
+#: Every module of the package, private ones and subpackages' included, by name below txchanges.
 MODULES = {
-    info.name: importlib.import_module(f"txchanges.{info.name}")
-    for info in pkgutil.iter_modules(txchanges.__path__)
+    info.name.removeprefix("txchanges."): importlib.import_module(info.name)
+    for info in pkgutil.walk_packages(txchanges.__path__, "txchanges.")
 }
 
 
