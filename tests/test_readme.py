@@ -49,17 +49,50 @@ def _run(code, timeout=60):
     return done.stdout
 
 
-def test_quick_start_runs(couch_server, db_name):
-    """The quick start runs against a real server and prints what it promises."""
-    code = PYTHON[0]
+def python_blocks_in(heading):
+    """The Python blocks of the README section with that heading, up to the next heading of any level."""
+    lines, fenced, inside = [], False, False
+    for line in README.splitlines(keepends=True):
+        fenced ^= line.startswith("```")
+        if line.startswith("#") and not fenced:
+            inside = line.rstrip("\n") == heading
+        elif inside:
+            lines.append(line)
+    return [code for lang, code in re.findall(r"```(\w+)\n(.*?)```", "".join(lines), re.S) if lang == "python"]
+
+
+#: The sections whose "Runs as it is" block a test below runs.
+RUN_SECTIONS = ["## Quick start", "### Monitoring", "## Testing your handlers"]
+
+
+def test_every_block_that_runs_as_it_is_is_run():
+    """Each block that says it runs as it is lies in a section whose block a test runs."""
+    claimed = [code for code in PYTHON if code.startswith("# Runs as it is")]
+    run = [code for heading in RUN_SECTIONS for code in python_blocks_in(heading)]
+    assert sorted(claimed) == sorted(run)
+
+
+def test_quick_start_runs_twice(couch_server, db_name):
+    """The quick start runs against a real server and prints what it promises, and runs again on the database it made."""
+    (code,) = python_blocks_in("## Quick start")
     assert "http://admin:secret@127.0.0.1:5984/" in code and '"mydb"' in code
     code = code.replace("http://admin:secret@127.0.0.1:5984/", couch_server.admin_url).replace('"mydb"', repr(db_name))
-    out = _run(code)
-    assert "next change:" in out and out.count("got ") == 3 and "resume from " in out
+    first = _run(code)
+    assert "next change:" in first and first.count("got ") == 3 and "resume from " in first
+    second = _run(code)
+    assert "next change:" in second and second.count("got ") == 6 and "resume from " in second
 
 
 def test_testing_block_runs():
     """The txchanges.testing example runs as it is, with no server."""
-    blocks = [code for code in PYTHON if "FakeCouchDB" in code and code.startswith("# Runs as it is")]
-    assert len(blocks) == 1
-    _run(blocks[0])
+    (code,) = python_blocks_in("## Testing your handlers")
+    assert code.startswith("# Runs as it is")
+    _run(code)
+
+
+def test_metrics_block_serves_what_the_follower_did():
+    """The MetricsServer example follows an in-memory database and scrapes its handled change from /metrics."""
+    (code,) = python_blocks_in("### Monitoring")
+    assert code.startswith("# Runs as it is") and "MetricsServer(" in code
+    out = _run(code)
+    assert "['txchanges_changes_handled_total{db=\"http://couchdb.fake:5984/orders\"} 1.0']" in out.splitlines()

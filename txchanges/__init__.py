@@ -1,10 +1,44 @@
 """
-txchanges: follow the CouchDB ``_changes`` feed from Twisted.
+Follow the CouchDB ``_changes`` feed from Twisted.
 
-The public names are re-exported here; modules with a leading underscore are
-private.
+Every public name is importable from this package (``__all__`` lists them);
+modules whose names start with an underscore are private, even though
+``help()`` lists them under PACKAGE CONTENTS.
+
+What to use for what:
+
+``Server``, ``Database``
+    The HTTP client: ``Server(url)``, then ``server[name]``, ``create_db``,
+    ``get_db``, ``db.save_doc``; each request returns a Deferred.
+``Consumer``
+    couchdbkit's API with Deferreds: ``fetch`` (the normal feed),
+    ``wait_once`` (longpoll), ``register_callback`` and ``wait`` (the
+    continuous feed), and ``changes()``, a ``ChangeStream`` for ``async for``.
+``ChangesService``
+    A Twisted ``Service`` that follows a feed for as long as it runs:
+    reconnects and resumes with no change lost, detects stalls, applies
+    backpressure, saves checkpoints. ``service.stats`` is a
+    ``ServiceStats``; a ``Shard`` splits one feed between several followers.
+``MemoryCheckpoint``, ``FileCheckpoint``, ``LocalDocCheckpoint``
+    Where the service keeps its resume point; implement ``CheckpointStore``
+    for another store.
+``txchanges.testing``
+    ``FakeCouchDB``, an in-memory CouchDB 3 with fault controls, for testing
+    handlers with a ``task.Clock``.
+``txchanges.metrics``
+    ``MetricsServer``: Prometheus metrics of running services (the
+    ``metrics`` extra).
+``TxChangesError`` and its subclasses, in ``txchanges.errors``
+    What Deferreds fail with: ``CouchError`` (``NotFound``, ``Unauthorized``
+    and the other HTTP statuses), ``ConnectionFailed``,
+    ``UnexpectedResponse``, ``FeedError`` (``Stalled``, ``ErrorRow``, ...)
+    and ``CheckpointError``.
+
+The command line follower is ``txchanges follow URL/DB`` (or ``python -m
+txchanges``); the twistd plugin is ``twistd -n txchanges``.
 """
 
+from txchanges import errors
 from txchanges.feed._aiter import ChangeStream
 from txchanges.service.checkpoint import (
     CheckpointError,
@@ -15,28 +49,11 @@ from txchanges.service.checkpoint import (
 )
 from txchanges.http.client import Database, Server
 from txchanges.feed.consumer import Consumer
-from txchanges.errors import (
-    BadRequest,
-    Conflict,
-    ConnectionFailed,
-    CouchError,
-    ErrorRow,
-    FeedError,
-    Forbidden,
-    LineTooLong,
-    MalformedRow,
-    NotFound,
-    PreconditionFailed,
-    ServerError,
-    Stalled,
-    TxChangesError,
-    Unauthorized,
-    UncleanEnd,
-    UnexpectedResponse,
-)
+from txchanges.errors import *  # noqa: F403
 from txchanges.service._service import ChangesService, ServiceStats
 from txchanges.service.shard import Shard
 
+#: The version, read by the packaging tools too (pyproject.toml has none).
 __version__ = "0.1.0.dev0"
 
 __all__ = [
@@ -52,21 +69,5 @@ __all__ = [
     "FileCheckpoint",
     "LocalDocCheckpoint",
     "CheckpointError",
-    "TxChangesError",
-    "CouchError",
-    "BadRequest",
-    "Unauthorized",
-    "Forbidden",
-    "NotFound",
-    "Conflict",
-    "PreconditionFailed",
-    "ServerError",
-    "ConnectionFailed",
-    "UnexpectedResponse",
-    "FeedError",
-    "ErrorRow",
-    "MalformedRow",
-    "LineTooLong",
-    "UncleanEnd",
-    "Stalled",
 ]
+__all__ += errors.__all__

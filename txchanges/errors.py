@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+# The exceptions: the package exports exactly these (error_for_status and
+# snippet are for txchanges' own modules and fakes).
 __all__ = [
     "TxChangesError",
     "CouchError",
@@ -29,7 +31,6 @@ __all__ = [
     "LineTooLong",
     "UncleanEnd",
     "Stalled",
-    "error_for_status",
 ]
 
 #: How many characters of a body or line an exception keeps.

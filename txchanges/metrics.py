@@ -56,6 +56,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from txchanges._reactor import default_clock, default_reactor
 from txchanges.feed._watchdog import Clock
 from txchanges.service._stats import ServiceStats
 
@@ -105,10 +106,7 @@ class ServiceCollector:
     """
 
     def __init__(self, followers: Sequence[Followed], *, clock: Optional[Clock] = None) -> None:
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor
+        clock = default_clock(clock)
         self._followers = list(followers)
         self._clock: Clock = clock
 
@@ -222,10 +220,7 @@ class MetricsServer(Service):
         *,
         reactor: Any = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
+        reactor = default_reactor(reactor)
         self._reactor = reactor
         self._wanted = port
         self._interface = interface

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from txchanges.cli._command import Command, describe
 from txchanges.cli._options import FeedOptions, FollowerOptions, positive_int, split_database_url
+from txchanges._reactor import default_reactor
 
 __all__ = ["main", "run", "CommandOptions", "FetchOptions", "FollowOptions"]
 
@@ -196,9 +197,7 @@ def run(
         cast(ILogObserver, _StderrObserver(err, verbosity)), [cast(ILogFilterPredicate, level)]
     )
     globalLogBeginner.beginLoggingTo([cast(ILogObserver, observer)], redirectStandardIO=False)
-    from twisted.internet import reactor
-
-    runner = Command(reactor, str(options.subCommand), sub, out, err, os.environ if environ is None else environ)
+    runner = Command(default_reactor(), str(options.subCommand), sub, out, err, os.environ if environ is None else environ)
     return runner.run()
 
 

@@ -47,6 +47,7 @@ from txchanges.cli._options import (
     open_database,
 )
 from txchanges.service._scheduler import ON_ERROR, buffer_bounds
+from txchanges._reactor import default_reactor
 from txchanges.http.client import Database
 from txchanges.service._service import ChangesService
 
@@ -203,10 +204,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         service that stops the process when it fails (``"exit-on-failure"``)
         and, with ``--metrics-port``, the metrics endpoint (``"metrics"``).
     """
-    if reactor is None:
-        from twisted.internet import reactor as _reactor
-
-        reactor = _reactor
+    reactor = default_reactor(reactor)
     db = open_database(options["url"], options["db"], options.environ, reactor)
     follower = ChangesService(
         db,

@@ -16,6 +16,7 @@ from txchanges.feed._feed import BodyCollector, FeedRun, Stopped
 from txchanges.feed._normal import RowsProtocol
 from txchanges.feed._params import FeedRequest, feed_request
 from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
+from txchanges._reactor import default_clock
 from txchanges.feed._watchdog import Clock, idle_limit
 from txchanges.http.client import Database
 from txchanges.errors import UnexpectedResponse
@@ -59,10 +60,7 @@ class Consumer:
     ) -> None:
         if not isinstance(db, Database):
             raise TypeError(f"Consumer needs a Database, not {type(db).__name__}")
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor
+        clock = default_clock(clock)
         self.db = db
         self._clock: Clock = clock
         self._max_line_length = max_line_length

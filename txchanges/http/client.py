@@ -25,6 +25,7 @@ from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
 from txchanges.http import _http11, _urls
 from txchanges.http._httperrors import CONNECTION_ERRORS, couch_error, describe
 from txchanges.feed._params import encode_params
+from txchanges._reactor import default_reactor
 from txchanges.errors import ConnectionFailed, CouchError, UnexpectedResponse
 
 __all__ = ["Server", "Database"]
@@ -94,10 +95,7 @@ class Server:
         self._fast_feeds = http is None and fast_feeds is not False
         self._tls_policy: Any = tls_policy or BrowserLikePolicyForHTTPS()
         if http is None:
-            if reactor is None:
-                from twisted.internet import reactor as _reactor
-
-                reactor = _reactor
+            reactor = default_reactor(reactor)
             self._pool = HTTPConnectionPool(reactor, persistent=True)
             agent = Agent(reactor, contextFactory=self._tls_policy, pool=self._pool)
             http = HTTPClient(cast(IAgent, agent))

@@ -19,6 +19,7 @@ from txchanges.feed._params import feed_request
 from txchanges.service._pending import PendingProbe
 from txchanges.service._progress import DedupWindow, Progress
 from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
+from txchanges._reactor import default_clock
 from txchanges.feed._rows import LastSeq
 from txchanges.service._retry import Backoff, is_terminal
 from txchanges.service._saver import CheckpointSaver
@@ -137,10 +138,7 @@ class ChangesService(Service):
             raise ValueError(f"the service sets {', '.join(sorted(reserved))} itself")
         # Fail on a bad filter or parameter now rather than at start-up.
         feed_request("continuous", since if since != "now" else None, feed_params)
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor
+        clock = default_clock(clock)
         self.db = db
         self._handler = handler
         self._since = since

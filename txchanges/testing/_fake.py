@@ -21,6 +21,7 @@ from txchanges.testing._http import (
     drop_db,
 )
 from txchanges.testing._store import ErrorResponse, FakeDatabase, check_db_name
+from txchanges._reactor import default_clock
 from txchanges.feed._watchdog import Clock
 from txchanges.http.client import Server
 from txchanges.errors import CouchError, error_for_status
@@ -58,10 +59,7 @@ class FakeCouchDB:
     url = "http://couchdb.fake:5984/"
 
     def __init__(self, *, clock: Optional[Clock] = None, admin: Optional[tuple[str, str]] = None) -> None:
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = cast(Clock, reactor)
+        clock = default_clock(clock)
         self._state = ServerState(clock=clock, pump=Pump(), admin=admin)
         self._resource = CouchResource(self._state)
 
