@@ -52,7 +52,8 @@ def test_good_options_become_service_arguments(tmp_path):
     assert options["handler-object"] is handlers_for_tests.record
     assert options.service_kwargs() == {
         "since": "now", "heartbeat": 5000, "checkpoint_every": 7, "dedup_window": 100, "give_up_after": 60.0,
-        "shard": Shard(2, 3), "pending_interval": 15.0, "selector": {"type": "order"}, "include_docs": True, "region": "eu",
+        "shard": Shard(2, 3), "pending_interval": 15.0, "selector": {"type": "order"}, "include_docs": True,
+        "params": {"region": "eu"},
     }
     assert (options["concurrency"], options["max-buffered"], options["max-ahead"], options["on-error"]) == (4, 16, 500, "retry")
 
@@ -141,7 +142,7 @@ def test_make_service_builds_the_follower_with_the_options(monkeypatch, tmp_path
     assert made["handler"] is handlers_for_tests.record
     assert (made["concurrency"], made["max_buffered"], made["max_ahead"], made["on_error"], made["since"]) == (
         3, None, None, "skip", "now")
-    assert (made["filter"], made["level"]) == ("app/important", "2")
+    assert (made["filter"], made["params"]) == ("app/important", {"level": "2"})
     store = made["checkpoint"]
     assert isinstance(store, FileCheckpoint)
     assert store.identity == "http://127.0.0.1:5984/prefix/orders/_changes?filter=app/important&level=2"

@@ -6,6 +6,7 @@ private.
 """
 
 from ._aiter import ChangeStream
+from ._feedparams import FeedParams
 from .checkpoint import (
     CheckpointError,
     CheckpointStore,
@@ -44,6 +45,7 @@ __all__ = [
     "Database",
     "Consumer",
     "ChangeStream",
+    "FeedParams",
     "ChangesService",
     "ServiceStats",
     "Shard",
