@@ -208,7 +208,7 @@ def check_interval(name: str, value: Any, *, allow_true: bool = False) -> None:
     if value is None or (allow_true and isinstance(value, bool)):
         return
     if not isinstance(value, int) or isinstance(value, bool):
-        allowed = "True, False or " if allow_true else ""
+        allowed = "True, False, " if allow_true else ""
         raise TypeError(f"{name} must be {allowed}milliseconds (an int) or None, not {value!r}")
     if value < 0:
         raise ValueError(f"{name} must be 0 or more milliseconds, not {value!r}")
