@@ -58,6 +58,16 @@ def test_good_options_become_service_arguments(tmp_path):
     assert (options["concurrency"], options["max-buffered"], options["max-ahead"], options["on-error"]) == (4, 16, 500, "retry")
 
 
+def test_param_sorts_feed_parameters_from_the_filters_own():
+    """--param with a feed parameter's name gives it its type; any other key goes to params, for the filter."""
+    options = parse(*BASE, "--handler", f"{HANDLERS}:record", "--filter", "app/by_region",
+                    "--param", "conflicts=true", "--param", "style=all_docs", "--param", "seq_interval=10",
+                    "--param", "region=eu", "--param", "max=3")
+    kwargs = options.service_kwargs()
+    assert (kwargs["conflicts"], kwargs["style"], kwargs["seq_interval"]) == (True, "all_docs", 10)
+    assert kwargs["params"] == {"region": "eu", "max": "3"}
+
+
 def test_doc_ids_accumulate_from_commas_and_repeats():
     """--doc-ids takes comma-separated ids and may be repeated; --filter and --view pass through."""
     options = parse(*BASE, "--handler", f"{HANDLERS}:record", "--doc-ids", "a,b", "--doc-ids", "c")
@@ -80,6 +90,9 @@ def test_doc_ids_accumulate_from_commas_and_repeats():
         ([*BASE, "--handler", f"{HANDLERS}:record", "--handler-arg", "tag=x"], "--handler-arg only goes with"),
         ([*BASE, "--handler", f"{HANDLERS}:record", "--param", "region"], "--param expects KEY=VALUE"),
         ([*BASE, "--handler", f"{HANDLERS}:record", "--param", "since=5"], "use --since"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--param", "conflicts=yes"], "--param conflicts must be true or false"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--param", "style=everything"], "--param style must be one of"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--param", "seq_interval=0"], "--param seq_interval must be a whole"),
         ([*BASE, "--handler", f"{HANDLERS}:record", "--selector", "{not json"], "--selector is not valid JSON"),
         ([*BASE, "--handler", f"{HANDLERS}:record", "--selector", "[1]"], "must be a JSON object"),
         ([*BASE, "--handler", f"{HANDLERS}:record", "--selector", "@/no/such/file.json"], "cannot read the selector file"),
