@@ -117,7 +117,8 @@ def _value_check(name: str, hint: Any) -> Callable[[Any], _Wanted]:
             if isinstance(v, (list, tuple)) and all(isinstance(i, str) for i in v)
             else (TypeError, "a list of str")
         )
-    assert get_origin(hint) is dict, f"no check for {name}: {hint!r}"
+    if get_origin(hint) is not dict:
+        raise TypeError(f"FeedParams.{name}: no check for {hint!r}")
     return lambda v: None if isinstance(v, dict) else (TypeError, "a dict")
 
 
