@@ -253,14 +253,15 @@ class ContractTests:
 
     @pytest_twisted.ensureDeferred
     async def test_design_document_filter(self, backend: Backend) -> None:
-        """A ddoc/name filter sees the extra query parameters as req.query, on fetch and on a live feed."""
+        """A ddoc/name filter sees the params={...} of the call as req.query, on fetch and on a live feed."""
         db = await backend.create_db()
         await fill(db)
         await backend.add_filter(db, "app/by_type", FRUIT_FILTER_JS, fruit_filter)
         c = backend.consumer(db)
-        fruit = await c.fetch(since=0, filter_name="app/by_type", type="fruit")
+        fruit = await c.fetch(since=0, filter_name="app/by_type", params={"type": "fruit"})
         assert sorted(ids(fruit["results"])) == ["apple", "banana"]
-        d = await backend.start_feed(lambda: c.wait_once(since="now", filter_name="app/by_type", type="vegetable", timeout=5000))
+        d = await backend.start_feed(
+            lambda: c.wait_once(since="now", filter_name="app/by_type", params={"type": "vegetable"}, timeout=5000))
         await db.save_doc({"_id": "kiwi", "type": "fruit"})
         await backend.pause(0.1)
         assert not d.called, "a rejected change does not end the longpoll"
@@ -418,6 +419,24 @@ class ContractTests:
         db = await backend.create_db()
         await db.save_doc({"_id": "reborn"})
         assert ids((await c.fetch(since=old))["results"]) == ["reborn"]
+
+    @pytest_twisted.ensureDeferred
+    async def test_service_passes_params_to_its_filter(self, backend: Backend) -> None:
+        """A ChangesService's params={...} reach its ddoc/name filter as req.query: only those documents are handled."""
+        db = await backend.create_db()
+        await fill(db)
+        await backend.add_filter(db, "app/by_type", FRUIT_FILTER_JS, fruit_filter)
+        handled: list[str] = []
+        service = ChangesService(db, lambda row: handled.append(row["id"]), since=0, heartbeat=500,
+                                 clock=backend.clock, filter_name="app/by_type", params={"type": "vegetable"})
+        service.startService()
+        try:
+            await backend.until(lambda: "carrot" in handled)
+            await db.save_docs([{"_id": "kiwi", "type": "fruit"}, {"_id": "leek", "type": "vegetable"}])
+            await backend.until(lambda: "leek" in handled)
+        finally:
+            await backend.settle(service.stopService())
+        assert sorted(handled) == ["carrot", "leek"]
 
     @pytest_twisted.ensureDeferred
     async def test_service_handles_every_document(self, backend: Backend) -> None:

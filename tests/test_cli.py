@@ -97,6 +97,18 @@ def test_fetch_prints_the_normal_feed_body(couch_server, db_name, db_url):
     assert [r["id"] for r in limited["results"]] == ["a"]
 
 
+def test_fetch_param_reaches_the_filter(couch_server, db_name, db_url):
+    """--param KEY=VALUE reaches a design document filter as req.query; a feed parameter in --param keeps its type."""
+    status, body = couch_server.request("PUT", f"{db_name}/_design/app", {
+        "filters": {"by_type": "function(doc, req) { return doc.type === req.query.type; }"}})
+    assert status == 201, body
+    write_docs(couch_server, db_name, ["a", "c"], type="fruit")
+    write_docs(couch_server, db_name, ["b"], type="vegetable")
+    done = txchanges("fetch", db_url, "--filter", "app/by_type", "--param", "type=fruit", "--param", "descending=true")
+    assert done.returncode == 0, done.stderr
+    assert [r["id"] for r in json.loads(done.stdout)["results"]] == ["c", "a"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -21,6 +21,7 @@ from txchanges import (
     ServerError,
     Unauthorized,
 )
+from txchanges.feed._feedparams import KNOWN, feed_param_from_text
 from txchanges.feed._rows import LastSeq, parse_line
 
 from .fixtures_util import load, names
@@ -56,6 +57,12 @@ def recorded_call(name: str) -> tuple[str, str, Any, dict[str, Any]]:
     for key in ("heartbeat", "timeout"):
         if key in kwargs:
             kwargs[key] = int(kwargs[key])
+    # Feed parameters are typed keywords; anything else goes in params.
+    for key, text in query.items():
+        if key in kwargs and key in KNOWN:
+            kwargs[key] = feed_param_from_text(key, text)
+        elif key in kwargs and key not in ("heartbeat", "timeout"):
+            kwargs.setdefault("params", {})[key] = kwargs.pop(key)
     method = {"normal": "fetch", "longpoll": "wait_once", "continuous": "wait"}[feed]
     if method == "wait_once":
         kwargs.setdefault("timeout", None)
@@ -230,6 +237,7 @@ CLIENT_REFUSES = [
     "error-filter-malformed-400",
     "error-filter-selector-no-body-400",
     "error-filter-view-no-view-param-400",
+    "error-limit-invalid-500",
 ]
 CONSUMER_ERRORS = [n for n in sorted(ERRORS) if "/_changes" in load(n).path and n not in CLIENT_REFUSES]
 
@@ -246,18 +254,19 @@ async def test_recorded_errors_through_the_consumer(replay: Any, name: str) -> N
 
 
 @pytest.mark.parametrize(
-    "call",
+    "call, error",
     [
-        lambda c: c.fetch(feed="bogus"),
-        lambda c: c.fetch(filter="_doc_ids"),
-        lambda c: c.fetch(filter_name="nofilter"),
-        lambda c: c.fetch(filter="_selector"),
-        lambda c: c.fetch(filter="_view"),
+        (lambda c: c.fetch(feed="bogus"), ValueError),
+        (lambda c: c.fetch(filter="_doc_ids"), ValueError),
+        (lambda c: c.fetch(filter_name="nofilter"), ValueError),
+        (lambda c: c.fetch(filter="_selector"), ValueError),
+        (lambda c: c.fetch(filter="_view"), ValueError),
+        (lambda c: c.fetch(limit="abc"), TypeError),
     ],
     ids=CLIENT_REFUSES,
 )
-def test_client_refuses_what_couchdb_would_reject(call: Any) -> None:
-    """Requests CouchDB answers with 400 for a bad filter or feed are refused before sending."""
+def test_client_refuses_what_couchdb_would_reject(call: Any, error: type[Exception]) -> None:
+    """Requests CouchDB answers with 400 (or 500) for a bad filter, feed or limit are refused before sending."""
     consumer = Consumer(Server("http://127.0.0.1:1/")["fixture-db"])
-    with pytest.raises(ValueError):
+    with pytest.raises(error):
         call(consumer)

@@ -160,8 +160,8 @@ def feed_ids(rows):
 
 
 FILTER_CASES = [
-    ({"filter_name": "app/by_type", "type": "fruit"}, ["apple", "banana"]),
-    ({"filter": "app/by_type", "type": "vegetable"}, ["carrot"]),
+    ({"filter_name": "app/by_type", "params": {"type": "fruit"}}, ["apple", "banana"]),
+    ({"filter": "app/by_type", "params": {"type": "vegetable"}}, ["carrot"]),
     ({"doc_ids": ["apple", "no-type", "not-there"]}, ["apple", "no-type"]),
     ({"selector": {"type": "fruit"}}, ["apple", "banana"]),
     ({"view": "app/by_type"}, ["apple", "banana", "carrot"]),
@@ -171,17 +171,26 @@ FILTER_CASES = [
 
 @pytest.mark.parametrize("params, expected", FILTER_CASES)
 @pytest_twisted.ensureDeferred
-async def test_filters_with_fetch_wait_once_and_wait(db, params, expected):
-    """Each filter kind delivers exactly the matching documents on all three feeds."""
+async def test_filters_with_every_method(db, params, expected):
+    """Each filter kind (a filter's own parameters in params=) delivers exactly the matching documents on fetch,
+    fetch_rows, wait_once, wait and changes."""
     await fill(db)
     c = Consumer(db)
     fetched = await c.fetch(since=0, **params)
     assert feed_ids(fetched["results"]) == expected
+    rows = []
+    await c.fetch_rows(rows.append, since=0, **params)
+    assert feed_ids(rows) == expected
     once = await c.wait_once(since=0, **params)
     assert feed_ids(once["results"]) == expected
     seen = []
     await c.wait(since=0, heartbeat=False, timeout=300, cb=seen.append, **params)
     assert feed_ids(seen) == expected
+    streamed = []
+    async with c.changes(since=0, heartbeat=False, timeout=300, **params) as changes:
+        async for change in changes:
+            streamed.append(change)
+    assert feed_ids(streamed) == expected
 
 
 @pytest_twisted.ensureDeferred
@@ -190,7 +199,7 @@ async def test_filtered_live_feed_skips_other_changes(couch_server, db):
     await fill(db)
     c = Consumer(db)
     seen = []
-    d = await start_feed(couch_server, lambda: c.wait(since="now", heartbeat=300, filter_name="app/by_type", type="fruit", cb=lambda r: seen.append(r["id"])))
+    d = await start_feed(couch_server, lambda: c.wait(since="now", heartbeat=300, filter_name="app/by_type", params={"type": "fruit"}, cb=lambda r: seen.append(r["id"])))
     await db.save_doc({"_id": "leek", "type": "vegetable"})
     await db.save_doc({"_id": "cherry", "type": "fruit"})
     deadline = time.monotonic() + 5

@@ -52,9 +52,20 @@ def test_good_options_become_service_arguments(tmp_path):
     assert options["handler-object"] is handlers_for_tests.record
     assert options.service_kwargs() == {
         "since": "now", "heartbeat": 5000, "checkpoint_every": 7, "dedup_window": 100, "give_up_after": 60.0,
-        "shard": Shard(2, 3), "pending_interval": 15.0, "selector": {"type": "order"}, "include_docs": True, "region": "eu",
+        "shard": Shard(2, 3), "pending_interval": 15.0, "selector": {"type": "order"}, "include_docs": True,
+        "params": {"region": "eu"},
     }
     assert (options["concurrency"], options["max-buffered"], options["max-ahead"], options["on-error"]) == (4, 16, 500, "retry")
+
+
+def test_param_sorts_feed_parameters_from_the_filters_own():
+    """--param with a feed parameter's name gives it its type; any other key goes to params, for the filter."""
+    options = parse(*BASE, "--handler", f"{HANDLERS}:record", "--filter", "app/by_region",
+                    "--param", "conflicts=true", "--param", "style=all_docs", "--param", "seq_interval=10",
+                    "--param", "region=eu", "--param", "max=3")
+    kwargs = options.service_kwargs()
+    assert (kwargs["conflicts"], kwargs["style"], kwargs["seq_interval"]) == (True, "all_docs", 10)
+    assert kwargs["params"] == {"region": "eu", "max": "3"}
 
 
 def test_doc_ids_accumulate_from_commas_and_repeats():
@@ -79,6 +90,9 @@ def test_doc_ids_accumulate_from_commas_and_repeats():
         ([*BASE, "--handler", f"{HANDLERS}:record", "--handler-arg", "tag=x"], "--handler-arg only goes with"),
         ([*BASE, "--handler", f"{HANDLERS}:record", "--param", "region"], "--param expects KEY=VALUE"),
         ([*BASE, "--handler", f"{HANDLERS}:record", "--param", "since=5"], "use --since"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--param", "conflicts=yes"], "--param conflicts must be true or false"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--param", "style=everything"], "--param style must be one of"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--param", "seq_interval=0"], "--param seq_interval must be a whole"),
         ([*BASE, "--handler", f"{HANDLERS}:record", "--selector", "{not json"], "--selector is not valid JSON"),
         ([*BASE, "--handler", f"{HANDLERS}:record", "--selector", "[1]"], "must be a JSON object"),
         ([*BASE, "--handler", f"{HANDLERS}:record", "--selector", "@/no/such/file.json"], "cannot read the selector file"),
@@ -141,7 +155,7 @@ def test_make_service_builds_the_follower_with_the_options(monkeypatch, tmp_path
     assert made["handler"] is handlers_for_tests.record
     assert (made["concurrency"], made["max_buffered"], made["max_ahead"], made["on_error"], made["since"]) == (
         3, None, None, "skip", "now")
-    assert (made["filter"], made["level"]) == ("app/important", "2")
+    assert (made["filter"], made["params"]) == ("app/important", {"level": "2"})
     store = made["checkpoint"]
     assert isinstance(store, FileCheckpoint)
     assert store.identity == "http://127.0.0.1:5984/prefix/orders/_changes?filter=app/important&level=2"

@@ -14,6 +14,8 @@ What to use for what:
     couchdbkit's API with Deferreds: ``fetch`` (the normal feed),
     ``wait_once`` (longpoll), ``register_callback`` and ``wait`` (the
     continuous feed), and ``changes()``, a ``ChangeStream`` for ``async for``.
+    Their feed parameters (and the service's) are the keywords of
+    ``FeedParams``; a filter's own parameters go in ``params={...}``.
 ``ChangesService``
     A Twisted ``Service`` that follows a feed for as long as it runs:
     reconnects and resumes with no change lost, detects stalls, applies
@@ -40,6 +42,7 @@ txchanges``); the twistd plugin is ``twistd -n txchanges``.
 
 from txchanges import errors
 from txchanges.feed._aiter import ChangeStream
+from txchanges.feed._feedparams import FeedParams
 from txchanges.service.checkpoint import (
     CheckpointError,
     CheckpointStore,
@@ -61,6 +64,7 @@ __all__ = [
     "Database",
     "Consumer",
     "ChangeStream",
+    "FeedParams",
     "ChangesService",
     "ServiceStats",
     "Shard",

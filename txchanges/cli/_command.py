@@ -122,7 +122,9 @@ class Command:
 
     async def _fetch(self, db: Database) -> None:
         try:
-            body = await Consumer(db, clock=self._reactor).fetch(self._options["since"], **self._options["feed_params"])
+            body = await Consumer(db, clock=self._reactor).fetch(
+                self._options["since"], params=self._options["params"], **self._options["feed_params"]
+            )
             self._out.write(json.dumps(body, ensure_ascii=False).encode("utf-8") + b"\n")
             self._out.flush()
         finally:
@@ -137,7 +139,7 @@ class Command:
             follower = LongpollFollower(
                 db, printer, since=options["since"], checkpoint=store, heartbeat=options["heartbeat"],
                 give_up_after=options["give-up-after"], limit=options["limit"], shard=options["shard"],
-                clock=self._reactor,
+                clock=self._reactor, params=options["params"],
                 **options["feed_params"],
             )
             self.stop, start = follower.stop, follower.start
@@ -289,6 +291,8 @@ class LongpollFollower:
 
     :param limit: Stop after this many changes; requests ask for no more.
     :param shard: Hand over only the changes of this shard's documents.
+    :param params: The filter's own parameters, and *feed_params* the feed
+        parameters, as :meth:`~txchanges.Consumer.wait_once` takes and checks them.
     """
 
     log = Logger()
@@ -305,6 +309,7 @@ class LongpollFollower:
         limit: Optional[int],
         clock: Clock,
         shard: Optional[Shard] = None,
+        params: Optional[Mapping[str, Any]] = None,
         **feed_params: Any,
     ) -> None:
         self.db = db
@@ -319,7 +324,8 @@ class LongpollFollower:
         self._limit = limit
         self._shard = shard
         self._clock = clock
-        self._params = feed_params
+        self._feed_params = feed_params
+        self._params = params
         self._consumer = Consumer(db, clock=clock)
         self._retry = backoffPolicy()
         self._stopping = False
@@ -358,13 +364,14 @@ class LongpollFollower:
             since = self.resume_seq = saved if saved is not None else self._since
             attempt, failing_since = 0, None
             while not self._stopping:
-                params = dict(self._params)
+                feed_params = dict(self._feed_params)
                 if self._limit is not None:
-                    params["limit"] = self._limit - self.stats.handled
+                    feed_params["limit"] = self._limit - self.stats.handled
                 self.state = "streaming"
                 try:
                     body = await self._consumer.wait_once(
-                        since, timeout=None, heartbeat=self._heartbeat, cb=self._handle, **params)
+                        since, timeout=None, heartbeat=self._heartbeat, cb=self._handle, params=self._params,
+                        **feed_params)
                 except CancelledError:
                     if self._stopping:
                         break

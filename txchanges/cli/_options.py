@@ -19,10 +19,12 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.python import usage
 
+from txchanges.feed._feedparams import KNOWN, check_feed_params, feed_param_from_text
 from txchanges.feed._params import feed_request
 from txchanges.http._urls import parse_server_url, query_string, redact, validate_db_name
 from txchanges.service.checkpoint import CheckpointStore, parse_checkpoint_spec
 from txchanges.http.client import Database, Server
+from txchanges.feed.consumer import Consumer
 from txchanges.service.shard import Shard
 
 __all__ = [
@@ -119,8 +121,10 @@ class FeedOptions(usage.Options):
     """
     Which changes to read: where to start and which filter to apply.
 
-    After parsing, ``self["feed_params"]`` holds the keyword arguments for
-    :meth:`~txchanges.Consumer.fetch` (or the service), already checked.
+    After parsing, ``self["feed_params"]`` holds the feed parameters (the
+    keyword arguments of :meth:`~txchanges.Consumer.fetch` or the service)
+    and ``self["params"]`` the filter's own parameters (their ``params=``),
+    already checked.
     """
 
     optParameters: list[list[Any]] = [
@@ -144,17 +148,26 @@ class FeedOptions(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["params"] = {}
+        self["feed_params"] = {}
         self["doc_ids"] = []
 
     def opt_param(self, value: str) -> None:
-        """KEY=VALUE for the filter (its req.query) or any feed parameter (style=all_docs); repeatable."""
+        """KEY=VALUE for the filter (its req.query) or a feed parameter without an option (style=all_docs); repeatable."""
         key, text = _key_value("--param", value)
         owner = _NOT_PARAMS.get(key)
         if owner is not None:
             raise usage.UsageError(f"--param {key}=... is not allowed: use {owner}")
         if key in self.reserved_params:
             raise usage.UsageError(f"--param {key}=... is not allowed: {self.reserved_params[key]}")
-        self["params"][key] = text
+        if key in KNOWN:
+            # A feed parameter keeps its type (conflicts=true is a bool) and
+            # its check; only the filter's own parameters go to params.
+            try:
+                self["feed_params"][key] = feed_param_from_text(key, text)
+            except ValueError as e:
+                raise usage.UsageError(f"--param {e}") from None
+        else:
+            self["params"][key] = text
 
     def opt_doc_ids(self, value: str) -> None:
         """Only changes of these document ids, comma-separated; repeatable; implies _doc_ids."""
@@ -164,7 +177,7 @@ class FeedOptions(usage.Options):
         self["doc_ids"].extend(ids)
 
     def postOptions(self) -> None:
-        params: dict[str, Any] = dict(self["params"])
+        params: dict[str, Any] = self["feed_params"]
         if self["filter"] is not None:
             params["filter"] = self["filter"]
         if self["doc_ids"]:
@@ -176,10 +189,9 @@ class FeedOptions(usage.Options):
         if self["include-docs"]:
             params["include_docs"] = True
         try:
-            feed_request("normal", self["since"], params)
+            feed_request("normal", self["since"], check_feed_params(Consumer.fetch, params, self["params"]))
         except (ValueError, TypeError) as e:
             raise usage.UsageError(str(e)) from None
-        self["feed_params"] = params
 
 
 class FollowerOptions(FeedOptions):
@@ -240,11 +252,12 @@ class FollowerOptions(FeedOptions):
         """
         :return: Keyword arguments for :class:`~txchanges.ChangesService`:
             ``since``, ``heartbeat``, ``checkpoint_every``, ``dedup_window``,
-            ``give_up_after``, ``shard``, ``pending_interval`` and the feed
-            parameters.
+            ``give_up_after``, ``shard``, ``pending_interval``, the feed
+            parameters and ``params``, the filter's own.
         """
         return dict(
             self["feed_params"],
+            params=self["params"],
             since=self["since"],
             heartbeat=self["heartbeat"],
             checkpoint_every=self["checkpoint-every"],
@@ -260,7 +273,7 @@ class FollowerOptions(FeedOptions):
             and the shard, so that a checkpoint written for another database,
             filter or shard is refused rather than trusted.
         """
-        identity = checkpoint_identity(db, self["feed_params"], self["shard"])
+        identity = checkpoint_identity(db, self["feed_params"], self["params"], shard=self["shard"])
         return parse_checkpoint_spec(self["checkpoint"], db, identity=identity)
 
 
@@ -271,16 +284,21 @@ def have_prometheus_client() -> bool:
     return importlib.util.find_spec("prometheus_client") is not None
 
 
-def checkpoint_identity(db: Database, feed_params: Mapping[str, Any], shard: Optional[Shard] = None) -> str:
+def checkpoint_identity(
+    db: Database,
+    feed_params: Mapping[str, Any],
+    params: Optional[Mapping[str, Any]] = None,
+    shard: Optional[Shard] = None,
+) -> str:
     """
     What a checkpoint belongs to: the database's URL and whatever chooses
-    which changes are delivered (filter, view, ids, selector, filter
-    parameters, and the shard: shards pass over each other's changes, so one
-    shard's resume point is none for another), but not how they are
+    which changes are delivered (filter, view, ids, selector, the filter's
+    own *params*, and the shard: shards pass over each other's changes, so
+    one shard's resume point is none for another), but not how they are
     presented (``include_docs``...).
     """
     chosen = {k: v for k, v in feed_params.items() if k not in _PRESENTATION}
-    request = feed_request("normal", None, chosen)
+    request = feed_request("normal", None, dict(chosen, **(params or {})))
     query = [(k, v) for k, v in request.query if k != "feed"]
     identity = db.url + "/_changes"
     if query:

@@ -126,11 +126,13 @@ def feed_request(feed: str, since: Any = None, params: Mapping[str, Any] = {}) -
 
     :param feed: ``"normal"``, ``"longpoll"`` or ``"continuous"``.
     :param since: Where to start; ``None`` leaves it to the server (``0``).
-    :param params: Every other parameter: ``filter``/``filter_name``,
-        ``doc_ids``, ``selector`` (with ``fields``), ``view``, ``heartbeat``
-        (``True`` for the server's default interval, or milliseconds),
-        ``timeout`` (milliseconds), and anything else, passed through -
-        extra parameters reach a design document filter as ``req.query``.
+    :param params: Every other parameter, as
+        :func:`~txchanges.feed._feedparams.check_feed_params` merged them:
+        ``filter``/``filter_name``, ``doc_ids``, ``selector`` (with
+        ``fields``), ``view``, ``heartbeat`` (``True`` for the server's
+        default interval, or milliseconds), ``timeout`` (milliseconds), and
+        anything else, passed through: the ``params={...}`` of a call, which
+        reach a design document filter as ``req.query``.
     :raises ValueError: for a malformed filter name, a built-in filter without
         what it needs, or parameters that contradict each other.
     :raises TypeError: for values that cannot be encoded.

@@ -5,19 +5,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from typing_extensions import Unpack
 
 from txchanges.feed._aiter import ChangeStream
 from txchanges.feed._feed import BodyCollector, FeedRun, Stopped
+from txchanges.feed._feedparams import FeedParams, live_request, normal_request
 from txchanges.feed._normal import RowsProtocol
-from txchanges.feed._params import FeedRequest, feed_request
+from txchanges.feed._params import FeedRequest
 from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
-from txchanges._reactor import default_clock
 from txchanges.feed._watchdog import Clock, idle_limit
+from txchanges._reactor import default_clock
 from txchanges.http.client import Database
 from txchanges.errors import UnexpectedResponse
 
@@ -98,29 +101,46 @@ class Consumer:
 
     # -- the three feeds ----------------------------------------------------
 
-    def fetch(self, since: Any = None, **params: Any) -> "Deferred[dict[str, Any]]":
+    def fetch(
+        self,
+        since: Any = None,
+        *,
+        filter_name: Optional[str] = None,
+        params: Optional[Mapping[str, Any]] = None,
+        **feed_params: Unpack[FeedParams],
+    ) -> "Deferred[dict[str, Any]]":
         """
         Read the changes since *since* in one request (``feed=normal``).
 
         :param since: An opaque sequence string from an earlier answer,
             ``0``, ``"now"``, or an integer for CouchDB 1.x and PouchDB;
             ``None`` starts at the beginning.
-        :param params: Feed parameters, passed through: ``limit``,
-            ``descending``, ``include_docs``, ``conflicts``, ``style``,
-            ``seq_interval``, ``filter`` (or its alias ``filter_name``) with
-            extra parameters for the filter, ``doc_ids=[...]``,
-            ``selector={...}`` (and ``fields``), ``view="ddoc/view"``.
-            Booleans are sent as ``true``/``false``; unknown parameters are
-            sent unchanged.
-        :raises ValueError: at once, for a malformed filter name or
-            contradicting filter parameters.
+        :param filter_name: A filter, ``"designname/filtername"`` or a
+            built-in (``_doc_ids``, ``_selector``, ``_view``, ``_design``);
+            ``filter=`` is its alias.
+        :param params: Any other query parameter, sent unchanged: above all
+            a filter function's own, which it reads in ``req.query``
+            (``params={"type": "fruit"}``). A key that is a feed parameter,
+            or one the method sets (``feed``, ``since``), is a
+            ``ValueError``.
+        :param feed_params: The feed parameters of
+            :class:`~txchanges.FeedParams`: ``limit``, ``descending``,
+            ``include_docs``, ``conflicts``, ``attachments``,
+            ``att_encoding_info``, ``style``, ``seq_interval``, ``filter``,
+            ``doc_ids=[...]``, ``selector={...}`` (and ``fields``),
+            ``view="ddoc/view"``. Booleans are sent as ``true``/``false``.
+        :raises TypeError: at once, for an unknown keyword (the message
+            names the closest known one) or a value of the wrong type.
+        :raises ValueError: at once, for a malformed filter name,
+            contradicting filter parameters, or a key of *params* that
+            collides with a named parameter.
         :return: A Deferred firing with the body exactly as the server sent
             it, ``{"results": [...], "last_seq": ..., "pending": ...}``; it
             fails with a :class:`~txchanges.errors.CouchError` subclass (e.g.
             :class:`~txchanges.errors.NotFound` for a missing database) or
             :class:`~txchanges.errors.ConnectionFailed`.
         """
-        request = feed_request("normal", since, params)
+        request = normal_request(self.fetch, since, filter_name, params, feed_params)
         return self.db.server.request_json(
             request.method,
             self.db.path("_changes"),
@@ -129,7 +149,13 @@ class Consumer:
         )
 
     def fetch_rows(
-        self, callback: Callback, since: Any = None, **params: Any
+        self,
+        callback: Callback,
+        since: Any = None,
+        *,
+        filter_name: Optional[str] = None,
+        params: Optional[Mapping[str, Any]] = None,
+        **feed_params: Unpack[FeedParams],
     ) -> "Deferred[dict[str, Any]]":
         """
         Read the normal feed (``feed=normal``) like :meth:`fetch`, but hand
@@ -147,7 +173,9 @@ class Consumer:
             raises, or its Deferred fails, the fetch fails with that. The
             registered callbacks are not called.
         :param since: Where to start, as for :meth:`fetch`.
-        :param params: Feed parameters, as for :meth:`fetch`.
+        :param filter_name: A filter, as for :meth:`fetch`.
+        :param params: Other query parameters, and *feed_params* the feed
+            parameters, as for :meth:`fetch` (and checked as there).
         :return: A Deferred that fires, once every row was handed over and
             every Deferred *callback* returned has fired, with the rest of
             the body: ``{"last_seq": ..., "pending": N}``. It fails like
@@ -163,7 +191,7 @@ class Consumer:
         """
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {callback!r}")
-        request = feed_request("normal", since, params)
+        request = normal_request(self.fetch_rows, since, filter_name, params, feed_params)
         return Deferred.fromCoroutine(self._fetch_rows(request, callback))
 
     async def _fetch_rows(self, request: FeedRequest, callback: Callback) -> dict[str, Any]:
@@ -192,7 +220,9 @@ class Consumer:
         heartbeat: Any = False,
         filter_name: Optional[str] = None,
         cb: Optional[Callback] = None,
-        **params: Any,
+        *,
+        params: Optional[Mapping[str, Any]] = None,
+        **feed_params: Unpack[FeedParams],
     ) -> "Deferred[dict[str, Any]]":
         """
         Wait for the next changes in one longpoll request (``feed=longpoll``).
@@ -207,9 +237,10 @@ class Consumer:
             keep-alive newlines while it waits (CouchDB then ignores
             *timeout*).
         :param filter_name: A filter, ``"designname/filtername"`` or a
-            built-in; extra *params* reach it as ``req.query``.
+            built-in; *params* reach it as ``req.query``.
         :param cb: Called with each change, after the registered callbacks.
-        :param params: Other feed parameters, as for :meth:`fetch`.
+        :param params: Other query parameters, and *feed_params* the feed
+            parameters, as for :meth:`fetch` (and checked as there).
         :return: A Deferred firing with ``{"results": [...], "last_seq": ...,
             "pending": ...}`` once every callback is done with the results;
             it fails like :meth:`fetch`, with what a callback raised, or with
@@ -218,11 +249,7 @@ class Consumer:
             :meth:`stop` or cancelling it fails it with
             :class:`~twisted.internet.defer.CancelledError`.
         """
-        request = feed_request(
-            "longpoll",
-            since,
-            dict(params, timeout=timeout, heartbeat=heartbeat, filter_name=filter_name),
-        )
+        request = live_request(self.wait_once, "longpoll", since, heartbeat, timeout, filter_name, params, feed_params)
         limit = idle_limit(heartbeat, timeout)
         return Deferred.fromCoroutine(self._wait_once(request, limit, cb))
 
@@ -261,7 +288,9 @@ class Consumer:
         timeout: Optional[int] = None,
         filter_name: Optional[str] = None,
         cb: Optional[Callback] = None,
-        **params: Any,
+        *,
+        params: Optional[Mapping[str, Any]] = None,
+        **feed_params: Unpack[FeedParams],
     ) -> "Deferred[Any]":
         """
         Follow the continuous feed (``feed=continuous``) over one connection,
@@ -279,8 +308,9 @@ class Consumer:
             which the server ends the feed.
         :param filter_name: A filter, as for :meth:`wait_once`.
         :param cb: Called with each change, after the registered callbacks.
-        :param params: Other feed parameters, as for :meth:`fetch`
-            (``limit`` ends the feed after that many rows).
+        :param params: Other query parameters, and *feed_params* the feed
+            parameters, as for :meth:`fetch` (and checked as there);
+            ``limit`` ends the feed after that many rows.
         :return: A Deferred that fires with the feed's ``last_seq`` when the
             server ends it (timeout, limit, database deleted), or with the
             place to resume from (the last seq delivered, else *since*) when
@@ -293,11 +323,7 @@ class Consumer:
             :class:`~txchanges.errors.Stalled` (each carrying ``last_seq``)
             during it, or with what a callback raised.
         """
-        request = feed_request(
-            "continuous",
-            since,
-            dict(params, heartbeat=heartbeat, timeout=timeout, filter_name=filter_name),
-        )
+        request = live_request(self.wait, "continuous", since, heartbeat, timeout, filter_name, params, feed_params)
         limit = idle_limit(heartbeat, timeout)
         return Deferred.fromCoroutine(self._wait(request, limit, since, cb))
 
@@ -332,7 +358,9 @@ class Consumer:
         heartbeat: Any = True,
         timeout: Optional[int] = None,
         filter_name: Optional[str] = None,
-        **params: Any,
+        *,
+        params: Optional[Mapping[str, Any]] = None,
+        **feed_params: Unpack[FeedParams],
     ) -> ChangeStream:
         """
         The continuous feed as an asynchronous iterator, for ``async for``
@@ -344,18 +372,15 @@ class Consumer:
                 async for change in changes:
                     await handle(change)
 
-        The parameters are those of :meth:`wait`; registered callbacks are
-        not called. :meth:`stop` does not end it; leave the loop, or call
-        :meth:`ChangeStream.close <txchanges.ChangeStream.close>`.
+        The parameters are those of :meth:`wait` but *cb*, checked as
+        there; registered callbacks are not called. :meth:`stop` does not
+        end it; leave the loop, or call :meth:`ChangeStream.close
+        <txchanges.ChangeStream.close>`.
 
         :return: A :class:`~txchanges.ChangeStream`; the request is sent at
             once.
         """
-        request = feed_request(
-            "continuous",
-            since,
-            dict(params, heartbeat=heartbeat, timeout=timeout, filter_name=filter_name),
-        )
+        request = live_request(self.changes, "continuous", since, heartbeat, timeout, filter_name, params, feed_params)
         return ChangeStream(
             self.db, request, self._clock, idle_limit(heartbeat, timeout), self._max_line_length
         )

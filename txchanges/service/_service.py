@@ -5,6 +5,7 @@ the service runs, through any failure, without losing a change.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 from twisted.application.internet import backoffPolicy
@@ -13,19 +14,21 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from typing_extensions import Unpack
 
 from txchanges.feed._feed import FeedRun, Stopped
+from txchanges.feed._feedparams import SET_BY_METHOD, FeedParams, check_feed_params
 from txchanges.feed._params import feed_request
 from txchanges.service._pending import PendingProbe
 from txchanges.service._progress import DedupWindow, Progress
 from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
-from txchanges._reactor import default_clock
 from txchanges.feed._rows import LastSeq
 from txchanges.service._retry import Backoff, is_terminal
 from txchanges.service._saver import CheckpointSaver
 from txchanges.service._scheduler import Scheduler, buffer_bounds
 from txchanges.service._stats import ServiceStats
 from txchanges.feed._watchdog import Clock, idle_limit
+from txchanges._reactor import default_clock
 from txchanges.service.checkpoint import CheckpointStore, MemoryCheckpoint
 from txchanges.http.client import Database
 from txchanges.service.shard import Shard
@@ -35,7 +38,7 @@ __all__ = ["ChangesService", "ServiceStats"]
 Handler = Callable[[dict[str, Any]], Any]
 
 # Parameters the service sets itself.
-_RESERVED = frozenset({"since", "feed", "heartbeat", "timeout"})
+_REFUSED = dict(SET_BY_METHOD, timeout="the service sets timeout itself (it sends heartbeat)")
 
 
 class ChangesService(Service):
@@ -88,9 +91,18 @@ class ChangesService(Service):
     :param stop_timeout: The longest :meth:`stopService` waits for running
         handler calls.
     :param clock: Time; the global reactor when omitted.
-    :param feed_params: Feed parameters as for
-        :meth:`~txchanges.Consumer.wait`: ``filter_name``, ``doc_ids``,
-        ``selector``, ``view``, ``include_docs``, ``style``, ...
+    :param filter_name: A filter, as for :meth:`~txchanges.Consumer.wait`;
+        ``filter=`` is its alias.
+    :param params: Any other query parameter, sent unchanged: above all a
+        filter function's own, which it reads in ``req.query``. A key that
+        is a feed parameter, or one the service sets (``feed``, ``since``,
+        ``heartbeat``, ``timeout``), is a ``ValueError``.
+    :param feed_params: The feed parameters of
+        :class:`~txchanges.FeedParams`, as for
+        :meth:`~txchanges.Consumer.wait`: ``doc_ids``, ``selector``,
+        ``view``, ``include_docs``, ``style``, ... An unknown keyword (a
+        misspelled option too) is a ``TypeError`` naming the closest known
+        name.
     """
 
     log = Logger()
@@ -117,7 +129,9 @@ class ChangesService(Service):
         stop_timeout: float = 30.0,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
         clock: Optional[Clock] = None,
-        **feed_params: Any,
+        filter_name: Optional[str] = None,
+        params: Optional[Mapping[str, Any]] = None,
+        **feed_params: Unpack[FeedParams],
     ) -> None:
         if not isinstance(db, Database):
             raise TypeError(f"ChangesService needs a Database, not {type(db).__name__}")
@@ -133,18 +147,17 @@ class ChangesService(Service):
             raise ValueError(f"pending_interval must be a positive number of seconds or None, not {pending_interval!r}")
         if shard is not None and not isinstance(shard, Shard):
             raise TypeError(f"shard must be a Shard, not {shard!r}")
-        reserved = _RESERVED & set(feed_params)
-        if reserved:
-            raise ValueError(f"the service sets {', '.join(sorted(reserved))} itself")
+        merged = check_feed_params(ChangesService, feed_params, params, _REFUSED)
+        merged["filter_name"] = filter_name
         # Fail on a bad filter or parameter now rather than at start-up.
-        feed_request("continuous", since if since != "now" else None, feed_params)
+        feed_request("continuous", since if since != "now" else None, merged)
         clock = default_clock(clock)
         self.db = db
         self._handler = handler
         self._since = since
         self._store: CheckpointStore = checkpoint if checkpoint is not None else MemoryCheckpoint()
         self._heartbeat = heartbeat
-        self._params = feed_params
+        self._params = merged
         self._clock: Clock = clock
         self._retry = retry_policy or backoffPolicy()
         self._give_up_after = give_up_after
