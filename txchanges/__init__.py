@@ -12,6 +12,7 @@ from .checkpoint import (
     FileCheckpoint,
     LocalDocCheckpoint,
     MemoryCheckpoint,
+    checkpoint_identity,
 )
 from .client import Database, Server
 from .consumer import Consumer
@@ -52,6 +53,7 @@ __all__ = [
     "FileCheckpoint",
     "LocalDocCheckpoint",
     "CheckpointError",
+    "checkpoint_identity",
     "TxChangesError",
     "CouchError",
     "BadRequest",

@@ -21,11 +21,11 @@ from ._progress import DedupWindow, Progress
 from ._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
 from ._rows import LastSeq
 from ._retry import Backoff, is_terminal
-from ._saver import CheckpointSaver
+from ._saver import CheckpointSaver, prepare_store
 from ._scheduler import Scheduler, buffer_bounds
 from ._stats import ServiceStats
 from ._watchdog import Clock, idle_limit
-from .checkpoint import CheckpointStore, MemoryCheckpoint
+from .checkpoint import CheckpointStore, MemoryCheckpoint, checkpoint_identity
 from .client import Database
 from .shard import Shard
 
@@ -302,6 +302,8 @@ class ChangesService(Service):
 
     async def _follow(self) -> None:
         self.state = "starting"
+        identity = checkpoint_identity(self.db, shard=self._shard, **self._params)
+        await self._start_step(f"checking {self._store.describe()}", lambda: prepare_store(self._store, identity))
         saved = await self._start_step(f"loading the checkpoint from {self._store.describe()}", self._store.load)
         self._saved = saved
         if saved is not None:
@@ -343,7 +345,7 @@ class ChangesService(Service):
         scheduler.dropped = self._dedup.forget
         progress = self._progress
         saver = self._saver = CheckpointSaver(
-            self._store, lambda: progress.resume, self._interval, self._clock, self._saved
+            self._store, lambda: progress.resume, self._interval, self._clock, self._saved, self._handler_failed
         )
         scheduler.checkpoint = saver.save_if_moved
         if self._pending_interval is not None:
