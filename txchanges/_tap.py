@@ -12,11 +12,15 @@ The handler is chosen by one of two options:
   followed :class:`~txchanges.Database` and the ``--handler-arg KEY=VALUE``
   pairs (strings); it returns the per-change callable.
 
+twistd does not put the current directory on ``sys.path``: a handler in the
+project folder needs ``PYTHONPATH=.`` (the usage error says so). A usage
+error is printed as two lines on stderr, with status 2.
+
 When the follower stops by itself with an error (HTTP 400/401/403/404, a
 handler failure with ``--on-error stop``, an unusable checkpoint, or
-``--give-up-after`` passing), the error is logged, the reactor is stopped,
-and the process exits with status 1 once twistd has finished its own
-shutdown, so that a supervisor sees the failure. A stop asked for by a signal
+``--give-up-after`` passing), or the metrics port cannot be bound, the error
+is logged, the reactor is stopped, and the process exits with status 1 once
+twistd has finished its own shutdown, so that a supervisor sees the failure. A stop asked for by a signal
 saves the checkpoint, then twistd ends the process with that same signal
 (as a shell sees it: 143 for SIGTERM, 130 for SIGINT).
 """
