@@ -419,4 +419,3 @@ def parse_checkpoint_spec(
     if kind == "file":
         return FileCheckpoint(os.path.expanduser(value), identity=identity)
     return LocalDocCheckpoint(db, value, identity=identity)
-
