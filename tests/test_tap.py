@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -259,15 +260,69 @@ def test_twistd_help_lists_the_plugin():
     assert "txchanges        Follow a CouchDB database's _changes feed" in done.stdout
 
 
-def test_twistd_usage_error_is_a_message_not_a_traceback():
-    """An unimportable handler makes twistd print the usage error, without a traceback, and exit non-zero."""
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--handler", "tests.no_such_module:x"], "--handler 'tests.no_such_module:x' cannot be imported"),
+        (["--handler", f"{HANDLERS}:record", "--concurrency", "0"], "--concurrency expects a whole number"),
+        (["--handler", f"{HANDLERS}:record", "--no-such-option"], "option --no-such-option not recognized"),
+    ],
+    ids=["handler", "value", "unknown-option"],
+)
+def test_twistd_usage_error_is_two_lines_not_the_whole_help(args, message):
+    """A usage error under twistd is the message and a pointer to --help on stderr, without twistd's help or a traceback, and status 2."""
     done = subprocess.run(
-        [*twistd_command(), "-n", "txchanges", *BASE, "--handler", "tests.no_such_module:x"],
+        [*twistd_command(), "-n", "txchanges", *BASE, *args],
         env=twistd_env(), capture_output=True, text=True, timeout=TIMEOUT,
     )
-    assert done.returncode != 0
-    assert "--handler 'tests.no_such_module:x' cannot be imported" in done.stdout
-    assert "Traceback" not in done.stdout + done.stderr
+    assert done.returncode == 2 and done.stdout == ""
+    first, second = done.stderr.splitlines()
+    assert first.startswith("twistd txchanges: ") and message in first
+    assert second == "Run 'twistd txchanges --help' for usage."
+
+
+def test_twistd_help_of_the_plugin_is_still_the_whole_help():
+    """twistd txchanges --help prints every option and exits 0."""
+    done = subprocess.run(
+        [*twistd_command(), "txchanges", "--help"], env=twistd_env(), capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    assert done.returncode == 0 and "--handler-factory=" in done.stdout and "--metrics-port=" in done.stdout
+
+
+def test_a_handler_in_the_current_directory_says_how_to_import_it(couch_server, tmp_path):
+    """A handler module in twistd's working directory is not found, with a hint to set PYTHONPATH=.; with it, it is imported."""
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "index.py").write_text("def handle(change):\n    pass\n")
+    args = [*twistd_command(), "-n", "--pidfile=", "txchanges", "--url", couch_server.admin_url, "--db", "no-such-db",
+            "--handler", "myapp.index:handle"]
+    done = subprocess.run(args, env=twistd_env(), cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 2, done.stderr
+    assert "No module named 'myapp' (twistd does not look in the current directory: run it as PYTHONPATH=. twistd" in done.stderr
+    with_path = twistd_env()
+    with_path["PYTHONPATH"] = os.pathsep.join([".", with_path["PYTHONPATH"]])
+    done = subprocess.run(args, env=with_path, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 1 and "Database does not exist" in done.stdout, done.stdout + done.stderr
+
+
+def test_twistd_with_a_metrics_port_in_use_logs_one_line_and_exits_1(couch_server, db_name, tmp_path):
+    """--metrics-port on a port in use: one log line naming it, no traceback, status 1, and no change handled."""
+    couch_server.create_db(db_name)
+    couch_server.request("PUT", f"{db_name}/doc-0", {})
+    output = tmp_path / "handled.jsonl"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        process = twistd(
+            "txchanges", "--url", couch_server.admin_url, "--db", db_name, "--handler", f"{HANDLERS}:record",
+            "--metrics-port", str(port), output=output,
+        )
+        log = process.communicate(timeout=TIMEOUT)[0]
+    assert process.returncode == 1, log
+    assert "Traceback" not in log and not output.exists()
+    [line] = [line for line in log.splitlines() if str(port) in line]
+    assert f"cannot serve metrics on 127.0.0.1:{port} (Address already in use); exiting with status 1" in line
 
 
 def test_twistd_follows_and_stops_on_sigterm_with_the_checkpoint_saved(couch_server, db_name, tmp_path):
@@ -319,6 +374,7 @@ def test_twistd_exits_1_when_the_handler_fails_with_on_error_stop(couch_server, 
     log = process.communicate(timeout=TIMEOUT)[0]
     assert process.returncode == 1, log
     assert "RuntimeError: cannot handle doc-0" in log and "exiting with status 1" in log
+    assert log.count("Traceback (most recent call last)") == 1, log
     assert not ckpt.exists()
 
 

@@ -23,7 +23,8 @@ What to use for what:
     ``ServiceStats``; a ``Shard`` splits one feed between several followers.
 ``MemoryCheckpoint``, ``FileCheckpoint``, ``LocalDocCheckpoint``
     Where the service keeps its resume point; implement ``CheckpointStore``
-    for another store.
+    for another store. ``checkpoint_identity`` names what a checkpoint
+    belongs to, the same for the service, the command and the plugin.
 ``txchanges.testing``
     ``FakeCouchDB``, an in-memory CouchDB 3 with fault controls, for testing
     handlers with a ``task.Clock``.
@@ -49,6 +50,7 @@ from txchanges.service.checkpoint import (
     FileCheckpoint,
     LocalDocCheckpoint,
     MemoryCheckpoint,
+    checkpoint_identity,
 )
 from txchanges.http.client import Database, Server
 from txchanges.feed.consumer import Consumer
@@ -73,5 +75,6 @@ __all__ = [
     "FileCheckpoint",
     "LocalDocCheckpoint",
     "CheckpointError",
+    "checkpoint_identity",
 ]
 __all__ += errors.__all__

@@ -19,13 +19,13 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.python import usage
 
-from txchanges.feed._feedparams import KNOWN, check_feed_params, feed_param_from_text
 from txchanges.feed._params import feed_request
-from txchanges.http._urls import parse_server_url, query_string, redact, validate_db_name
-from txchanges.service.checkpoint import CheckpointStore, parse_checkpoint_spec
+from txchanges.http._urls import parse_server_url, redact, validate_db_name
+from txchanges.service.checkpoint import CheckpointStore, checkpoint_identity, parse_checkpoint_spec
 from txchanges.http.client import Database, Server
-from txchanges.feed.consumer import Consumer
 from txchanges.service.shard import Shard
+from txchanges.feed._feedparams import KNOWN, check_feed_params, feed_param_from_text
+from txchanges.feed.consumer import Consumer
 
 __all__ = [
     "FeedOptions",
@@ -59,13 +59,6 @@ _NOT_PARAMS = {
     "view": "--view",
     "include_docs": "--include-docs",
 }
-
-# Feed parameters that change what is delivered, not which changes: a
-# checkpoint stays valid when they change.
-_PRESENTATION = frozenset(
-    {"include_docs", "conflicts", "attachments", "att_encoding_info", "limit", "seq_interval"}
-)
-
 
 def _coercer(kind: Callable[[str], Any], check: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
     def coerce(value: str) -> Any:
@@ -273,7 +266,7 @@ class FollowerOptions(FeedOptions):
             and the shard, so that a checkpoint written for another database,
             filter or shard is refused rather than trusted.
         """
-        identity = checkpoint_identity(db, self["feed_params"], self["params"], shard=self["shard"])
+        identity = checkpoint_identity(db, shard=self["shard"], params=self["params"], **self["feed_params"])
         return parse_checkpoint_spec(self["checkpoint"], db, identity=identity)
 
 
@@ -282,32 +275,6 @@ def have_prometheus_client() -> bool:
     Whether the optional ``prometheus_client`` package can be imported.
     """
     return importlib.util.find_spec("prometheus_client") is not None
-
-
-def checkpoint_identity(
-    db: Database,
-    feed_params: Mapping[str, Any],
-    params: Optional[Mapping[str, Any]] = None,
-    shard: Optional[Shard] = None,
-) -> str:
-    """
-    What a checkpoint belongs to: the database's URL and whatever chooses
-    which changes are delivered (filter, view, ids, selector, the filter's
-    own *params*, and the shard: shards pass over each other's changes, so
-    one shard's resume point is none for another), but not how they are
-    presented (``include_docs``...).
-    """
-    chosen = {k: v for k, v in feed_params.items() if k not in _PRESENTATION}
-    request = feed_request("normal", None, dict(chosen, **(params or {})))
-    query = [(k, v) for k, v in request.query if k != "feed"]
-    identity = db.url + "/_changes"
-    if query:
-        identity += "?" + query_string(sorted(query))
-    if request.body is not None:
-        identity += " " + json.dumps(request.body, sort_keys=True, separators=(",", ":"))
-    if shard is not None:
-        identity += f" shard {shard}"
-    return identity
 
 
 def credentials_from(url: str, environ: Mapping[str, str]) -> Optional[tuple[str, str]]:

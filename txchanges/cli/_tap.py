@@ -12,11 +12,15 @@ The handler is chosen by one of two options:
   followed :class:`~txchanges.Database` and the ``--handler-arg KEY=VALUE``
   pairs (strings); it returns the per-change callable.
 
+twistd does not put the current directory on ``sys.path``: a handler in the
+project folder needs ``PYTHONPATH=.`` (the usage error says so). A usage
+error is printed as two lines on stderr, with status 2.
+
 When the follower stops by itself with an error (HTTP 400/401/403/404, a
 handler failure with ``--on-error stop``, an unusable checkpoint, or
-``--give-up-after`` passing), the error is logged, the reactor is stopped,
-and the process exits with status 1 once twistd has finished its own
-shutdown, so that a supervisor sees the failure. A stop asked for by a signal
+``--give-up-after`` passing), or the metrics port cannot be bound, the error
+is logged, the reactor is stopped, and the process exits with status 1 once
+twistd has finished its own shutdown, so that a supervisor sees the failure. A stop asked for by a signal
 saves the checkpoint, then twistd ends the process with that same signal
 (as a shell sees it: 143 for SIGTERM, 130 for SIGINT).
 """
@@ -24,6 +28,7 @@ saves the checkpoint, then twistd ends the process with that same signal
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import inspect
 import logging
 import os
@@ -32,7 +37,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.error import ReactorNotRunning
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -72,7 +77,25 @@ def load_object(spec: str, option: str) -> Any:
             obj = getattr(obj, part)
         return obj
     except Exception as e:  # importing runs the user's code: anything can fail
-        raise usage.UsageError(f"{option} {spec!r} cannot be imported: {type(e).__name__}: {e}") from None
+        message = f"{option} {spec!r} cannot be imported: {type(e).__name__}: {e}"
+        raise usage.UsageError(message + _not_on_path_hint(module_name or spec)) from None
+
+
+def _not_on_path_hint(dotted: str) -> str:
+    # The commonest cause: twistd, unlike "python -m", does not put the
+    # current directory on sys.path, so a handler in the project folder is
+    # not found.
+    top = dotted.split(".")[0]
+    try:
+        missing = importlib.util.find_spec(top) is None
+    except (ImportError, ValueError):
+        missing = True
+    if not top.isidentifier() or not missing:
+        return ""
+    return (
+        f" (twistd does not look in the current directory: run it as PYTHONPATH=. twistd ... from the"
+        f" folder holding {top}, or install {top} as a package)"
+    )
 
 
 class Options(FollowerOptions):
@@ -115,6 +138,22 @@ class Options(FollowerOptions):
         super().__init__()
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self["handler-args"] = {}
+
+    def parseOptions(self, options: Optional[list[str]] = None) -> None:
+        """
+        Parse *options*; under twistd, a usage error is printed as two lines
+        on stderr and the process exits with status 2, instead of twistd's
+        whole help followed by the error.
+
+        :raises usage.UsageError: when parsed on its own, not under twistd.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            sys.stderr.write(f"twistd txchanges: {e}\nRun 'twistd txchanges --help' for usage.\n")
+            raise SystemExit(2) from None
 
     def opt_handler_arg(self, value: str) -> None:
         """
@@ -217,7 +256,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         clock=reactor,
         **options.service_kwargs(),
     )
-    top = MultiService()
+    top = _Process(reactor)
     if options["metrics-port"] is not None:
         from txchanges.metrics import MetricsServer
 
@@ -231,6 +270,34 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     watcher.setName("exit-on-failure")
     watcher.setServiceParent(top)
     return top
+
+
+class _Process(MultiService):
+    """
+    The plugin's services. A metrics port that cannot be bound (one in use)
+    is logged on one line and makes the process exit with status 1, as a
+    follower's terminal error does, instead of a traceback out of twistd.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, set_exit_status: Optional[Callable[[int], object]] = None) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self._set_exit_status = set_exit_status or exit_status_at_exit
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except CannotListenError as e:
+            # The metrics service is started first, so no change was read.
+            reason = e.socketError.strerror if isinstance(e.socketError, OSError) else e.socketError
+            self.log.critical(
+                "cannot serve metrics on {interface}:{port} ({reason}); exiting with status 1",
+                interface=e.interface or "0.0.0.0", port=e.port, reason=reason,
+            )
+            self._set_exit_status(1)
+            self._reactor.callWhenRunning(self._reactor.stop)
 
 
 class ExitOnFailure(Service):

@@ -340,10 +340,8 @@ class Scheduler:
             )
             job.retry = self._clock.callLater(delay, self._retry, job)
         else:
-            self.log.failure(
-                "handler failed on change {id!r} at seq {seq!r}; stopping",
-                failure, id=docid, seq=row.get("seq"),
-            )
+            # No traceback here: the service logs the failure that stops it.
+            self.log.critical("handler failed on change {id!r} at seq {seq!r}; stopping", id=docid, seq=row.get("seq"))
             self._halted = True
             self.dropped(row)
             self._release(job)

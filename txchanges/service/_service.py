@@ -17,21 +17,23 @@ from twisted.python.failure import Failure
 from typing_extensions import Unpack
 
 from txchanges.feed._feed import FeedRun, Stopped
-from txchanges.feed._feedparams import SET_BY_METHOD, FeedParams, check_feed_params
 from txchanges.feed._params import feed_request
 from txchanges.service._pending import PendingProbe
 from txchanges.service._progress import DedupWindow, Progress
 from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
 from txchanges.feed._rows import LastSeq
 from txchanges.service._retry import Backoff, is_terminal
-from txchanges.service._saver import CheckpointSaver
+from txchanges.service._saver import CheckpointSaver, prepare_store
 from txchanges.service._scheduler import Scheduler, buffer_bounds
 from txchanges.service._stats import ServiceStats
 from txchanges.feed._watchdog import Clock, idle_limit
-from txchanges._reactor import default_clock
 from txchanges.service.checkpoint import CheckpointStore, MemoryCheckpoint
+from txchanges.service._identity import identity_of
 from txchanges.http.client import Database
 from txchanges.service.shard import Shard
+from txchanges.feed._feedparams import SET_BY_METHOD, FeedParams, check_feed_params
+from txchanges.service._saver import CheckpointSaver
+from txchanges._reactor import default_clock
 
 __all__ = ["ChangesService", "ServiceStats"]
 
@@ -313,6 +315,8 @@ class ChangesService(Service):
 
     async def _follow(self) -> None:
         self.state = "starting"
+        identity = identity_of(self.db, self._params, self._shard)
+        await self._start_step(f"checking {self._store.describe()}", lambda: prepare_store(self._store, identity))
         saved = await self._start_step(f"loading the checkpoint from {self._store.describe()}", self._store.load)
         self._saved = saved
         if saved is not None:
@@ -354,7 +358,7 @@ class ChangesService(Service):
         scheduler.dropped = self._dedup.forget
         progress = self._progress
         saver = self._saver = CheckpointSaver(
-            self._store, lambda: progress.resume, self._interval, self._clock, self._saved
+            self._store, lambda: progress.resume, self._interval, self._clock, self._saved, self._handler_failed
         )
         scheduler.checkpoint = saver.save_if_moved
         if self._pending_interval is not None:

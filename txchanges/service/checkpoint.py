@@ -7,6 +7,11 @@ returns exactly what ``save`` was given, type included. A checkpoint that
 exists but cannot be trusted (corrupt, or written for another database or
 filter) is always an error: a silent fresh start would replay a whole
 database, and a wrong resume point would skip changes.
+
+What a checkpoint belongs to is its *identity* (:func:`checkpoint_identity`):
+a store made without one is given the identity of the feed by the
+:class:`~txchanges.ChangesService` that uses it, so the checkpoints of the
+library, the ``txchanges`` command and the twistd plugin are the same.
 """
 
 from __future__ import annotations
@@ -15,13 +20,13 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Optional, Protocol, runtime_checkable
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.python.failure import Failure
 
+from txchanges.service._identity import checkpoint_identity
+from txchanges.service._serialwriter import SerialWriter
 from txchanges.feed._watchdog import Clock
 from txchanges.http.client import Database
 from txchanges.errors import Conflict, NotFound, TxChangesError
@@ -32,6 +37,7 @@ __all__ = [
     "MemoryCheckpoint",
     "FileCheckpoint",
     "LocalDocCheckpoint",
+    "checkpoint_identity",
     "parse_checkpoint_spec",
 ]
 
@@ -58,6 +64,10 @@ class CheckpointError(TxChangesError):
 class CheckpointStore(Protocol):
     """
     Somewhere a resume point survives a restart.
+
+    A store may also have a ``check()`` method, returning a Deferred that
+    fails with :class:`CheckpointError` when the store cannot be written;
+    the service calls it at start-up.
     """
 
     def load(self) -> "Deferred[Any]":
@@ -103,53 +113,16 @@ def _seq_from_record(record: Any, location: str, identity: Optional[str]) -> Any
         raise CheckpointError(location, "no 'seq' in the checkpoint")
     if identity is not None and record.get("identity") != identity:
         found = record.get("identity")
-        reason = f"written for {found!r}, not for {identity!r}; delete it to start over"
+        if found is None:
+            # Written by a store used on its own, outside any follower.
+            reason = (
+                f"written with no identity, so it may belong to any feed, not only {identity!r}; "
+                "write it with identity=checkpoint_identity(...), or delete it to start over"
+            )
+        else:
+            reason = f"written for {found!r}, not for {identity!r}; delete it to start over"
         raise CheckpointError(location, reason)
     return record["seq"]
-
-
-class _SerialWriter:
-    """
-    One write at a time; while one runs, only the newest waiting sequence is
-    written next, and its outcome answers every caller it superseded.
-    """
-
-    def __init__(self, write: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
-        self._write = write
-        self._running = False
-        self._next: Optional[tuple[Any]] = None
-        self._waiters: list[Deferred[None]] = []
-
-    def save(self, seq: Any) -> "Deferred[None]":
-        d: Deferred[None] = Deferred()
-        self._next = (seq,)
-        self._waiters.append(d)
-        if not self._running:
-            Deferred.fromCoroutine(self._drain())
-        return d
-
-    async def _drain(self) -> None:
-        self._running = True
-        try:
-            while self._next is not None:
-                (seq,), waiters = self._next, self._waiters
-                self._next, self._waiters = None, []
-                failure: Optional[Failure] = None
-                try:
-                    await self._write(seq)
-                except BaseException:
-                    # Even an interrupt must reach the callers, or they wait
-                    # forever; Twisted would wrap it in a Failure anyway.
-                    failure = Failure()
-                for d in waiters:
-                    if d.called:  # cancelled by its caller; the write went on
-                        continue
-                    if failure is None:
-                        d.callback(None)
-                    else:
-                        d.errback(failure)
-        finally:
-            self._running = False
 
 
 class MemoryCheckpoint:
@@ -178,6 +151,9 @@ class MemoryCheckpoint:
     def describe(self) -> str:
         return "memory (not kept across restarts)"
 
+    def check(self) -> "Deferred[None]":
+        return succeed(None)
+
 
 class FileCheckpoint:
     """
@@ -186,9 +162,12 @@ class FileCheckpoint:
     new checkpoint, never a torn one.
 
     :param path: The checkpoint file; its directory must exist.
-    :param identity: What the checkpoint belongs to (the database URL and
-        filter, say); when given, a file written for another identity fails
-        :meth:`load`. It is stored in clear: never put credentials in it.
+    :param identity: What the checkpoint belongs to; a file written for
+        another identity, or with none, fails :meth:`load`. ``None``, the
+        default, lets the :class:`~txchanges.ChangesService` using the store
+        give it the feed's :func:`checkpoint_identity`, as the command and
+        the plugin do; a store used on its own without one reads any file.
+        It is stored in clear: never put credentials in it.
     :param missing_ok: ``False`` to make a missing file a
         :class:`CheckpointError` instead of "no checkpoint yet".
     :param clock: Gives ``saved_at``; the system time when omitted.
@@ -210,10 +189,31 @@ class FileCheckpoint:
         self.identity = identity
         self.missing_ok = missing_ok
         self._seconds = clock.seconds if clock is not None else time.time
-        self._writer = _SerialWriter(self._write)
+        self._writer = SerialWriter(self._write)
 
     def describe(self) -> str:
         return f"file {self.path}"
+
+    def check(self) -> "Deferred[None]":
+        """
+        Check that the file can be written: its directory exists and a
+        temporary file can be created and removed there.
+
+        :return: A Deferred firing with ``None``, or failing with
+            :class:`CheckpointError` saying what is wrong.
+        """
+        return maybeDeferred(self._check)
+
+    def _check(self) -> None:
+        directory = self.path.parent
+        if not directory.is_dir():
+            raise CheckpointError(self.describe(), f"the directory {directory} does not exist")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".check", dir=directory)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as e:
+            raise CheckpointError(self.describe(), f"cannot write in {directory}: {e.strerror or e}") from None
 
     def load(self) -> "Deferred[Any]":
         """
@@ -301,8 +301,10 @@ class LocalDocCheckpoint:
 
     :param db: The database holding the document: the followed one, or another.
     :param name: The document's name, without the ``_local/`` prefix.
-    :param identity: What the checkpoint belongs to; when given, a document
-        written with another identity fails :meth:`load`. Stored in clear.
+    :param identity: What the checkpoint belongs to; a document written
+        with another identity, or with none, fails :meth:`load`. ``None``
+        lets the service give it the feed's :func:`checkpoint_identity`, as
+        for :class:`FileCheckpoint`. Stored in clear.
     :param clock: Gives ``saved_at``; the system time when omitted.
     :raises ValueError: when *name* is empty or starts with ``_local/``.
     """
@@ -325,10 +327,15 @@ class LocalDocCheckpoint:
         self.identity = identity
         self._seconds = clock.seconds if clock is not None else time.time
         self._rev: Optional[str] = None
-        self._writer = _SerialWriter(self._write)
+        self._writer = SerialWriter(self._write)
 
     def describe(self) -> str:
         return f"{self.docid} in {self.db.url}"
+
+    def check(self) -> "Deferred[None]":
+        # Only a write would tell, and it would add a revision at every
+        # start; load() has reached the database already.
+        return succeed(None)
 
     def load(self) -> "Deferred[Any]":
         """
