@@ -34,6 +34,7 @@ from .errors import (
     UncleanEnd,
     UnexpectedResponse,
 )
+from ._signals import run_until_signal
 from .service import ChangesService, ServiceStats
 from .shard import Shard
 
@@ -46,6 +47,7 @@ __all__ = [
     "ChangeStream",
     "ChangesService",
     "ServiceStats",
+    "run_until_signal",
     "Shard",
     "CheckpointStore",
     "MemoryCheckpoint",
