@@ -115,7 +115,7 @@ class Command:
 
     def _stop_on(self, signum: int) -> None:
         self.log.info(
-            "{signal} received: stopping once the checkpoint is saved; another one after {window:g}s exits at once",
+            "{signal} received: stopping cleanly (another one after {window:g} s exits at once)",
             signal=signal.Signals(signum).name, window=ECHO_WINDOW,
         )
         self.stop()
