@@ -309,3 +309,37 @@ def test_help_lists_the_commands_and_their_options(capsys):
     assert follow.startswith("Usage: txchanges [-v|-q] follow URL/DB [options]")
     for option in ("--limit=", "--feed=", "--checkpoint=", "--selector=", "--metrics-port="):
         assert option in follow
+
+
+
+def read_stderr_until(process: subprocess.Popen[str], text: str) -> None:
+    assert process.stderr is not None
+    while text not in (line := process.stderr.readline()):
+        assert line, f"stderr ended before {text!r}"
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_a_signal_sent_to_the_process_group_twice_at_once_still_saves_the_checkpoint(
+    couch_server, db_name, db_url, tmp_path, sig, status
+):
+    """A signal that reaches the follower twice within a second (timeout(1) sends it to the process, then to its group) is one request to stop: the checkpoint is saved and the exit status is the documented one."""
+    write_docs(couch_server, db_name, ["a", "b", "c"])
+    path = tmp_path / "ckpt.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "txchanges", "-v", "follow", db_url, "--checkpoint", f"file:{path}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", start_new_session=True,
+    )
+    try:
+        rows = read_lines(process, 3)
+        os.killpg(process.pid, sig)
+        # The second arrives once the first is being handled, as timeout's
+        # second signal does when the follower is quick enough to see both.
+        read_stderr_until(process, "received: stopping")
+        os.killpg(process.pid, sig)
+        process.communicate(timeout=TIMEOUT)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == status
+    assert saved_seq(path) == rows[-1]["seq"]

@@ -1,20 +1,23 @@
 """The runnable examples work against the test server, as a user would run them."""
 
 import json
+import signal
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
+
+import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
+def run_process(script, *args, timeout=60):
+    return subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=timeout)
+
+
 def run(script, *args, timeout=60):
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    done = run_process(script, *args, timeout=timeout)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -43,29 +46,69 @@ def test_wait_example(couch_server, db_name):
 
 
 def test_follow_example_demo(couch_server, db_name):
-    """follow.py --demo-writes creates the database and prints live changes as JSON lines."""
-    out = run("follow.py", couch_server.admin_url + db_name, "--demo-writes", "--max-changes", "2")
-    rows = [json.loads(line) for line in out.splitlines()]
+    """follow.py --demo-writes creates the database, says what it does, and prints live changes as JSON lines."""
+    done = run_process("follow.py", couch_server.admin_url + db_name, "--demo-writes", "--max-changes", "2")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(rows) == 2 and all("seq" in r and "id" in r for r in rows)
+    assert done.stderr == f"writing a change every 2 s to the {db_name} database; Ctrl-C to stop\n"
 
 
-def test_follow_example_missing_db(couch_server):
-    """follow.py on a database that does not exist exits non-zero naming the problem."""
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "follow.py"), couch_server.admin_url + "no-such-db"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode != 0
-    assert "Database does not exist" in done.stderr
-    assert "secret" not in done.stderr
+def test_follow_example_max_changes_on_a_database_with_changes_already(couch_server, db_name, tmp_path):
+    """follow.py --max-changes 3 on a database of 20 changes prints exactly 3, checkpointed at the third; the next run prints the next 3."""
+    couch_server.create_db(db_name)
+    status, _ = couch_server.request("POST", f"{db_name}/_bulk_docs", {"docs": [{"_id": f"doc-{i:02}"} for i in range(20)]})
+    assert status == 201
+    url, ckpt = couch_server.admin_url + db_name, tmp_path / "follow.ckpt"
+    first = [json.loads(line) for line in run("follow.py", url, "--max-changes", "3", "--checkpoint", str(ckpt)).splitlines()]
+    assert [row["id"] for row in first] == ["doc-00", "doc-01", "doc-02"]
+    assert json.loads(ckpt.read_text())["seq"] == first[-1]["seq"]
+    second = [json.loads(line) for line in run("follow.py", url, "--max-changes", "3", "--checkpoint", str(ckpt)).splitlines()]
+    assert [row["id"] for row in second] == ["doc-03", "doc-04", "doc-05"]
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("{admin_url}no-such-db", "HTTP 404 not_found: Database does not exist. (GET {url}no-such-db)"),
+        ("http://admin:wrong@{host}/{db}", "HTTP 401 unauthorized: Name or password is incorrect. (GET {url}{db})"),
+        ("http://admin:secret@127.0.0.1:1/{db}", "cannot reach 127.0.0.1:1: ConnectionRefusedError: "),
+    ],
+    ids=["missing-db", "wrong-password", "refused-port"],
+)
+def test_follow_example_errors_are_one_line_and_status_1(couch_server, db_name, url, message):
+    """What ./run follow URL runs answers a missing database, a wrong password or a refused port with one line on stderr and status 1."""
+    couch_server.create_db(db_name)
+    host = f"127.0.0.1:{couch_server.port}"
+    done = run_process("follow.py", url.format(admin_url=couch_server.admin_url, host=host, db=db_name))
+    assert done.returncode == 1
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith("follow.py: " + message.format(url=couch_server.url, db=db_name)), line
+    assert "secret" not in line and "wrong" not in line
 
 
 def test_service_example(couch_server, db_name):
-    """service.py follows with a _local checkpoint and reports every document handled."""
-    out = run("service.py", couch_server.admin_url, db_name, "2")
-    assert out.startswith("handled 20 changes; checkpoint ")
+    """service.py follows until SIGTERM, then goes on: it reports every document handled and the checkpoint it saved in its _local document."""
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "service.py"), couch_server.admin_url, db_name],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        handled = [process.stdout.readline() for _ in range(20)]
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert sorted(handled) == sorted(f"handled doc-{i}\n" for i in range(20))
+    status, saved = couch_server.request("GET", f"{db_name}/_local/example-follower")
+    assert status == 200
+    assert out == f"stopped by SIGTERM: handled 20 changes; checkpoint {saved['seq']}\n"
+    status, rest = couch_server.request("GET", f"{db_name}/_changes?since={urllib.parse.quote(saved['seq'], safe='')}")
+    assert status == 200 and rest["results"] == []
 
 
 def test_follow_example_resumes_from_its_checkpoint_file(couch_server, db_name, tmp_path):

@@ -21,6 +21,8 @@ What to use for what:
     reconnects and resumes with no change lost, detects stalls, applies
     backpressure, saves checkpoints. ``service.stats`` is a
     ``ServiceStats``; a ``Shard`` splits one feed between several followers.
+    In a script, ``run_until_signal(service)`` runs it until SIGINT or
+    SIGTERM, then stops it cleanly and lets the script go on.
 ``MemoryCheckpoint``, ``FileCheckpoint``, ``LocalDocCheckpoint``
     Where the service keeps its resume point; implement ``CheckpointStore``
     for another store. ``checkpoint_identity`` names what a checkpoint
@@ -54,9 +56,29 @@ from txchanges.service.checkpoint import (
 )
 from txchanges.http.client import Database, Server
 from txchanges.feed.consumer import Consumer
-from txchanges.errors import *  # noqa: F403
+from txchanges.errors import (
+    BadRequest,
+    Conflict,
+    ConnectionFailed,
+    CouchError,
+    ErrorRow,
+    FeedError,
+    Forbidden,
+    LineTooLong,
+    MalformedRow,
+    NotFound,
+    PreconditionFailed,
+    ServerError,
+    Stalled,
+    TxChangesError,
+    Unauthorized,
+    UncleanEnd,
+    UnexpectedResponse,
+)
+from txchanges.service._signals import run_until_signal
 from txchanges.service._service import ChangesService, ServiceStats
 from txchanges.service.shard import Shard
+from txchanges.errors import *  # noqa: F403
 
 #: The version, read by the packaging tools too (pyproject.toml has none).
 __version__ = "0.1.0.dev0"
@@ -69,6 +91,7 @@ __all__ = [
     "FeedParams",
     "ChangesService",
     "ServiceStats",
+    "run_until_signal",
     "Shard",
     "CheckpointStore",
     "MemoryCheckpoint",

@@ -28,6 +28,7 @@ from txchanges.http.client import Database
 from txchanges.feed.consumer import Consumer
 from txchanges.errors import TxChangesError
 from txchanges.service._retry import is_terminal
+from txchanges.service._signals import AGAIN, ECHO_WINDOW, FIRST, StopSignals
 from txchanges.service._service import ChangesService, ServiceStats
 from txchanges.service.shard import Shard
 
@@ -46,11 +47,17 @@ def describe(error: BaseException) -> str:
 
 class Command:
     """
-    Runs one subcommand on the reactor, with the signals that stop it.
+    Runs one subcommand on the reactor, with the signals that stop it: the
+    first SIGINT or SIGTERM stops it cleanly, the checkpoint saved; the same
+    request arriving again within a second is ignored (see
+    :class:`~txchanges.service._signals.StopSignals`); a later one ends the process
+    at once.
 
     :param name: ``"follow"`` or ``"fetch"``.
     :param options: Its parsed options.
     """
+
+    log = Logger()
 
     def __init__(
         self, reactor: Any, name: str, options: Any, out: BinaryIO, err: TextIO, environ: Mapping[str, str]
@@ -62,6 +69,7 @@ class Command:
         self._err = err
         self._environ = environ
         self._signal: Optional[int] = None
+        self._signals = StopSignals(reactor)
         self._result: Any = None
         self._running: Optional[Deferred[Any]] = None
         #: Stops the command cleanly; set once there is something to stop.
@@ -95,13 +103,22 @@ class Command:
         self._reactor.stop()
 
     def _signalled(self, signum: int, frame: Optional[FrameType]) -> None:
-        if self._signal is not None:
-            # A second signal: the user does not want to wait.
+        heard = self._signals.receive()
+        if heard == AGAIN:
+            # A second request, not an echo of the first: the user does not
+            # want to wait.
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
-            return
-        self._signal = signum
-        self._reactor.callFromThread(self.stop)
+        elif heard == FIRST:
+            self._signal = signum
+            self._reactor.callFromThread(self._stop_on, signum)
+
+    def _stop_on(self, signum: int) -> None:
+        self.log.info(
+            "{signal} received: stopping cleanly (another one after {window:g} s exits at once)",
+            signal=signal.Signals(signum).name, window=ECHO_WINDOW,
+        )
+        self.stop()
 
     def _cancel(self) -> None:
         if self._running is not None:

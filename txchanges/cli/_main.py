@@ -9,8 +9,9 @@ Data goes to stdout, logs and progress to stderr, so the output pipes into
 ``jq``. Exit status: 0 after a normal end (``--limit`` reached, ``fetch``
 done, SIGTERM, or stdout closed by its reader), 130 after Ctrl-C (SIGINT),
 1 after an error (one line on stderr), 2 for a usage error. SIGINT and
-SIGTERM stop cleanly, the checkpoint saved; a second one ends the process
-at once.
+SIGTERM stop cleanly, the checkpoint saved; one arriving twice within a
+second (``timeout`` signals the process and then its group) is one request,
+and a second one after that ends the process at once.
 """
 
 from __future__ import annotations
