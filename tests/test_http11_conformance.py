@@ -162,23 +162,17 @@ def row(n: int) -> bytes:
 ROWS = [row(n) for n in range(1, 6)]
 BODY = b"".join(ROWS)
 CHUNKED = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-MAX_HEAD = 64 * 1024  # the reader's documented limit on a response head
+MAX_HEAD = 64 * 1024  # the reader's limit on a response head (_wire.MAX_HEAD)
 
 
 def head_of(size: int, line: int = 1000) -> bytes:
-    """A 200 head of exactly *size* bytes before its blank line, its headers *line* bytes long at most."""
+    """A 200 head of exactly *size* bytes before its blank line, in header lines of about *line* bytes."""
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked"
-    n = 0
-    while len(head) < size:
-        field = b"\r\nX-Pad-%d: " % n
-        room = min(line, size - len(head))
-        if room < len(field) + 1:
-            field = b"\r\nX: "
-            room = max(room, len(field) + 1)
-        head += field + b"v" * (room - len(field))
-        n += 1
-    assert len(head) == size
-    return head + b"\r\n\r\n"
+    while size - len(head) > line + 20:
+        field = b"\r\nX-Pad: "
+        head += field + b"v" * (line - len(field))
+    field = b"\r\nX-Last: "
+    return head + field + b"v" * (size - len(head) - len(field)) + b"\r\n\r\n"
 
 
 OK = Read("done", 200, BODY)
