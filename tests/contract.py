@@ -3,7 +3,8 @@
 :class:`ContractTests` holds the cases; ``test_contract.py`` runs them on
 each backend: the in-memory fake of ``txchanges.testing`` (on a
 ``task.Clock``) and the project's CouchDB-compatible test server over the
-network. A case talks to its backend only through :class:`Backend`: an admin
+network, the cases marked :func:`reads_feeds` there once with each of
+``Server``'s feed readers. A case talks to its backend only through :class:`Backend`: an admin
 ``Server``, one fresh database, a way to let time pass, and a way to install
 a design-document filter.
 """
@@ -33,6 +34,7 @@ from txchanges import (
 
 REV = re.compile(r"^\d+-[0-9a-f]{32}$")
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 FRUIT_FILTER_JS = "function(doc, req) { return doc.type === req.query.type; }"
 
@@ -40,6 +42,16 @@ FRUIT_FILTER_JS = "function(doc, req) { return doc.type === req.query.type; }"
 def fruit_filter(doc: dict[str, Any], req: dict[str, Any]) -> bool:
     """The Python stand-in of FRUIT_FILTER_JS."""
     return doc.get("type") == req["query"].get("type")
+
+
+def reads_feeds(case: F) -> F:
+    """
+    Mark a case that reads a feed (``wait``, ``wait_once``, the service):
+    on a real server it runs with each of ``Server``'s feed readers, its own
+    (``fast_feeds=True``) and treq's (``fast_feeds=False``).
+    """
+    case.reads_feeds = True  # type: ignore[attr-defined]
+    return case
 
 
 class Backend(ABC):
@@ -251,6 +263,7 @@ class ContractTests:
         result = await backend.consumer(db).fetch(since=0, filter_name="_design")
         assert ids(result["results"]) == ["_design/app"]
 
+    @reads_feeds
     @pytest_twisted.ensureDeferred
     async def test_design_document_filter(self, backend: Backend) -> None:
         """A ddoc/name filter sees the params={...} of the call as req.query, on fetch and on a live feed."""
@@ -268,6 +281,7 @@ class ContractTests:
         await db.save_doc({"_id": "leek", "type": "vegetable"})
         assert ids((await backend.settle(d))["results"]) == ["leek"]
 
+    @reads_feeds
     @pytest_twisted.ensureDeferred
     async def test_wait_once_fires_after_a_write(self, backend: Backend) -> None:
         """wait_once(since='now') waits, then fires with the change written meanwhile."""
@@ -282,6 +296,7 @@ class ContractTests:
         assert ids(result["results"]) == ["late"]
         assert result["last_seq"] == (await c.fetch(since="now"))["last_seq"]
 
+    @reads_feeds
     @pytest_twisted.ensureDeferred
     async def test_wait_once_answers_at_once_when_changes_exist(self, backend: Backend) -> None:
         """wait_once(since=0) does not wait when there are changes: it returns them like fetch."""
@@ -292,6 +307,7 @@ class ContractTests:
         assert sorted(ids(result["results"])) == ALL_IDS
         assert result["last_seq"] == (await c.fetch(since="now"))["last_seq"]
 
+    @reads_feeds
     @pytest_twisted.ensureDeferred
     async def test_wait_once_timeout(self, backend: Backend) -> None:
         """wait_once with a timeout and no change fires with no rows and the current last_seq."""
@@ -302,6 +318,7 @@ class ContractTests:
         assert result["results"] == []
         assert result["last_seq"] == (await c.fetch(since="now"))["last_seq"]
 
+    @reads_feeds
     @pytest_twisted.ensureDeferred
     async def test_wait_ends_with_last_seq(self, backend: Backend) -> None:
         """wait(since=0, heartbeat=False, timeout=...) delivers every row and ends with the current last_seq."""
@@ -313,6 +330,7 @@ class ContractTests:
         assert sorted(ids(seen)) == ALL_IDS
         assert last_seq == (await c.fetch(since="now"))["last_seq"]
 
+    @reads_feeds
     @pytest_twisted.ensureDeferred
     async def test_wait_limit(self, backend: Backend) -> None:
         """wait(limit=2) ends after two rows with a last_seq from which the rest follows."""
@@ -325,6 +343,7 @@ class ContractTests:
         rest = await c.fetch(since=last_seq)
         assert sorted(ids(seen) + ids(rest["results"])) == ALL_IDS
 
+    @reads_feeds
     @pytest_twisted.ensureDeferred
     async def test_wait_live_rows(self, backend: Backend) -> None:
         """wait(since='now') hands changes written while it runs to the callback in write order."""
@@ -364,6 +383,7 @@ class ContractTests:
             await db.save_doc({"_id": "_local/checkpoint", "_rev": saved["rev"], "seq": "z"})
         assert (await backend.consumer(db).fetch(since=0))["results"] == []
 
+    @reads_feeds
     @pytest_twisted.ensureDeferred
     async def test_missing_database(self, backend: Backend) -> None:
         """Every feed of a missing database fails with NotFound 'Database does not exist.'."""
@@ -395,6 +415,7 @@ class ContractTests:
         finally:
             await anonymous.close()
 
+    @reads_feeds
     @pytest_twisted.ensureDeferred
     async def test_database_deleted_under_an_open_feed(self, backend: Backend) -> None:
         """Deleting the database ends an open wait() with a last_seq; the next request is NotFound."""
@@ -420,6 +441,7 @@ class ContractTests:
         await db.save_doc({"_id": "reborn"})
         assert ids((await c.fetch(since=old))["results"]) == ["reborn"]
 
+    @reads_feeds
     @pytest_twisted.ensureDeferred
     async def test_service_passes_params_to_its_filter(self, backend: Backend) -> None:
         """A ChangesService's params={...} reach its ddoc/name filter as req.query: only those documents are handled."""

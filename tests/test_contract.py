@@ -3,7 +3,9 @@ fake and on the test server, and the fake against the recorded CouchDB 3.5 answe
 
 The fake runs on a ``task.Clock`` through its in-memory client, so its half
 takes no wall-clock time; the server half talks to the project's
-CouchDB-compatible server over real sockets with the real reactor.
+CouchDB-compatible server over real sockets with the real reactor, its
+feed-reading cases once through txchanges' own HTTP/1.1 reader and once
+through treq.
 """
 
 from __future__ import annotations
@@ -91,17 +93,19 @@ class FakeBackend(Backend):
 
 
 class ServerBackend(Backend):
-    """The project's CouchDB-compatible server, over the network."""
+    """The project's CouchDB-compatible server, over the network, its feeds
+    read by txchanges' own reader (*fast_feeds*) or by treq."""
 
-    def __init__(self, couch: Any, db_name: str) -> None:
+    def __init__(self, couch: Any, db_name: str, fast_feeds: bool) -> None:
         self.clock = reactor
         self._url = couch.url
         self._couch = couch
-        self.server = Server(couch.admin_url)
+        self._fast_feeds = fast_feeds
+        self.server = Server(couch.admin_url, fast_feeds=fast_feeds)
         self.db_name = db_name
 
     def anonymous_server(self) -> Server:
-        return Server(self._url)
+        return Server(self._url, fast_feeds=self._fast_feeds)
 
     async def pause(self, seconds: float) -> None:
         await deferLater(reactor, seconds, lambda: None)
@@ -127,24 +131,39 @@ class ServerBackend(Backend):
         return started_feeds(self._couch)
 
 
-@pytest.fixture(params=["fake", "server"])
+#: The backends, and how the test server's feeds are read: "server" with
+#: txchanges' own HTTP/1.1 reader (the default), "server-treq-feeds" through
+#: treq (``fast_feeds=False``), only for the cases that read feeds.
+BACKENDS = ["fake", "server"]
+FEED_BACKENDS = BACKENDS + ["server-treq-feeds"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend_spec" in metafunc.fixturenames:
+        feeds = getattr(metafunc.function, "reads_feeds", False)
+        metafunc.parametrize("backend_spec", FEED_BACKENDS if feeds else BACKENDS, indirect=True)
+
+
+@pytest.fixture
 def backend_spec(request: pytest.FixtureRequest) -> tuple[str, Any, Any]:
     """Which backend; the test server is only started for the server half."""
-    if request.param == "server":
-        return ("server", request.getfixturevalue("couch_server"), request.getfixturevalue("db_name"))
-    return ("fake", None, None)
+    if request.param == "fake":
+        return ("fake", None, None)
+    return (request.param, request.getfixturevalue("couch_server"), request.getfixturevalue("db_name"))
 
 
 @pytest_twisted.async_yield_fixture
 async def backend(backend_spec: tuple[str, Any, Any]) -> AsyncIterator[Backend]:
     kind, couch, db_name = backend_spec
-    chosen: Backend = FakeBackend() if kind == "fake" else ServerBackend(couch, db_name)
+    chosen: Backend = (FakeBackend() if kind == "fake"
+                       else ServerBackend(couch, db_name, fast_feeds=kind != "server-treq-feeds"))
     yield chosen
     await chosen.close()
 
 
 class TestContract(ContractTests):
-    """Runs every contract case on both backends."""
+    """Runs every contract case on both backends, and those that read feeds
+    on the test server with both feed readers."""
 
 
 # -- the recorded CouchDB 3.5 answers ------------------------------------------------------

@@ -132,6 +132,26 @@ class FeedResponse:
         return f"<FeedResponse {self.code} {self.phrase.decode('latin-1')!r}>"
 
 
+def _check_unfinished_head(buffer: bytes) -> None:
+    """
+    Fail early on the start of a head that can no longer become a valid
+    one, rather than wait for more from a server that is not answering in
+    HTTP/1.x.
+
+    :raises BadResponse: when *buffer*, still without its blank line, is
+        longer than :data:`MAX_HEAD` plus the 3 bytes of an unfinished blank
+        line, or when its first bytes or first line are not an HTTP/1.x
+        status line.
+    """
+    if len(buffer) > MAX_HEAD + 3:
+        raise BadResponse(f"response head longer than {MAX_HEAD} bytes")
+    line, newline, _ = buffer.lstrip(b"\r\n").partition(b"\n")
+    if newline:
+        parse_head(line)
+    elif line[:7] != b"HTTP/1."[: len(line)]:
+        raise BadResponse(f"bad status line {line[:80]!r}")
+
+
 _HEAD, _BODY, _END = range(3)
 
 
@@ -194,13 +214,18 @@ class _ResponseReader(Protocol):
         while True:
             match = _END_OF_HEAD.search(buffer)
             if match is None:
-                if len(buffer) > MAX_HEAD:
-                    self._bad_head(BadResponse(f"response head longer than {MAX_HEAD} bytes"))
+                try:
+                    _check_unfinished_head(buffer)
+                except BadResponse as e:
+                    self._bad_head(e)
                 else:
                     self._head = buffer
                 return
             head, buffer = buffer[: match.start()], buffer[match.end():]
             try:
+                if len(head) > MAX_HEAD:
+                    # However the reads cut it.
+                    raise BadResponse(f"response head longer than {MAX_HEAD} bytes")
                 version, code, phrase, headers = parse_head(head.lstrip(b"\r\n"))
                 decoder = None if 100 <= code < 200 else body_framing(code, headers)
             except BadResponse as e:
@@ -241,6 +266,9 @@ class _ResponseReader(Protocol):
             pieces: list[Union[bytes, list[bytes]]] = decoder.feed(data) if data else []
         except BadResponse as e:
             self._state = _END
+            if e.decoded:
+                # The body before the broken framing, as Twisted hands it over.
+                self._hand_over(e.decoded)
             self._end_body(Failure(ResponseFailed([Failure(e)])))
             self.transport.abortConnection()
             return

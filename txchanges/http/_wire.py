@@ -50,7 +50,12 @@ class BadResponse(Exception):
     """
     The response is not valid HTTP/1.1: a broken status line or header, or
     broken chunked framing.
+
+    :ivar decoded: For broken framing, the body data that :meth:`ChunkedDecoder.feed`
+        decoded from the same read before it, in its usual form.
     """
+
+    decoded: "list[Union[bytes, list[bytes]]]" = []
 
 
 def render_request(
@@ -166,12 +171,20 @@ class ChunkedDecoder:
             or for a run of chunks that each held exactly one line, a list
             of those lines without their ``\\n`` (the body protocol then
             need not split them again).
-        :raises BadResponse: for broken framing.
+        :raises BadResponse: for broken framing, with what came before it
+            in the same read as its ``decoded``.
         """
+        out: list[Union[bytes, list[bytes]]] = []
+        try:
+            return self._feed(data, out)
+        except BadResponse as e:
+            e.decoded = out
+            raise
+
+    def _feed(self, data: bytes, out: list[Union[bytes, list[bytes]]]) -> list[Union[bytes, list[bytes]]]:
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
-        out: list[Union[bytes, list[bytes]]] = []
         pos = 0
         end = len(data)
         tried = False
