@@ -21,7 +21,7 @@ What to use for what:
     reconnects and resumes with no change lost, detects stalls, applies
     backpressure, saves checkpoints. ``service.stats`` is a
     ``ServiceStats``; a ``Shard`` splits one feed between several followers.
-    In a script, ``run_until_signal(service)`` runs it until SIGINT or
+    In a script, ``run_until_signal`` runs it until SIGINT or
     SIGTERM, then stops it cleanly and lets the script go on.
 ``MemoryCheckpoint``, ``FileCheckpoint``, ``LocalDocCheckpoint``
     Where the service keeps its resume point; implement ``CheckpointStore``
