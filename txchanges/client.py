@@ -25,7 +25,7 @@ from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
 from . import _http11, _urls
 from ._httperrors import CONNECTION_ERRORS, couch_error, describe
 from ._params import encode_params
-from .errors import ConnectionFailed, CouchError, UnexpectedResponse
+from .errors import ConnectionFailed, CouchError, UncleanEnd, UnexpectedResponse
 
 __all__ = ["Server", "Database"]
 
@@ -264,7 +264,7 @@ class Server:
                 return cast(IResponse, response)
             try:
                 raw = await _http11.read_body(cast(IResponse, response))
-            except CONNECTION_ERRORS:
+            except (UncleanEnd, *CONNECTION_ERRORS):
                 raw = b""
         except CONNECTION_ERRORS as e:
             raise ConnectionFailed(self._url.host, self._url.port, describe(e)) from None

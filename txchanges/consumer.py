@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
@@ -12,7 +13,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._aiter import ChangeStream
-from ._feed import BodyCollector, FeedRun, Stopped
+from ._body import BodyCollector, Stopped
+from ._feed import FeedRun
 from ._normal import RowsProtocol
 from ._params import FeedRequest, feed_request
 from ._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
@@ -250,7 +252,7 @@ class Consumer:
                 ctype.decode("latin-1") or None,
                 raw.decode("utf-8", "replace"),
             ) from None
-        dispatch = _Dispatcher(self, cb)
+        dispatch = _Dispatcher(self._callbacks, cb)
         for row in rows:
             dispatch.row(row)
         await dispatch.drain()
@@ -306,12 +308,10 @@ class Consumer:
     async def _wait(
         self, request: FeedRequest, limit: float, since: Any, cb: Optional[Callback]
     ) -> Any:
-        dispatch = _Dispatcher(self, cb)
+        dispatch = _Dispatcher(self._callbacks, cb)
 
         def make_protocol(on_activity: Callable[[], None]) -> ChangesProtocol:
-            protocol = ChangesProtocol(
-                dispatch.row, on_activity, self._max_line_length, raw_rows=True
-            )
+            protocol = ChangesProtocol(dispatch.row, on_activity, self._max_line_length)
             dispatch.on_failure = protocol.stop
             return protocol
 
@@ -384,10 +384,15 @@ class _Dispatcher:
     """
     Hands rows to a consumer's callbacks and keeps track of the Deferreds
     they return, so that a late failure is not lost.
+
+    :param registered: The consumer's registered callbacks, read again for
+        every row: one registered or unregistered while a feed runs takes
+        effect from the next row.
+    :param cb: The feed's own callback, called after them.
     """
 
-    def __init__(self, consumer: Consumer, cb: Optional[Callback]) -> None:
-        self._consumer = consumer
+    def __init__(self, registered: Sequence[Callback], cb: Optional[Callback]) -> None:
+        self._registered = registered
         self._cb = cb
         self._outstanding: list[Deferred[Any]] = []
         self._failure: Optional[Failure] = None
@@ -395,7 +400,8 @@ class _Dispatcher:
         self.on_failure: Callable[[], object] = lambda: None
 
     def row(self, row: dict[str, Any]) -> None:
-        callbacks = list(self._consumer._callbacks)
+        # A copy: a callback may unregister itself.
+        callbacks = list(self._registered)
         if self._cb is not None:
             callbacks.append(self._cb)
         for callback in callbacks:

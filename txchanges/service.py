@@ -443,7 +443,7 @@ class ChangesService(Service):
             on_activity()
 
         self.state = "streaming"
-        return ChangesProtocol(self._on_change, activity, self._max_line_length, raw_rows=True)
+        return ChangesProtocol(self._on_change, activity, self._max_line_length)
 
     def _on_change(self, row: dict[str, Any]) -> None:
         # Once per change: kept lean.
