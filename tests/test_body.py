@@ -27,7 +27,8 @@ from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
 from txchanges import NotFound, Server, UncleanEnd
-from txchanges._body import BodyCollector, BodyReader, ILineReceiver, Stopped
+from txchanges._body import BodyReader, ILineReceiver, Stopped
+from txchanges._collect import BodyCollector
 from txchanges._http11 import open_response
 from txchanges._normal import RowsProtocol
 from txchanges._protocol import ChangesProtocol

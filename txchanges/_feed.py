@@ -11,7 +11,8 @@ from typing import Any, Callable, Optional
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IResponse
 
-from ._body import BodyCollector, BodyReader, Stopped
+from ._body import BodyReader, Stopped
+from ._collect import BodyCollector
 from ._params import FeedRequest
 from ._watchdog import Clock, Watchdog
 from .client import Server

@@ -48,7 +48,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-from ._body import BodyCollector, ILineReceiver
+from ._body import ILineReceiver
+from ._collect import BodyCollector
 from ._wire import (
     MAX_HEAD,
     BadResponse,

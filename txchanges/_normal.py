@@ -67,7 +67,7 @@ class RowsProtocol(BodyReader):
     :ivar finished: A Deferred that fires, once every row was handed over
         and every Deferred *on_row* returned has fired, with the rest of the
         body: ``{"last_seq": ..., "pending": N}``; with
-        :class:`~txchanges._protocol.Stopped` after :meth:`stop`. It fails
+        :class:`~txchanges._body.Stopped` after :meth:`stop`. It fails
         with :class:`~txchanges.errors.MalformedRow` when the body is not a
         normal feed, :class:`~txchanges.errors.LineTooLong` for a row over
         the bound, :class:`~txchanges.errors.UncleanEnd` when the body is

@@ -6,8 +6,9 @@ body into lines, parses them with :mod:`txchanges._rows`, hands each change to
 a callable, and fires :attr:`ChangesProtocol.finished` once when the feed ends
 however it ends.
 
-It is a :class:`~twisted.internet.protocol.Protocol` rather than a
-``LineOnlyReceiver`` because the body transport never reports
+It is a :class:`~txchanges._body.BodyReader`, which owns pausing, holding
+rows back and the end of the body, rather than a ``LineOnlyReceiver``
+because the body transport never reports
 ``disconnecting`` (so a stop needs a flag of its own), because
 ``LineOnlyReceiver`` copies its whole buffer on every read (quadratic for a
 long ``include_docs`` line arriving in many pieces), and because decoding and

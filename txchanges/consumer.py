@@ -13,7 +13,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._aiter import ChangeStream
-from ._body import BodyCollector, Stopped
+from ._body import Stopped
+from ._collect import BodyCollector
 from ._feed import FeedRun
 from ._normal import RowsProtocol
 from ._params import FeedRequest, feed_request
