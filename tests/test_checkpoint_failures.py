@@ -9,7 +9,6 @@ import sys
 import tempfile
 from typing import Any
 
-import pytest
 from twisted.internet.task import Clock
 
 from txchanges import ChangesService, CheckpointError, FileCheckpoint, LocalDocCheckpoint, MemoryCheckpoint

@@ -80,7 +80,7 @@ def body_rows(name: str) -> tuple[list[dict[str, Any]], Any]:
             last = row.last_seq
             break
         if row is not None:
-            rows.append(row.row)
+            rows.append(row)
     return rows, last
 
 

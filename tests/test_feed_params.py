@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 

@@ -737,7 +737,7 @@ async def test_backpressure_pause_holds_rows_until_resume() -> None:
     run: FeedRun
 
     def on_change(change: Any) -> None:
-        seen.append(change.row["id"])
+        seen.append(change["id"])
         if len(seen) == 10:
             run.pause()
 
@@ -865,7 +865,7 @@ async def test_https_feed_pauses_and_resumes() -> None:
     run: FeedRun
 
     def on_change(change: Any) -> None:
-        seen.append(change.row["id"])
+        seen.append(change["id"])
         if len(seen) % 500 == 0:
             run.pause()
             reactor.callLater(0.05, run.resume)
@@ -912,7 +912,7 @@ class Transport:
 
 
 def protocol_with(seen: list[str], **kw: Any) -> ChangesProtocol:
-    protocol = ChangesProtocol(lambda c: seen.append(c.row["id"]), **kw)
+    protocol = ChangesProtocol(lambda c: seen.append(c["id"]), **kw)
     protocol.makeConnection(Transport())  # type: ignore[arg-type]
     return protocol
 
@@ -949,10 +949,10 @@ def test_lines_received_too_long() -> None:
     assert seen == ["doc1"] and errors and "longer than 100" in str(errors[0].value)
 
 
-def test_raw_rows_hand_over_dicts() -> None:
-    """With raw_rows the callback gets each row's dict, and last_seq still follows the rows."""
+def test_lines_received_hand_over_dicts() -> None:
+    """Lines handed over whole give the callback each row's dict, and last_seq follows the rows."""
     got: list[Any] = []
-    protocol = ChangesProtocol(got.append, raw_rows=True)
+    protocol = ChangesProtocol(got.append)
     protocol.makeConnection(Transport())  # type: ignore[arg-type]
     protocol.lines_received([LINES[0][:-1], b'{"db_name":"a","type":"created","seq":"9-x"}'])
     assert got == [json.loads(LINES[0]), {"db_name": "a", "type": "created", "seq": "9-x"}]

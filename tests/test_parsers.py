@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from txchanges.feed import _rows
-from txchanges.feed._rows import Change, DbUpdate, LastSeq, iter_lines, iter_rows, parse_line
+from txchanges.feed._rows import LastSeq, iter_lines, iter_rows, parse_line
 from txchanges.errors import ErrorRow, MalformedRow
 
 from .fixtures_util import load, names
@@ -34,10 +34,10 @@ def recorded_lines() -> list[bytes]:
     return lines
 
 
-def parse_all(parser: Callable[..., Iterator[Any]], lines: list[bytes], raw: bool = False) -> list[Any]:
+def parse_all(parser: Callable[..., Iterator[Any]], lines: list[bytes]) -> list[Any]:
     """Every row, with an error in the place of the row that raised it."""
     out: list[Any] = []
-    rows = parser(lines, raw)
+    rows = parser(lines)
     while True:
         try:
             out.append(next(rows))
@@ -45,7 +45,7 @@ def parse_all(parser: Callable[..., Iterator[Any]], lines: list[bytes], raw: boo
             return out
         except (ErrorRow, MalformedRow) as e:
             out.append((type(e), str(e)))
-            rows = parser(lines[len(out):], raw)
+            rows = parser(lines[len(out):])
 
 
 @pytest.mark.parametrize("parser", PARSERS)
@@ -90,10 +90,10 @@ def test_edge_lines(parser: Any, line: bytes) -> None:
 
 
 @pytest.mark.parametrize("parser", PARSERS)
-def test_raw_mode_yields_dicts(parser: Any) -> None:
-    """In raw mode change and _db_updates rows come as their dicts; heartbeats and end rows as they are."""
+def test_rows_are_dicts(parser: Any) -> None:
+    """Change and _db_updates rows come as their dicts, exactly as parsed; heartbeats as None, end rows as LastSeq."""
     lines = [EDGES[3][:-1], b"", EDGES[7], EDGES[8]]
-    out = parse_all(parser, lines, raw=True)
+    out = parse_all(parser, lines)
     assert out[0] == json.loads(EDGES[3]) and type(out[0]) is dict
     assert out[1] is None
     assert out[2] == json.loads(EDGES[7])
@@ -103,8 +103,8 @@ def test_raw_mode_yields_dicts(parser: Any) -> None:
 @pytest.mark.parametrize("parser", PARSERS)
 def test_errors_come_when_reached(parser: Any) -> None:
     """A bad line raises only when the iteration reaches it; the rows before it come first."""
-    rows = parser([EDGES[3], b'{"error":"x","reason":"y"}', EDGES[3]], False)
-    assert isinstance(next(rows), Change)
+    rows = parser([EDGES[3], b'{"error":"x","reason":"y"}', EDGES[3]])
+    assert next(rows) == json.loads(EDGES[3])
     with pytest.raises(ErrorRow):
         next(rows)
 
@@ -113,7 +113,7 @@ def test_iter_rows_uses_the_installed_parser() -> None:
     """iter_rows and iter_lines use orjson when it is installed, and PARSER says so."""
     assert _rows.PARSER == ("json" if _rows._orjson_loads is None else "orjson")
     rows = list(iter_rows(EDGES[3].rstrip(b"\r") + b"\n\n" + EDGES[7] + b"\n"))
-    assert rows == [parse_line(EDGES[3]), None, DbUpdate(json.loads(EDGES[7]))]
+    assert rows == [parse_line(EDGES[3]), None, json.loads(EDGES[7])]
     assert list(iter_lines([EDGES[8]])) == [parse_line(EDGES[8])]
 
 
@@ -121,8 +121,8 @@ def test_iter_rows_uses_the_installed_parser() -> None:
 def test_big_integers_are_the_one_difference() -> None:
     """orjson reads an integer beyond 64 bits as a float; the standard library keeps it exact."""
     line = b'{"seq":1,"id":"x","changes":[],"doc":{"n":123456789012345678901234567890}}'
-    by_json = next(_rows._rows_json([line], True))
-    by_orjson = next(_rows._rows_orjson([line], True))
+    by_json: Any = next(_rows._rows_json([line]))
+    by_orjson: Any = next(_rows._rows_orjson([line]))
     assert by_json["doc"]["n"] == 123456789012345678901234567890
     assert by_orjson["doc"]["n"] == pytest.approx(1.2345678901234568e29)
 
@@ -133,7 +133,7 @@ def test_without_orjson_the_standard_library_parses() -> None:
         "import sys; sys.modules['orjson'] = None\n"
         "from txchanges.feed import _rows\n"
         "rows = list(_rows.iter_rows(b'{\"seq\":\"1-a\",\"id\":\"x\",\"changes\":[]}\\n\\n'))\n"
-        "print(_rows.PARSER, rows[0].id, rows[1])\n"
+        "print(_rows.PARSER, rows[0]['id'], rows[1])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["json", "x", "None"]

@@ -20,8 +20,8 @@ def test_pause_in_callback_holds_the_rest_of_the_chunk() -> None:
     seen: list[str] = []
 
     def on_change(change: ChangeRow) -> None:
-        seen.append(change.row["id"])
-        if change.row["id"] == "a":
+        seen.append(change["id"])
+        if change["id"] == "a":
             run.protocol.pauseProducing()
 
     run = start(on_change)
@@ -37,7 +37,7 @@ def test_pause_in_callback_holds_the_rest_of_the_chunk() -> None:
 def test_data_arriving_while_paused_waits_behind_the_backlog() -> None:
     """Reads that arrive during a pause, a split line included, come after the held rows."""
     seen: list[str] = []
-    run = start(lambda c: seen.append(c.row["id"]))
+    run = start(lambda c: seen.append(c["id"]))
     run.protocol.pauseProducing()
     run.protocol.dataReceived(row("1-a", "a") + row("2-b", "b")[:10])
     run.protocol.dataReceived(row("2-b", "b")[10:] + b"\n" + row("3-c", "c"))
@@ -53,7 +53,7 @@ def test_clean_end_during_a_pause_is_reported_after_the_rows() -> None:
     seen: list[str] = []
 
     def on_change(change: ChangeRow) -> None:
-        seen.append(change.row["id"])
+        seen.append(change["id"])
         run.protocol.pauseProducing()
 
     run = start(on_change)
@@ -74,7 +74,7 @@ def test_unclean_end_during_a_pause_is_reported_after_the_rows() -> None:
     run.protocol.connectionLost(Failure(ResponseDone()))
     assert run.outcome == []
     run.protocol.resumeProducing()
-    assert [c.row["id"] for c in run.changes] == ["a"]
+    assert [c["id"] for c in run.changes] == ["a"]
     assert run.result.last_seq == "1-a"
 
 
@@ -86,7 +86,7 @@ def test_stop_while_paused_drops_the_held_rows() -> None:
     run.protocol.dataReceived(row("2-b", "b"))
     run.protocol.stop()
     run.protocol.resumeProducing()
-    assert [c.row["id"] for c in run.changes] == ["a"]
+    assert [c["id"] for c in run.changes] == ["a"]
     assert run.result == Stopped("1-a")
 
 

@@ -235,7 +235,7 @@ def directly(recording: Recording) -> tuple[list[dict[str, Any]], int, Any]:
         protocol.dataReceived(chunk)
     if not recording.complete:
         protocol.stop()
-    return [r.row for r in rows], protocol.heartbeats, outcome[0]
+    return list(rows), protocol.heartbeats, outcome[0]
 
 
 async def through_treq(
@@ -256,7 +256,7 @@ async def through_treq(
         await within(protocol.all_arrived)
         protocol.stop()
     result = await within(protocol.finished)
-    return [r.row for r in rows], protocol.heartbeats, result
+    return list(rows), protocol.heartbeats, result
 
 
 @pytest.mark.parametrize("name", CONTINUOUS)
@@ -320,6 +320,6 @@ async def test_server_closing_a_live_feed_is_an_unclean_end(replay: Any) -> None
     response.deliverBody(protocol)
     with pytest.raises(UncleanEnd) as caught:
         await within(protocol.finished)
-    assert caught.value.last_seq == rows[-1].seq
+    assert caught.value.last_seq == rows[-1]["seq"]
     assert len(rows) == 2
     assert "response failed" in caught.value.reason

@@ -56,29 +56,10 @@ from txchanges.service.checkpoint import (
 )
 from txchanges.http.client import Database, Server
 from txchanges.feed.consumer import Consumer
-from txchanges.errors import (
-    BadRequest,
-    Conflict,
-    ConnectionFailed,
-    CouchError,
-    ErrorRow,
-    FeedError,
-    Forbidden,
-    LineTooLong,
-    MalformedRow,
-    NotFound,
-    PreconditionFailed,
-    ServerError,
-    Stalled,
-    TxChangesError,
-    Unauthorized,
-    UncleanEnd,
-    UnexpectedResponse,
-)
+from txchanges.errors import *  # noqa: F403
 from txchanges.service._signals import run_until_signal
 from txchanges.service._service import ChangesService, ServiceStats
 from txchanges.service.shard import Shard
-from txchanges.errors import *  # noqa: F403
 
 #: The version, read by the packaging tools too (pyproject.toml has none).
 __version__ = "0.1.0.dev0"

@@ -2,9 +2,10 @@
 ``async for change in consumer.changes(...)``: the continuous feed as an
 asynchronous iterator, for Twisted coroutines.
 
-At most one change is held: after each row the feed is paused, and it reads
-on only when the loop asks for the next change, so a slow loop body holds
-the server back instead of filling memory.
+No change is read ahead: the feed is paused until the loop asks for a
+change, and again as soon as one is handed over, so a slow loop body holds
+the server back instead of filling memory. Holding back what the connection
+still delivers is the body protocol's job (see :mod:`txchanges.feed._body`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
 from txchanges.feed._feed import FeedRun
 from txchanges.feed._params import FeedRequest
 from txchanges.feed._protocol import ChangesProtocol
-from txchanges.feed._rows import ChangeRow, LastSeq
+from txchanges.feed._rows import LastSeq
 from txchanges.feed._watchdog import Clock
 
 if TYPE_CHECKING:
@@ -29,21 +30,23 @@ __all__ = ["ChangeStream"]
 
 class _Pipe:
     """
-    The feed behind a :class:`ChangeStream`. It holds no reference to the
-    stream, so that a stream dropped after a ``break`` is collected at once
-    and can close its pipe.
+    The feed behind a :class:`ChangeStream`: a change is delivered only
+    while the loop waits for one. It holds no reference to the stream, so
+    that a stream dropped after a ``break`` is collected at once and can
+    close its pipe.
     """
 
     def __init__(
         self, db: "Database", request: FeedRequest, clock: Clock, limit: float, max_line_length: int
     ) -> None:
         self.last_seq: Any = None
-        self._held: Optional[dict[str, Any]] = None
         self._waiter: Optional[Deferred[dict[str, Any]]] = None
         self._ended = False
         self._error: Optional[Failure] = None
         self._max = max_line_length
         self._run = FeedRun(db.server, db.path("_changes"), request, clock, limit, self._make_protocol)
+        # Nothing is read until the loop asks.
+        self._run.pause()
         self._done = Deferred.fromCoroutine(self._run.run())
         self._done.addCallbacks(self._end, self._fail)
 
@@ -54,14 +57,15 @@ class _Pipe:
     def _make_protocol(self, on_activity: Callable[[], None]) -> ChangesProtocol:
         return ChangesProtocol(self._on_change, on_activity, self._max)
 
-    def _on_change(self, change: ChangeRow) -> None:
-        # One row at a time: nothing more is read until the loop asks.
+    def _on_change(self, row: dict[str, Any]) -> None:
+        # The feed runs only while the loop waits: there is a waiter. The
+        # pause comes first, for the loop body runs inside callback().
         self._run.pause()
-        if self._waiter is not None:
-            waiter, self._waiter = self._waiter, None
-            waiter.callback(self._note(change.row))
-        else:
-            self._held = change.row
+        waiter, self._waiter = self._waiter, None
+        assert waiter is not None
+        if row["seq"] is not None:
+            self.last_seq = row["seq"]
+        waiter.callback(row)
 
     def _end(self, end: Any) -> None:
         self._ended = True
@@ -78,15 +82,7 @@ class _Pipe:
             waiter, self._waiter = self._waiter, None
             waiter.errback(self._error or Failure(StopAsyncIteration()))
 
-    def _note(self, row: dict[str, Any]) -> dict[str, Any]:
-        if row.get("seq") is not None:
-            self.last_seq = row["seq"]
-        return row
-
     def next(self) -> "Deferred[dict[str, Any]]":
-        if self._held is not None:
-            row, self._held = self._held, None
-            return succeed(self._note(row))
         if self._error is not None:
             return fail(self._error)
         if self._ended:
@@ -99,7 +95,6 @@ class _Pipe:
         return waiter
 
     def close(self) -> "Deferred[None]":
-        self._held = None
         if not self.finished:
             self._run.stop()
         d: Deferred[None] = Deferred()

@@ -6,82 +6,19 @@ stalls end it promptly whatever stage it is in.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol as TypingProtocol
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
 from twisted.web.iweb import IResponse
 
-from txchanges.http._httperrors import describe
+from txchanges.feed._body import BodyReader, Stopped
+from txchanges.feed._collect import BodyCollector
 from txchanges.feed._params import FeedRequest
-from txchanges.feed._protocol import Stopped
 from txchanges.feed._watchdog import Clock, Watchdog
 from txchanges.http.client import Server
-from txchanges.errors import Stalled, UncleanEnd
+from txchanges.errors import Stalled
 
 __all__ = ["FeedRun", "BodyCollector", "Stopped"]
-
-
-class BodyProtocol(TypingProtocol):
-    """
-    What :class:`FeedRun` needs of the protocol that reads a body.
-    """
-
-    finished: "Deferred[Any]"
-
-    def stop(self) -> None:
-        ...
-
-
-class BodyCollector(Protocol):
-    """
-    Collect a whole response body (a normal or longpoll feed is one JSON
-    document), reporting every piece as activity.
-
-    :ivar finished: Fires with the body's bytes when the response completes,
-        with :class:`Stopped` after :meth:`stop`, and fails with
-        :class:`~txchanges.errors.UncleanEnd` when the body is cut short.
-    """
-
-    def __init__(self, on_activity: Callable[[], object]) -> None:
-        self._on_activity = on_activity
-        self._parts: list[bytes] = []
-        self.finished: Deferred[bytes | Stopped] = Deferred()
-
-    def connectionMade(self) -> None:
-        if self.finished.called and self.transport is not None:
-            self.transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.finished.called:
-            return
-        self._parts.append(data)
-        self._on_activity()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.finished.called:
-            return
-        if isinstance(reason.value, ResponseDone):
-            self.finished.callback(b"".join(self._parts))
-        else:
-            received = sum(map(len, self._parts))
-            why = describe(reason.value) if reason.value is not None else "connection lost"
-            self.finished.errback(
-                UncleanEnd(f"the response body was cut short after {received} bytes ({why})")
-            )
-
-    def stop(self) -> None:
-        """
-        Stop reading; :attr:`finished` fires with :class:`Stopped` at once.
-        """
-        if self.finished.called:
-            return
-        self._parts = []
-        if self.transport is not None:
-            self.transport.stopProducing()
-        self.finished.callback(Stopped(None))
 
 
 class FeedRun:
@@ -105,7 +42,7 @@ class FeedRun:
         request: FeedRequest,
         clock: Clock,
         idle_limit: float,
-        make_protocol: Callable[[Callable[[], None]], BodyProtocol],
+        make_protocol: Callable[[Callable[[], None]], BodyReader],
     ) -> None:
         self._server = server
         self._path = path
@@ -113,7 +50,7 @@ class FeedRun:
         self._make_protocol = make_protocol
         self._watchdog = Watchdog(clock, idle_limit, self._stalled)
         self._pending: Optional[Deferred[IResponse]] = None
-        self._protocol: Optional[BodyProtocol] = None
+        self._protocol: Optional[BodyReader] = None
         self._stopping = False
         self._paused = False
         self._finished = False
@@ -160,12 +97,12 @@ class FeedRun:
         self.response.deliverBody(self._protocol)  # type: ignore[call-arg, misc]
         result = await self._protocol.finished
         if self._stall is not None:
-            self._stall.last_seq = getattr(self._protocol, "last_seq", None)
+            self._stall.last_seq = self._protocol.last_seq
             raise self._stall
         return result
 
     @property
-    def protocol(self) -> Optional[BodyProtocol]:
+    def protocol(self) -> Optional[BodyReader]:
         """
         The body protocol, once the response headers arrived.
         """
@@ -182,9 +119,8 @@ class FeedRun:
 
     def _pause_body(self) -> None:
         self._watchdog.stop()
-        pause = getattr(self._protocol, "pauseProducing", None)
-        if pause is not None:
-            pause()
+        assert self._protocol is not None
+        self._protocol.pauseProducing()
 
     def resume(self) -> None:
         """
@@ -193,9 +129,7 @@ class FeedRun:
         self._paused = False
         if self._protocol is not None and not (self._stopping or self._finished):
             self._watchdog.start()
-            resume = getattr(self._protocol, "resumeProducing", None)
-            if resume is not None:
-                resume()
+            self._protocol.resumeProducing()
 
     def stop(self) -> None:
         """

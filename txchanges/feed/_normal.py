@@ -23,13 +23,13 @@ from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from txchanges.feed._protocol import Stopped, _describe_end
-from txchanges.errors import FeedError, LineTooLong, MalformedRow, UncleanEnd
+from txchanges.feed._body import BodyReader, describe_end
+from txchanges.feed._rows import LastSeq
+from txchanges.errors import LineTooLong, MalformedRow, UncleanEnd
 
 __all__ = ["RowsProtocol"]
 
@@ -55,15 +55,19 @@ def _ran_out(error: BaseException, length: int) -> bool:
     return False
 
 
-class RowsProtocol(Protocol):
+class RowsProtocol(BodyReader):
     """
     Parse a normal feed's body and hand each row of ``results`` to a
     callable as soon as it is complete.
 
+    Pausing, holding rows back and the end of the body are
+    :class:`~txchanges.feed._body.BodyReader`'s: a Deferred from *on_row* pauses
+    the body until it fires. This class parses.
+
     :ivar finished: A Deferred that fires, once every row was handed over
         and every Deferred *on_row* returned has fired, with the rest of the
         body: ``{"last_seq": ..., "pending": N}``; with
-        :class:`~txchanges.feed._protocol.Stopped` after :meth:`stop`. It fails
+        :class:`~txchanges.feed._body.Stopped` after :meth:`stop`. It fails
         with :class:`~txchanges.errors.MalformedRow` when the body is not a
         normal feed, :class:`~txchanges.errors.LineTooLong` for a row over
         the bound, :class:`~txchanges.errors.UncleanEnd` when the body is
@@ -95,133 +99,83 @@ class RowsProtocol(Protocol):
             :meth:`pauseProducing` is used when omitted.
         :param resume: Undoes *pause*.
         """
-        self._on_row = on_row
-        self._on_activity = on_activity
+        super().__init__(self._hand_over, on_activity)
+        self._on_row_given = on_row
         self._max = max_row_length
         self._pause_hook = pause or self.pauseProducing
         self._resume_hook = resume or self.resumeProducing
-        self.finished: Deferred[Any] = Deferred()
-        self.last_seq: Any = None
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._text = ""
         self._state = _HEAD_STATE
         self._retry_at = 0
-        self._ended: Optional[Failure] = None
-        self._waiting: Optional[Deferred[Any]] = None
-        self._backlog: Optional[Iterator[Any]] = None
+        # How the body ended, once it has: the rest of the text is final.
+        self._end: Optional[Failure] = None
         self._tail: Optional[dict[str, Any]] = None
-        self._paused = False
-        self._done = False
 
-    # -- the transport's side ------------------------------------------------
+    # -- the base's hooks ----------------------------------------------------
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._done:
-            return
-        if self._on_activity is not None:
-            self._on_activity()
+    def _read(self, data: bytes) -> Optional[Iterator[Any]]:
         try:
             self._text += self._decoder.decode(data)
         except UnicodeDecodeError as e:
             self._fail(MalformedRow(data, f"not UTF-8: {e}"))
-            return
-        self._parse()
+            return None
+        return self._rows()
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._done:
-            return
+    def _body_ended(self, reason: Failure) -> None:
         if reason.check(ResponseDone, PotentialDataLoss) and self._state != _WHOLE:
             try:
                 self._text += self._decoder.decode(b"", final=True)
             except UnicodeDecodeError as e:
                 self._fail(MalformedRow(self._text[-200:], f"not UTF-8: {e}"))
                 return
-        self._ended = reason
-        self._parse()
+        self._end = reason
+        self._deliver_now(self._rows())
 
-    def pauseProducing(self) -> None:
-        self._paused = True
-        if self.transport is not None:
-            self.transport.pauseProducing()
+    def _end_row(self, end: LastSeq) -> None:
+        if "last_seq" in end.row:
+            self.last_seq = end.last_seq
+        self._finish(end.row)
 
-    def resumeProducing(self) -> None:
-        self._paused = False
-        if self.transport is not None and not self._done:
-            self.transport.resumeProducing()
-
-    def stop(self) -> None:
-        """
-        Stop reading: hand over no further row, drop the connection, and
-        fire :attr:`finished` with :class:`Stopped` at once.
-        """
-        if self._done:
-            return
-        self._done = True
+    def _discard(self) -> None:
         self._text = ""
-        if self.transport is not None:
-            self.transport.stopProducing()
-        self.finished.callback(Stopped(self.last_seq))
 
     # -- parsing -------------------------------------------------------------
 
-    def _parse(self) -> None:
+    def _rows(self) -> Iterator[Any]:
         """
-        Hand over every complete row in the buffer, then end the feed if the
-        body has ended.
-        """
-        if self._waiting is not None or self._done:
-            return
-        try:
-            pos = self._rows()
-        except Exception:
-            # A malformed body, or what on_row raised, with its traceback.
-            self._fail(Failure())
-            return
-        if self._done:
-            return
-        self._text = self._text[pos:]
-        if self._waiting is None and self._ended is not None:
-            self._end()
-        elif self._state in (_ROW, _COMMA) and len(self._text) > self._max:
-            self._fail(LineTooLong(self._max, self._text[:1024]))
+        Parse from the start of the buffer as far as it goes, lazily: each
+        row as the base asks for it, then, once the body has ended, the rest
+        of the body as a :class:`~txchanges.feed._rows.LastSeq`.
 
-    def _rows(self) -> int:
+        :raises FeedError: from the iterator, for a malformed or cut body.
         """
-        Parse from the start of the buffer as far as it goes.
-
-        :return: How much of the buffer was used up.
-        """
-        if self._backlog is not None:
-            for row in self._backlog:
-                if not self._hand_over(row):
-                    return 0
-            self._backlog = None
-            return 0
         text = self._text
         # Only a clean end makes an unparsed rest final; after an unclean
         # one the complete rows still go, then the feed fails.
-        ended = self._ended is not None and self._ended.check(ResponseDone, PotentialDataLoss) is not None
+        clean = self._end is not None and self._end.check(ResponseDone, PotentialDataLoss) is not None
         pos = 0
         if self._state == _HEAD_STATE:
             match = _HEAD.match(text)
             if match is None:
-                if len(text) < _HEAD_WINDOW and not ended:
-                    return 0
-                self._state = _WHOLE
+                if len(text) >= _HEAD_WINDOW or clean:
+                    self._state = _WHOLE
             else:
                 pos = match.end()
                 self._state = _ROW
         if self._state == _WHOLE:
-            if ended:
-                self._whole(text)
-                return self._rows()
-            return 0
+            if clean:
+                yield from self._whole(text)
+                yield self._rest()
+            elif self._end is not None:
+                raise UncleanEnd(describe_end(self._end))
+            return
         scan = _scan_once
         end = len(text)
         while self._state in (_ROW, _COMMA):
             pos = _BLANKS.match(text, pos).end()  # type: ignore[union-attr]
             if pos == end:
-                return pos
+                break
             char = text[pos]
             if char == "]":
                 self._state = _TAIL
@@ -233,69 +187,67 @@ class RowsProtocol(Protocol):
                 pos += 1
                 self._state = _ROW
                 continue
-            if end - pos < self._retry_at and not ended:
+            if end - pos < self._retry_at and not clean:
                 # The row was incomplete when last tried: wait for twice as
                 # much, so that a huge row is not rescanned on every read.
-                return pos
+                break
             try:
                 row, after = scan(text, pos)
             except (StopIteration, ValueError, RecursionError) as e:
-                if ended:
+                if clean:
                     if _ran_out(e, end):
                         raise UncleanEnd("the body ended inside a row") from None
                     raise MalformedRow(text[pos:pos + 200], "not a JSON row") from None
                 # Measured from the row's start, where the buffer will start.
                 self._retry_at = 2 * (end - pos)
-                return pos
+                break
             self._retry_at = 0
             pos = after
             self._state = _COMMA
-            if not self._hand_over(row):
-                return pos
-        return pos
+            if type(row) is not dict:
+                raise MalformedRow(json.dumps(row)[:200], "a row that is not a JSON object")
+            # While the base holds this iterator back, nothing else reads
+            # the buffer: it is cut once, when the iterator runs out.
+            yield row
+        self._text = text = text[pos:]
+        if self._end is None:
+            if self._state in (_ROW, _COMMA) and len(text) > self._max:
+                raise LineTooLong(self._max, text[:1024])
+            return
+        if not clean:
+            raise UncleanEnd(describe_end(self._end))
+        if self._state != _TAIL:
+            raise UncleanEnd("the body ended before the end of its results")
+        yield self._rest()
 
-    def _hand_over(self, row: Any) -> bool:
+    def _hand_over(self, row: dict[str, Any]) -> None:
         """
-        Give one row to *on_row*.
-
-        :return: Whether to go on (no Deferred is pending).
+        Give one row to *on_row*; a Deferred it returns pauses the body
+        until it fires.
         """
-        if type(row) is not dict:
-            raise MalformedRow(json.dumps(row)[:200], "a row that is not a JSON object")
-        result = self._on_row(row)
-        seq = row.get("seq")
-        if seq is not None:
-            self.last_seq = seq
-        if result is not None and isinstance(result, Deferred) and not result.called:
-            self._waiting = result
+        result = self._on_row_given(row)
+        if result is None or not isinstance(result, Deferred):
+            return
+        if not result.called:
             self._pause_hook()
             result.addCallbacks(self._row_done, self._row_failed)
-            return False
-        if isinstance(result, Deferred):
-            # Already fired: take its failure, if any, at once.
-            failures: list[Failure] = []
-            result.addErrback(failures.append)
-            if failures:
-                failures[0].raiseException()
-        return not self._done
+            return
+        # Already fired: take its failure, if any, at once.
+        failures: list[Failure] = []
+        result.addErrback(failures.append)
+        if failures:
+            failures[0].raiseException()
 
     def _row_done(self, _: object) -> None:
-        self._waiting = None
-        if self._done:
-            return
-        self._parse()
-        if not self._done and self._waiting is None:
-            self._resume_hook()
+        self._resume_hook()
 
     def _row_failed(self, failure: Failure) -> None:
-        self._waiting = None
-        if not self._done:
-            self._fail(failure)
+        self._fail(failure)
 
-    def _whole(self, text: str) -> None:
+    def _whole(self, text: str) -> Iterator[dict[str, Any]]:
         """
-        A body that does not start with ``results``: parse it whole; its
-        rows are then handed over from a backlog.
+        A body that does not start with ``results``: parse it whole, then
+        hand its rows over one by one.
         """
         try:
             body = json.loads(text)
@@ -303,24 +255,20 @@ class RowsProtocol(Protocol):
             raise MalformedRow(text[:200], "not a normal feed body") from None
         if type(body) is not dict or type(body.get("results")) is not list:
             raise MalformedRow(text[:200], 'not a normal feed body: no "results" list')
-        self._backlog = iter(body.pop("results"))
         self._tail = body
         self._text = ""
         self._state = _TAIL
+        for row in body.pop("results"):
+            if type(row) is not dict:
+                raise MalformedRow(json.dumps(row)[:200], "a row that is not a JSON object")
+            yield row
 
-    def _end(self) -> None:
+    def _rest(self) -> LastSeq:
         """
-        The body has ended and every row was handed over: fire with the rest
-        of the body, or fail if it was cut short or malformed.
+        The rest of a body that ended cleanly after its results.
+
+        :raises FeedError: when it is cut short or malformed.
         """
-        reason = self._ended
-        assert reason is not None
-        if not reason.check(ResponseDone, PotentialDataLoss):
-            self._fail(UncleanEnd(_describe_end(reason)))
-            return
-        if self._state != _TAIL:
-            self._fail(UncleanEnd("the body ended before the end of its results"))
-            return
         tail = self._tail
         if tail is None:
             rest = self._text.strip()
@@ -330,24 +278,6 @@ class RowsProtocol(Protocol):
                 tail = None
             if type(tail) is not dict:
                 if rest.endswith("}"):
-                    self._fail(MalformedRow(rest[:200], "not the end of a normal feed body"))
-                else:
-                    self._fail(UncleanEnd("the body ended inside its last_seq"))
-                return
-        if "last_seq" in tail:
-            self.last_seq = tail["last_seq"]
-        self._done = True
-        self.finished.callback(tail)
-
-    def _fail(self, error: BaseException | Failure) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._text = ""
-        self._backlog = None
-        failure = error if isinstance(error, Failure) else Failure(error)
-        if isinstance(failure.value, FeedError):
-            failure.value.last_seq = self.last_seq
-        if self.transport is not None:
-            self.transport.stopProducing()
-        self.finished.errback(failure)
+                    raise MalformedRow(rest[:200], "not the end of a normal feed body")
+                raise UncleanEnd("the body ended inside its last_seq")
+        return LastSeq(tail.get("last_seq"), tail.get("pending"), tail)

@@ -5,9 +5,8 @@ A continuous feed is one JSON object per ``\\n``-terminated line. Each line is
 one of:
 
 - a change row ``{"seq": ..., "id": ..., "changes": [...]}``, with optional
-  ``deleted`` and ``doc``: a :class:`Change`;
-- a ``_db_updates`` row ``{"db_name": ..., "type": ..., "seq": ...}``: a
-  :class:`DbUpdate`;
+  ``deleted`` and ``doc``;
+- a ``_db_updates`` row ``{"db_name": ..., "type": ..., "seq": ...}``;
 - the end row ``{"last_seq": ..., "pending": N}``: a :class:`LastSeq`;
 - an empty line, a heartbeat: ``None``;
 - an error row ``{"error": ..., "reason": ...}``: :class:`ErrorRow` is raised;
@@ -17,12 +16,10 @@ This module is pure (no Twisted): it turns bytes into rows and nothing else.
 
 Representation
 --------------
-:class:`Change` and :class:`DbUpdate` are thin read-only views over the dict
-the JSON parser built: one small object with a single slot, and attributes
-that read the dict only when asked for. The dict itself is kept, unchanged, as
-``row``, because users get the row exactly as the server sent it (unknown
-fields included). Copying six fields into a frozen dataclass costs about as
-much as parsing the line itself; the view costs a tenth of that.
+A change or ``_db_updates`` row is the dict the JSON parser built, unchanged:
+users get the row exactly as the server sent it (unknown fields included),
+and handing over the parser's own object costs nothing. Only the end row,
+which the feed reads itself, is a class of its own, :class:`LastSeq`.
 
 Cost
 ----
@@ -51,8 +48,6 @@ from txchanges.errors import ErrorRow, MalformedRow
 
 __all__ = [
     "PARSER",
-    "Change",
-    "DbUpdate",
     "LastSeq",
     "ChangeRow",
     "Row",
@@ -79,114 +74,6 @@ _raw_decode = json.JSONDecoder().raw_decode
 _scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
-class _RowView:
-    """
-    A read-only view over one parsed row.
-
-    :ivar row: The row exactly as the server sent it, parsed from JSON.
-    """
-
-    __slots__ = ("row",)
-
-    row: dict[str, Any]
-
-    def __init__(self, row: dict[str, Any]) -> None:
-        self.row = row
-
-    @property
-    def seq(self) -> Any:
-        """
-        The row's sequence: an opaque JSON value (a string on CouchDB 2 and
-        later, an integer on 1.x), or ``None`` for rows that ``seq_interval``
-        left without one. Never compare or compute with it; send it back
-        verbatim as ``since``.
-        """
-        return self.row["seq"]
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        assert isinstance(other, _RowView)
-        return self.row == other.row
-
-    # Rows hold a mutable dict, so they are not hashable.
-    __hash__ = None  # type: ignore[assignment]
-
-
-class Change(_RowView):
-    """
-    One row of a ``_changes`` feed: a document that changed.
-
-    :ivar row: The row exactly as sent, e.g. ``{"seq": "5-g1A...", "id":
-        "banana", "changes": [{"rev": "1-b56c..."}]}``.
-    """
-
-    __slots__ = ()
-
-    @property
-    def id(self) -> str:
-        """
-        The document id.
-        """
-        return self.row["id"]  # type: ignore[no-any-return]
-
-    @property
-    def changes(self) -> list[dict[str, Any]]:
-        """
-        The leaf revisions, ``[{"rev": "2-..."}, ...]``; the winner first.
-        """
-        return self.row["changes"]  # type: ignore[no-any-return]
-
-    @property
-    def deleted(self) -> bool:
-        """
-        Whether the document's winning revision is a deletion.
-        """
-        return bool(self.row.get("deleted", False))
-
-    @property
-    def doc(self) -> dict[str, Any] | None:
-        """
-        The document body when the feed was asked for ``include_docs=true``,
-        otherwise ``None``.
-        """
-        return self.row.get("doc")
-
-    def __repr__(self) -> str:
-        deleted = ", deleted=True" if self.deleted else ""
-        return f"Change(id={self.id!r}, seq={self.seq!r}{deleted})"
-
-
-class DbUpdate(_RowView):
-    """
-    One row of the server-wide ``_db_updates`` feed: a database was created,
-    updated or deleted. It has no document ``id``; it is delivered wherever a
-    :class:`Change` would be.
-
-    :ivar row: The row exactly as sent, e.g. ``{"db_name": "mydb", "type":
-        "created", "seq": "28-g1A..."}``.
-    """
-
-    __slots__ = ()
-
-    @property
-    def db_name(self) -> str:
-        """
-        The name of the database.
-        """
-        return self.row["db_name"]  # type: ignore[no-any-return]
-
-    @property
-    def type(self) -> str:
-        """
-        What happened to it: ``"created"``, ``"updated"`` or ``"deleted"``.
-        """
-        return self.row["type"]  # type: ignore[no-any-return]
-
-    def __repr__(self) -> str:
-        return f"DbUpdate(db_name={self.db_name!r}, type={self.type!r}, seq={self.seq!r})"
-
-
 @dataclass(frozen=True, slots=True)
 class LastSeq:
     """
@@ -205,13 +92,12 @@ class LastSeq:
     row: dict[str, Any]
 
 
-#: What a change callback receives.
-ChangeRow = Union[Change, DbUpdate]
-
-_new = object.__new__
+#: What a change callback receives: a change (or ``_db_updates``) row, the
+#: dict exactly as the server sent it.
+ChangeRow = dict[str, Any]
 
 #: What one line parses into; ``None`` is a heartbeat.
-Row = Union[Change, DbUpdate, LastSeq, None]
+Row = Union[ChangeRow, LastSeq, None]
 
 
 def _classify(obj: Any, line: str | bytes) -> Row:
@@ -227,7 +113,7 @@ def _classify(obj: Any, line: str | bytes) -> Row:
         raise MalformedRow(line, f"a JSON {type(obj).__name__}, not an object")
     # The common case first.
     if "changes" in obj and "id" in obj and "seq" in obj:
-        return Change(obj)
+        return obj
     if "last_seq" in obj:
         return LastSeq(obj["last_seq"], obj.get("pending"), obj)
     if "error" in obj:
@@ -239,7 +125,7 @@ def _classify(obj: Any, line: str | bytes) -> Row:
             obj,
         )
     if "db_name" in obj and "type" in obj and "seq" in obj:
-        return DbUpdate(obj)
+        return obj
     raise MalformedRow(line, f"unknown row shape with keys {sorted(obj)[:10]}")
 
 
@@ -287,8 +173,8 @@ def parse_line(line: str | bytes) -> Row:
 
     :param line: The line without its ``\\n``; a trailing ``\\r`` is ignored.
         Bytes must be UTF-8.
-    :return: A :class:`Change`, :class:`DbUpdate` or :class:`LastSeq`, or
-        ``None`` for a heartbeat (an empty line).
+    :return: A change or ``_db_updates`` row (the dict, as parsed), a
+        :class:`LastSeq`, or ``None`` for a heartbeat (an empty line).
     :raises ErrorRow: For an ``{"error": ..., "reason": ...}`` row.
     :raises MalformedRow: For a line that is not UTF-8, not JSON, not an
         object, or an object of no known shape.
@@ -302,69 +188,47 @@ def parse_line(line: str | bytes) -> Row:
     return _parse_text(line)
 
 
-def _unwrap(row: Row) -> Any:
-    """
-    The dict of a change or ``_db_updates`` view; anything else as it is.
-    """
-    return row.row if isinstance(row, _RowView) else row
-
-
-def _rows_json(lines: list[bytes], raw: bool) -> Iterator[Any]:
+def _rows_json(lines: list[bytes]) -> Iterator[Row]:
     """
     :func:`iter_lines` with the standard library's parser.
     """
     scan = _scan_once
-    new = _new
     for line in lines:
         try:
             text = line.decode("utf-8")
             obj, end = scan(text, 0)
         except (StopIteration, ValueError, RecursionError):
             # Heartbeats, blanks, bad lines, lines that are not UTF-8.
-            row = parse_line(line)
-        else:
-            if end == len(text) and type(obj) is dict and "changes" in obj and "id" in obj and "seq" in obj:
-                if raw:
-                    yield obj
-                else:
-                    # Change(obj) without a Python __init__ call.
-                    change = new(Change)
-                    change.row = obj
-                    yield change
-                continue
-            # A "\r" ending, surrounding blanks, or another kind of row.
-            row = _parse_text(text) if end != len(text) else _classify(obj, text)
-        yield _unwrap(row) if raw else row
+            yield parse_line(line)
+            continue
+        if end == len(text) and type(obj) is dict and "changes" in obj and "id" in obj and "seq" in obj:
+            yield obj
+            continue
+        # A "\r" ending, surrounding blanks, or another kind of row.
+        yield _parse_text(text) if end != len(text) else _classify(obj, text)
 
 
-def _rows_orjson(lines: list[bytes], raw: bool) -> Iterator[Any]:
+def _rows_orjson(lines: list[bytes]) -> Iterator[Row]:
     """
     :func:`iter_lines` with orjson, which parses UTF-8 bytes directly.
     """
     assert _orjson_loads is not None
     loads = _orjson_loads
-    new = _new
     for line in lines:
         try:
             obj = loads(line)
         except ValueError:
             # Heartbeats, blanks, bad lines, and what only the standard
             # library accepts (NaN, lone surrogates, deep nesting).
-            row = parse_line(line)
-        else:
-            if type(obj) is dict and "changes" in obj and "id" in obj and "seq" in obj:
-                if raw:
-                    yield obj
-                else:
-                    change = new(Change)
-                    change.row = obj
-                    yield change
-                continue
-            row = _classify(obj, line)
-        yield _unwrap(row) if raw else row
+            yield parse_line(line)
+            continue
+        if type(obj) is dict and "changes" in obj and "id" in obj and "seq" in obj:
+            yield obj
+            continue
+        yield _classify(obj, line)
 
 
-def iter_lines(lines: list[bytes], raw: bool = False) -> Iterator[Any]:
+def iter_lines(lines: list[bytes]) -> Iterator[Row]:
     """
     Parse lines lazily, in order.
 
@@ -374,18 +238,13 @@ def iter_lines(lines: list[bytes], raw: bool = False) -> Iterator[Any]:
     parsed.
 
     :param lines: Lines without their ``\\n``.
-    :param raw: Yield each change (or ``_db_updates``) row as its dict,
-        exactly as parsed, instead of a :class:`Change` (or
-        :class:`DbUpdate`) view over it; heartbeats and :class:`LastSeq`
-        rows are yielded either way.
-    :return: An iterator of rows, as :func:`parse_line` returns them (or
-        their dicts).
+    :return: An iterator of rows, as :func:`parse_line` returns them.
     :raises ErrorRow: See :func:`parse_line`, raised by the iterator.
     :raises MalformedRow: See :func:`parse_line`, raised by the iterator.
     """
     if _orjson_loads is None:
-        return _rows_json(lines, raw)
-    return _rows_orjson(lines, raw)
+        return _rows_json(lines)
+    return _rows_orjson(lines)
 
 
 def iter_rows(lines: bytes) -> Iterator[Row]:

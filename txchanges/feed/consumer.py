@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
@@ -14,15 +15,17 @@ from twisted.python.failure import Failure
 from typing_extensions import Unpack
 
 from txchanges.feed._aiter import ChangeStream
-from txchanges.feed._feed import BodyCollector, FeedRun, Stopped
-from txchanges.feed._feedparams import FeedParams, live_request, normal_request
+from txchanges.feed._body import Stopped
+from txchanges.feed._collect import BodyCollector
+from txchanges.feed._feed import FeedRun
 from txchanges.feed._normal import RowsProtocol
 from txchanges.feed._params import FeedRequest
 from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
 from txchanges.feed._watchdog import Clock, idle_limit
-from txchanges._reactor import default_clock
 from txchanges.http.client import Database
 from txchanges.errors import UnexpectedResponse
+from txchanges.feed._feedparams import FeedParams, live_request, normal_request
+from txchanges._reactor import default_clock
 
 __all__ = ["Consumer"]
 
@@ -275,7 +278,7 @@ class Consumer:
                 ctype.decode("latin-1") or None,
                 raw.decode("utf-8", "replace"),
             ) from None
-        dispatch = _Dispatcher(self, cb)
+        dispatch = _Dispatcher(self._callbacks, cb)
         for row in rows:
             dispatch.row(row)
         await dispatch.drain()
@@ -330,12 +333,10 @@ class Consumer:
     async def _wait(
         self, request: FeedRequest, limit: float, since: Any, cb: Optional[Callback]
     ) -> Any:
-        dispatch = _Dispatcher(self, cb)
+        dispatch = _Dispatcher(self._callbacks, cb)
 
         def make_protocol(on_activity: Callable[[], None]) -> ChangesProtocol:
-            protocol = ChangesProtocol(
-                dispatch.row, on_activity, self._max_line_length, raw_rows=True
-            )
+            protocol = ChangesProtocol(dispatch.row, on_activity, self._max_line_length)
             dispatch.on_failure = protocol.stop
             return protocol
 
@@ -407,10 +408,15 @@ class _Dispatcher:
     """
     Hands rows to a consumer's callbacks and keeps track of the Deferreds
     they return, so that a late failure is not lost.
+
+    :param registered: The consumer's registered callbacks, read again for
+        every row: one registered or unregistered while a feed runs takes
+        effect from the next row.
+    :param cb: The feed's own callback, called after them.
     """
 
-    def __init__(self, consumer: Consumer, cb: Optional[Callback]) -> None:
-        self._consumer = consumer
+    def __init__(self, registered: Sequence[Callback], cb: Optional[Callback]) -> None:
+        self._registered = registered
         self._cb = cb
         self._outstanding: list[Deferred[Any]] = []
         self._failure: Optional[Failure] = None
@@ -418,7 +424,8 @@ class _Dispatcher:
         self.on_failure: Callable[[], object] = lambda: None
 
     def row(self, row: dict[str, Any]) -> None:
-        callbacks = list(self._consumer._callbacks)
+        # A copy: a callback may unregister itself.
+        callbacks = list(self._registered)
         if self._cb is not None:
             callbacks.append(self._cb)
         for callback in callbacks:

@@ -9,6 +9,10 @@ time spent. This module sends one request on a connection of its own and
 de-chunks each socket read as a whole, handing the body protocol one
 ``dataReceived`` per read.
 
+A body protocol that provides :class:`~txchanges.feed._body.ILineReceiver` is
+handed the lines of a run of one-line chunks already split, with
+``lines_received``; any other gets bytes.
+
 Only feeds go through here (see :meth:`txchanges.Server.open_feed`); every
 other request still goes through treq. The response offers what
 :class:`~txchanges.feed._feed.FeedRun` needs of an
@@ -44,6 +48,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer  # type: ignore[import-untyped]
 
+from txchanges.feed._body import ILineReceiver
+from txchanges.feed._collect import BodyCollector
 from txchanges.http._wire import (
     MAX_HEAD,
     BadResponse,
@@ -170,6 +176,8 @@ class _ResponseReader(Protocol):
         self._head = b""
         self._decoder: Optional[Decoder] = None
         self._body: Any = None
+        # The body protocol again when it takes lines (ILineReceiver).
+        self._lines: Any = None
         self._held: list[bytes] = []
         self._ending: Optional[Failure] = None
         self._told = False
@@ -285,14 +293,15 @@ class _ResponseReader(Protocol):
         """
         Give decoded body data to the body protocol (or hold it until there
         is one): one ``dataReceived`` for each run of bytes, and the lines
-        of one-line chunks to its ``lines_received`` if it has one.
+        of one-line chunks to its ``lines_received`` if it provides
+        :class:`~txchanges.feed._body.ILineReceiver`.
         """
         body = self._body
-        lines_received = getattr(body, "lines_received", None)
+        lines = self._lines
         data: list[bytes] = []
         for piece in pieces:
             if type(piece) is list:
-                if lines_received is None:
+                if lines is None:
                     data.append(b"\n".join(piece) + b"\n")
                     continue
                 if data:
@@ -300,7 +309,7 @@ class _ResponseReader(Protocol):
                     data = []
                 if self._stopped:
                     return
-                lines_received(piece)
+                lines.lines_received(piece)
                 if self._stopped:
                     return
             else:
@@ -326,6 +335,7 @@ class _ResponseReader(Protocol):
         if self._body is not None:
             raise RuntimeError("the body of this response was already delivered")
         self._body = protocol
+        self._lines = protocol if ILineReceiver.providedBy(protocol) else None
         self._awaiting_body = False
         protocol.makeConnection(_BodyTransport(self))
         held, self._held = self._held, []
@@ -437,28 +447,14 @@ def open_response(endpoint: Any, request: bytes) -> "Deferred[FeedResponse]":
     return ready
 
 
-class _Collector(Protocol):
-    def __init__(self, done: "Deferred[bytes]") -> None:
-        self._parts: list[bytes] = []
-        self._done = done
-
-    def dataReceived(self, data: bytes) -> None:
-        self._parts.append(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self._done.callback(b"".join(self._parts))
-        else:
-            self._done.errback(reason)
-
-
 def read_body(response: IResponse) -> "Deferred[bytes]":
     """
     Read a whole (small) response body.
 
-    :return: A Deferred that fires with the body, and fails with
-        :class:`~twisted.web.client.ResponseFailed` when it is cut short.
+    :return: A Deferred that fires with the body (also one ended by the
+        server closing the connection), and fails with
+        :class:`~txchanges.errors.UncleanEnd` when it is cut short.
     """
-    done: Deferred[bytes] = Deferred()
-    response.deliverBody(_Collector(done))  # type: ignore[call-arg, misc]
-    return done
+    collector = BodyCollector(until_close=True)
+    response.deliverBody(collector)  # type: ignore[call-arg, misc]
+    return collector.finished

@@ -25,8 +25,8 @@ from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
 from txchanges.http import _http11, _urls
 from txchanges.http._httperrors import CONNECTION_ERRORS, couch_error, describe
 from txchanges.feed._params import encode_params
+from txchanges.errors import ConnectionFailed, CouchError, UncleanEnd, UnexpectedResponse
 from txchanges._reactor import default_reactor
-from txchanges.errors import ConnectionFailed, CouchError, UnexpectedResponse
 
 __all__ = ["Server", "Database"]
 
@@ -262,7 +262,7 @@ class Server:
                 return cast(IResponse, response)
             try:
                 raw = await _http11.read_body(cast(IResponse, response))
-            except CONNECTION_ERRORS:
+            except (UncleanEnd, *CONNECTION_ERRORS):
                 raw = b""
         except CONNECTION_ERRORS as e:
             raise ConnectionFailed(self._url.host, self._url.port, describe(e)) from None

@@ -18,7 +18,6 @@ from txchanges.service._retry import is_terminal
 from txchanges.feed._watchdog import Clock
 from txchanges.service.checkpoint import CheckpointError, CheckpointStore, FileCheckpoint, LocalDocCheckpoint
 from txchanges.errors import TxChangesError
-from txchanges.service.checkpoint import CheckpointStore
 
 __all__ = ["CheckpointSaver", "prepare_store", "GIVE_UP_FAILURES", "GIVE_UP_SECONDS"]
 

@@ -32,7 +32,6 @@ from txchanges.service._identity import identity_of
 from txchanges.http.client import Database
 from txchanges.service.shard import Shard
 from txchanges.feed._feedparams import SET_BY_METHOD, FeedParams, check_feed_params
-from txchanges.service._saver import CheckpointSaver
 from txchanges._reactor import default_clock
 
 __all__ = ["ChangesService", "ServiceStats"]
@@ -458,7 +457,7 @@ class ChangesService(Service):
             on_activity()
 
         self.state = "streaming"
-        return ChangesProtocol(self._on_change, activity, self._max_line_length, raw_rows=True)
+        return ChangesProtocol(self._on_change, activity, self._max_line_length)
 
     def _on_change(self, row: dict[str, Any]) -> None:
         # Once per change: kept lean.
