@@ -1,24 +1,19 @@
 """The runnable examples work against the test server, as a user would run them."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+import pytest
+
+from .examplerun import run_example
 
 
 def run(script, *args, timeout=60):
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    done = run_example(script, *args, timeout=timeout)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
+@pytest.mark.runs_example("fetch.py")
 def test_fetch_example(couch_server, db_name):
     """fetch.py saves two documents and prints both changes with a last_seq."""
     out = run("fetch.py", couch_server.admin_url, db_name)
@@ -29,12 +24,14 @@ def test_fetch_example(couch_server, db_name):
     assert "last_seq" in result
 
 
+@pytest.mark.runs_example("wait_once.py")
 def test_wait_once_example(couch_server, db_name):
     """wait_once.py prints the one change written while it waited."""
     result = json.loads(run("wait_once.py", couch_server.admin_url, db_name))
     assert len(result["results"]) == 1
 
 
+@pytest.mark.runs_example("wait.py")
 def test_wait_example(couch_server, db_name):
     """wait.py prints each change through its registered callback and the last_seq at the end."""
     lines = run("wait.py", couch_server.admin_url, db_name).splitlines()
@@ -42,6 +39,7 @@ def test_wait_example(couch_server, db_name):
     assert lines[-1].startswith("feed ended at ")
 
 
+@pytest.mark.runs_example("follow.py")
 def test_follow_example_demo(couch_server, db_name):
     """follow.py --demo-writes creates the database and prints live changes as JSON lines."""
     out = run("follow.py", couch_server.admin_url + db_name, "--demo-writes", "--max-changes", "2")
@@ -49,25 +47,23 @@ def test_follow_example_demo(couch_server, db_name):
     assert len(rows) == 2 and all("seq" in r and "id" in r for r in rows)
 
 
+@pytest.mark.runs_example("follow.py")
 def test_follow_example_missing_db(couch_server):
     """follow.py on a database that does not exist exits non-zero naming the problem."""
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "follow.py"), couch_server.admin_url + "no-such-db"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_example("follow.py", couch_server.admin_url + "no-such-db")
     assert done.returncode != 0
     assert "Database does not exist" in done.stderr
     assert "secret" not in done.stderr
 
 
+@pytest.mark.runs_example("service.py")
 def test_service_example(couch_server, db_name):
     """service.py follows with a _local checkpoint and reports every document handled."""
     out = run("service.py", couch_server.admin_url, db_name, "2")
     assert out.startswith("handled 20 changes; checkpoint ")
 
 
+@pytest.mark.runs_example("follow.py")
 def test_follow_example_resumes_from_its_checkpoint_file(couch_server, db_name, tmp_path):
     """follow.py with --checkpoint prints only new changes when run again."""
     ckpt = str(tmp_path / "follow.ckpt")
@@ -80,6 +76,7 @@ def test_follow_example_resumes_from_its_checkpoint_file(couch_server, db_name, 
     assert not seen_first & seen_second
 
 
+@pytest.mark.runs_example("async_for.py")
 def test_async_for_example(couch_server, db_name):
     """async_for.py prints each document's change and the place to resume from."""
     lines = run("async_for.py", couch_server.admin_url, db_name, "3").splitlines()

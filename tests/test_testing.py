@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,7 +32,8 @@ from txchanges import (
 from txchanges.checkpoint import MemoryCheckpoint
 from txchanges.testing import FakeCouchDB, selector_matches
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "testing_a_handler.py"
+from .examplerun import run_example
+
 SEQ = re.compile(r"^\d+-g1AAAA[A-Za-z0-9_-]+$")
 
 
@@ -636,9 +634,10 @@ def test_service_retries_a_transient_error_while_starting(start: str, fake: Fake
 # -- the example --------------------------------------------------------------------------
 
 
+@pytest.mark.runs_example("testing_a_handler.py")
 def test_example_runs() -> None:
     """examples/testing_a_handler.py runs its handler tests against the fake and reports them passed."""
-    done = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=60)
+    done = run_example("testing_a_handler.py")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[-1] == "all handler checks passed"
