@@ -99,6 +99,7 @@ class Pipe:
     One connection between a client protocol and a server protocol.
 
     :ivar delivered: Server writes handed to the client, in all.
+    :ivar client_pauses: How often the client paused its transport.
     :ivar client_reading: Whether the client reads (it has not paused its
         transport, or has resumed it).
     :ivar server_paused: Whether the server's producer is paused because
@@ -106,9 +107,13 @@ class Pipe:
     :ivar closed: Whether the connection has ended.
     """
 
-    def __init__(self, reactor: Any, client: Protocol, server: Protocol, window: int) -> None:
+    def __init__(
+        self, reactor: Any, client: Protocol, server: Protocol, window: int,
+        tap: Optional[Callable[[bytes], object]] = None,
+    ) -> None:
         self._reactor = reactor
         self._window = window
+        self._tap = tap
         self.client, self.server = client, server
         self._ends = {True: _End(self, True), False: _End(self, False)}
         # Bytes on their way to each side: True is towards the client.
@@ -117,6 +122,7 @@ class Pipe:
         self._scheduled = {True: False, False: False}
         self._closing: Optional[Failure] = None
         self.delivered = 0
+        self.client_pauses = 0
         self.server_paused = False
         self.closed = False
         self._stuck: list[Deferred[None]] = []
@@ -158,6 +164,8 @@ class Pipe:
             self._check_server()
 
     def set_reading(self, client: bool, reading: bool) -> None:
+        if client and self._reading[client] and not reading:
+            self.client_pauses += 1
         self._reading[client] = reading
         if reading:
             self._schedule(client)
@@ -197,6 +205,8 @@ class Pipe:
         data = queue.popleft()
         if to_client:
             self.delivered += 1
+            if self._tap is not None:
+                self._tap(data)
             self.client.dataReceived(data)
             self._check_server()
         else:
@@ -254,7 +264,7 @@ class _Connector:
             return
         client = self._factory.buildProtocol(self.getDestination())
         server = self._net.server_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        pipe = Pipe(self._net._reactor, client, server, self._net.window)
+        pipe = Pipe(self._net._reactor, client, server, self._net.window, self._net.tap)
         self._net.pipes.append(pipe)
         pipe.start()
 
@@ -269,13 +279,17 @@ class MemoryNet:
     :param reactor: The reactor that runs everything else.
     :param window: How many undelivered server writes make the server's
         producer pause.
+    :param tap: Called with each server write just before the client gets it.
     :ivar pipes: Every connection made, in order.
     """
 
-    def __init__(self, server_factory: Factory, reactor: Any, window: int = 1) -> None:
+    def __init__(
+        self, server_factory: Factory, reactor: Any, window: int = 1, tap: Optional[Callable[[bytes], object]] = None
+    ) -> None:
         self.server_factory = server_factory
         self._reactor = reactor
         self.window = window
+        self.tap = tap
         self.pipes: list[Pipe] = []
 
     def __getattr__(self, name: str) -> Any:
