@@ -21,10 +21,10 @@ from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import interfaces, protocol
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-__all__ = ["Feed", "FeedServer", "build_feed", "seq"]
+__all__ = ["Feed", "FeedServer", "build_feed", "feed_of", "held_back", "seq"]
 
 HEARTBEAT_EVERY = 997  # rows between the empty heartbeat lines in the body
 
@@ -85,6 +85,11 @@ def build_feed(count: int, pad: int = 0) -> Feed:
             docid = hashlib.md5(f"doc{n}".encode()).hexdigest()
             rev = "1-" + hashlib.md5(f"r1{n}".encode()).hexdigest()
         rows.append((seq(n + 1), docid, rev))
+    return feed_of(rows, pad)
+
+
+def feed_of(rows: list[tuple[str, str, str]], pad: int = 0) -> Feed:
+    """The feed of *rows*, ``(seq, id, rev)`` each, with a heartbeat line every ``HEARTBEAT_EVERY`` rows."""
     lines = []
     for n, (s, docid, rev) in enumerate(rows):
         row: dict[str, Any] = {"seq": s, "id": docid, "changes": [{"rev": rev}]}
@@ -273,3 +278,17 @@ class FeedServer(protocol.Factory):
         for waiter in due:
             self._waiters.remove(waiter)
             waiter[1].callback(None)
+
+
+async def held_back(pipe: Any, server: FeedServer) -> bool:
+    """
+    Wait until nothing moves on *pipe* (a :class:`tests.memorynet.Pipe`):
+    the client holds *server* back, or the server has written its last
+    response in full.
+
+    :return: Whether the client holds the server back.
+    """
+    stuck = pipe.when_stuck()
+    done = server.when(lambda: bool(server.writers) and server.writers[-1].done)
+    await DeferredList([stuck, done], fireOnOneCallback=True)
+    return bool(stuck.called)

@@ -3,13 +3,12 @@
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredList
 
 from txchanges import ChangeStream, Consumer, NotFound, Server
 
 from ._service_helpers import open_feeds, wait_for
 from .memorynet import MemoryNet
-from .scriptedfeed import FeedServer, build_feed
+from .scriptedfeed import FeedServer, build_feed, held_back
 
 
 @pytest_twisted.ensureDeferred
@@ -64,11 +63,9 @@ async def test_feed_is_not_read_while_the_body_runs():
             if len(seen) in (1, 150, 297):
                 # The body holds this change until nothing moves: the server
                 # is paused and the client does not read, or the server is done.
-                pipe, writer = net.pipes[-1], server.writers[-1]
-                stuck, done = pipe.when_stuck(), server.when(lambda: writer.done)
-                await DeferredList([stuck, done], fireOnOneCallback=True)
-                assert stuck.called and not writer.done, f"the server wrote the whole feed while change {len(seen)} was held"
-                ahead[len(seen)] = writer.rows_sent - len(seen)
+                held = await held_back(net.pipes[-1], server)
+                assert held, f"the server wrote the whole feed while change {len(seen)} was held"
+                ahead[len(seen)] = server.writers[-1].rows_sent - len(seen)
     finally:
         await couch.close()
     assert ahead == {1: WINDOW + 1, 150: WINDOW + 1, 297: WINDOW + 1}

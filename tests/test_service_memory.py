@@ -22,7 +22,7 @@ from txchanges import ChangesService, MemoryCheckpoint, Server
 
 from ._service_helpers import wait_for
 from .memorynet import MemoryNet
-from .scriptedfeed import Feed, FeedServer, build_feed
+from .scriptedfeed import Feed, FeedServer, build_feed, held_back
 
 CHANGES = 100_000
 CONCURRENCY = 8
@@ -152,10 +152,7 @@ async def test_one_stuck_handler_call_keeps_rows_past_the_resume_point_bounded(m
     svc.startService()
     try:
         await wait_for(lambda: bool(net.pipes), 5, "the connection")
-        writer_done = server.when(lambda: bool(server.writers) and server.writers[0].done)
-        held_back = net.pipes[0].when_stuck()
-        await defer.DeferredList([held_back, writer_done], fireOnOneCallback=True)
-        assert held_back.called, "the whole feed was read while a handler call hung"
+        assert await held_back(net.pipes[0], server), "the whole feed was read while a handler call hung"
         taken = tap.rows
         resume_while_stuck = svc.resume_seq
         stuck.callback(None)
