@@ -1,10 +1,15 @@
 """Turns a recorded or a replayed exchange into comparable facts.
 
 Both sides go through the same parser. What is compared: status, framing,
-the JSON error, the rows (ids, `changes`, `deleted`, `doc`, and whether `seq`
-is a string or null; revision hashes and seqs are the server's own, so only
-their shape counts), how the feed ended (the last_seq object's keys and
-`pending`), the body skeleton and the chunk pattern.
+the JSON error, the rows in order (ids, `changes`, `deleted`, `doc`;
+revision hashes are each server's own, so a revision counts by its
+generation), each row's seq number (the opaque rest is the server's own) and
+whether it is null, how the feed ended (the last_seq object's keys and
+`pending`, and the last_seq's number), the body skeleton and the chunk
+pattern. Each difference is reported under an aspect; a case can relax an
+aspect only by naming it, with a reason, in test_conformance.RELAXED.
+Against the replay's own writes, the test server's seqs and revisions are
+compared exactly (own_write_differences).
 """
 
 from __future__ import annotations
@@ -138,6 +143,28 @@ def _parse_events(body: str, parsed: Parsed) -> None:
         parsed.rows.append(row)
 
 
+#: The aspects a comparison reports its differences under; a case may relax
+#: some of them (see test_conformance.RELAXED), each for a stated reason.
+ROW_ORDER = "row order"  # relaxed: the same rows, in any order
+ROWS = "rows"  # relaxed: as many rows, with the same members
+SEQ_NUMBERS = "seq numbers"  # relaxed: row seqs compared by shape (string or null) only
+LAST_SEQ_NUMBER = "last_seq number"  # relaxed: last_seq compared by shape only
+DBS_ROWS = "_dbs rows"  # relaxed: `_db_updates` rows compared without the `_dbs` ones
+HEARTBEAT_TIMING = "heartbeat timing"  # relaxed: chunks compared on what a client relies on
+ASPECTS = (ROW_ORDER, ROWS, SEQ_NUMBERS, LAST_SEQ_NUMBER, DBS_ROWS, HEARTBEAT_TIMING)
+
+Difference = tuple[str, str]
+
+
+def seq_number(value: Any) -> str:
+    """A seq's position, the number before its opaque part ("null" for none)."""
+    if value is None:
+        return "null"
+    if isinstance(value, str) and SEQ.match(value):
+        return value.split("-", 1)[0]
+    return f"unexpected {value!r}"
+
+
 def seq_shape(value: Any) -> str:
     if value is None:
         return "null"
@@ -162,7 +189,9 @@ def doc_shape(doc: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def row_shape(row: dict[str, Any]) -> tuple[Any, ...]:
-    """Everything about a row except its seq, in a comparable form."""
+    """Everything about a row except its seq, in a comparable form: revision
+    hashes are each server's own, so a revision counts by its generation
+    (the one fixed revision of the data set exactly)."""
     if "db_name" in row:
         return (tuple(row), row["db_name"], row["type"])
     return (
@@ -174,90 +203,91 @@ def row_shape(row: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def _row_differences(rec: Parsed, ours: Parsed, relaxed: frozenset[str]) -> list[Difference]:
+    rec_rows = [row_shape(r) for r in rec.rows]
+    our_rows = [row_shape(r) for r in ours.rows]
+    if rec.rows and "db_name" in rec.rows[0] and DBS_ROWS in relaxed:
+        def users(rows: list[Any]) -> list[Any]:
+            return [r for r in rows if r[1] != "_dbs"]
+        diffs = []
+        if users(rec_rows) != users(our_rows):
+            diffs.append((DBS_ROWS, f"rows but `_dbs`: recorded {users(rec_rows)}, got {users(our_rows)}"))
+        if len(rec_rows) != len(our_rows):
+            diffs.append((DBS_ROWS, f"`_dbs` rows: recorded {len(rec_rows) - len(users(rec_rows))}, "
+                                    f"got {len(our_rows) - len(users(our_rows))}"))
+        return diffs
+    if rec_rows == our_rows:
+        return []
+    if ROWS in relaxed:
+        def members(rows: list[Any]) -> list[Any]:
+            return [tuple(k for k in r[0] if k != "deleted") for r in rows]
+        if len(rec_rows) != len(our_rows) or members(rec_rows) != members(our_rows):
+            return [(ROWS, f"row count and members: recorded {members(rec_rows)}, got {members(our_rows)}")]
+        return []
+    if sorted(rec_rows, key=repr) != sorted(our_rows, key=repr):
+        aspect = ROWS if rec.rows and "db_name" not in rec.rows[0] else DBS_ROWS
+        return [(aspect, f"rows: recorded {rec_rows}, got {our_rows}")]
+    if ROW_ORDER in relaxed:
+        return []
+    return [(ROW_ORDER, f"row order: recorded {[r[1] for r in rec_rows]}, got {[r[1] for r in our_rows]}")]
+
+
+def _seq_differences(rec: Parsed, ours: Parsed, relaxed: frozenset[str]) -> list[Difference]:
+    # By position: with seq_interval, which rows carry a seq depends on the
+    # count of rows, not on which rows they are.
+    diffs = []
+    rec_shapes = [seq_shape(r.get("seq")) for r in rec.rows]
+    our_shapes = [seq_shape(r.get("seq")) for r in ours.rows]
+    if rec_shapes != our_shapes:
+        diffs.append(("seqs", f"row seqs (string or null, by position): recorded {rec_shapes}, got {our_shapes}"))
+    if SEQ_NUMBERS not in relaxed:
+        rec_numbers = [seq_number(r.get("seq")) for r in rec.rows]
+        our_numbers = [seq_number(r.get("seq")) for r in ours.rows]
+        if rec_numbers != our_numbers:
+            diffs.append((SEQ_NUMBERS, f"row seq numbers: recorded {rec_numbers}, got {our_numbers}"))
+    if LAST_SEQ_NUMBER not in relaxed and rec.end is not None and ours.end is not None:
+        rec_last = seq_number(rec.end.get("last_seq"))
+        our_last = seq_number(ours.end.get("last_seq"))
+        if rec_last != our_last:
+            diffs.append((LAST_SEQ_NUMBER, f"last_seq number: recorded {rec_last}, got {our_last}"))
+    return diffs
+
+
 def end_shape(end: dict[str, Any] | None) -> Any:
     if end is None:
         return None
     return [(k, seq_shape(v) if k == "last_seq" else v) for k, v in end.items()]
 
 
-def _ids_in_write_order(ids: list[Any], write_order: list[str], descending: bool) -> bool:
-    wanted = set(ids)
-    expected = [i for i in write_order if i in wanted]
-    if descending:
-        expected.reverse()
-    return ids == expected
-
-
-def _row_differences(path: str, rec: Parsed, ours: Parsed, write_order: list[str],
-                     shape_only: bool) -> list[str]:
-    diffs = []
-    rec_rows = [row_shape(r) for r in rec.rows]
-    our_rows = [row_shape(r) for r in ours.rows]
-    if [seq_shape(r.get("seq")) for r in rec.rows] != [seq_shape(r.get("seq")) for r in ours.rows]:
-        diffs.append("row seqs (string or null, by position): recorded "
-                     f"{[seq_shape(r.get('seq')) for r in rec.rows]}, "
-                     f"got {[seq_shape(r.get('seq')) for r in ours.rows]}")
-    if shape_only:
-        if len(rec_rows) != len(our_rows):
-            diffs.append(f"row count: recorded {len(rec_rows)}, got {len(our_rows)}")
-        def members(rows: list[Any]) -> list[Any]:
-            return [tuple(k for k in r[0] if k != "deleted") for r in rows]
-        if members(rec_rows) != members(our_rows):
-            diffs.append(f"row members: recorded {members(rec_rows)}, got {members(our_rows)}")
-        return diffs
-    if rec.rows and "db_name" in rec.rows[0]:
-        # CouchDB writes the `_dbs` row in the same batch as the event that
-        # caused it, in no fixed order (the recordings have it on both sides).
-        def users(rows: list[Any]) -> list[Any]:
-            return [r for r in rows if r[1] != "_dbs"]
-        if users(rec_rows) != users(our_rows):
-            diffs.append(f"rows: recorded {users(rec_rows)}, got {users(our_rows)}")
-        if len(rec_rows) != len(our_rows):
-            diffs.append(f"`_dbs` rows: recorded {len(rec_rows) - len(users(rec_rows))}, "
-                         f"got {len(our_rows) - len(users(our_rows))}")
-        return diffs
-    descending = "descending=true" in path
-    if _ids_in_write_order([r[1] for r in rec_rows], write_order, descending):
-        if rec_rows != our_rows:
-            diffs.append(f"rows (in order): recorded {rec_rows}, got {our_rows}")
-    elif sorted(rec_rows, key=repr) != sorted(our_rows, key=repr):
-        # CouchDB merged two shards; a single shard can only match the set.
-        diffs.append(f"rows (as a set): recorded {sorted(rec_rows, key=repr)}, "
-                     f"got {sorted(our_rows, key=repr)}")
-    return diffs
-
-
-def _token_differences(path: str, rec: Parsed, ours: Parsed) -> list[str]:
-    if "heartbeat=" not in path:
-        if rec.tokens != ours.tokens:
-            return [f"chunk pattern: recorded {rec.tokens}, got {ours.tokens}"]
+def _token_differences(path: str, rec: Parsed, ours: Parsed, relaxed: frozenset[str]) -> list[Difference]:
+    if rec.tokens == ours.tokens:
         return []
-    # With heartbeats the exact interleaving depends on timer phase; compare
-    # what a client relies on.
+    if HEARTBEAT_TIMING not in relaxed:
+        return [(HEARTBEAT_TIMING if rec.heartbeats or ours.heartbeats else "chunks",
+                 f"chunk pattern: recorded {rec.tokens}, got {ours.tokens}")]
+    # The exact interleaving of heartbeats with the rest depends on the
+    # timers' phase; compare what a client relies on.
     diffs = []
     if (rec.tokens[0], rec.tokens[-1]) != (ours.tokens[0], ours.tokens[-1]):
-        diffs.append(f"first/last chunk: recorded {rec.tokens}, got {ours.tokens}")
+        diffs.append(("chunks", f"first/last chunk: recorded {rec.tokens}, got {ours.tokens}"))
     if abs(rec.heartbeats - ours.heartbeats) > 1:
-        diffs.append(f"heartbeats: recorded {rec.heartbeats}, got {ours.heartbeats}")
+        diffs.append(("chunks", f"heartbeats: recorded {rec.heartbeats}, got {ours.heartbeats}"))
 
     def nl_before_data(tokens: list[str]) -> bool:
         return all(tokens[i - 1] == "NL" for i, t in enumerate(tokens) if t == "DATA" and i > 0)
     if "_changes" in path and nl_before_data(rec.tokens) != nl_before_data(ours.tokens):
-        diffs.append(f"a \\n chunk before each live row: recorded {rec.tokens}, got {ours.tokens}")
+        diffs.append(("chunks", f"a \\n chunk before each live row: recorded {rec.tokens}, got {ours.tokens}"))
     if rec.tokens[-1] == "END" and rec.tokens[-3:] != ours.tokens[-3:]:
-        diffs.append(f"end of body: recorded {rec.tokens[-3:]}, got {ours.tokens[-3:]}")
+        diffs.append(("chunks", f"end of body: recorded {rec.tokens[-3:]}, got {ours.tokens[-3:]}"))
     return diffs
 
 
-def differences(path: str, rec: Parsed, ours: Parsed, write_order: list[str],
-                shape_only: bool = False) -> list[str]:
-    """What differs between a recorded and a replayed exchange ([] if nothing).
-
-    ``shape_only`` compares rows by count and members only, for the cases
-    where a single shard cannot return the rows CouchDB's shard merge did.
-    """
-    diffs = [f"recording itself: {p}" for p in rec.problems]
-    diffs += [f"body: {p}" for p in ours.problems]
+def differences(path: str, rec: Parsed, ours: Parsed, relaxed: frozenset[str] = frozenset()) -> list[Difference]:
+    """What differs between a recorded and a replayed exchange, each with
+    the aspect it belongs to ([] if nothing). An aspect in *relaxed* is
+    compared in its relaxed way (see the constants above)."""
+    diffs: list[Difference] = [("recording", f"recording itself: {p}") for p in rec.problems]
+    diffs += [("body", f"body: {p}") for p in ours.problems]
     for what, a, b in [
         ("status", rec.status, ours.status),
         ("framing", rec.framing, ours.framing),
@@ -272,17 +302,48 @@ def differences(path: str, rec: Parsed, ours: Parsed, write_order: list[str],
          ours.headers_delayed),
     ]:
         if a != b:
-            diffs.append(f"{what}: recorded {a!r}, got {b!r}")
+            diffs.append(("head", f"{what}: recorded {a!r}, got {b!r}"))
     if rec.kind == "error" or ours.kind == "error":
         rec_err = {k: v for k, v in (rec.error or {}).items() if k != "ref"}
         our_err = {k: v for k, v in (ours.error or {}).items() if k != "ref"}
         if rec_err != our_err:
-            diffs.append(f"error body: recorded {rec_err}, got {our_err}")
+            diffs.append(("error", f"error body: recorded {rec_err}, got {our_err}"))
         if ("ref" in (rec.error or {})) != ("ref" in (ours.error or {})):
-            diffs.append("error `ref` member presence differs")
+            diffs.append(("error", "error `ref` member presence differs"))
         return diffs
-    diffs += _row_differences(path, rec, ours, write_order, shape_only)
+    diffs += _row_differences(rec, ours, relaxed)
+    diffs += _seq_differences(rec, ours, relaxed)
     if end_shape(rec.end) != end_shape(ours.end):
-        diffs.append(f"end of feed: recorded {end_shape(rec.end)}, got {end_shape(ours.end)}")
-    diffs += _token_differences(path, rec, ours)
+        diffs.append(("end", f"end of feed: recorded {end_shape(rec.end)}, got {end_shape(ours.end)}"))
+    diffs += _token_differences(path, rec, ours, relaxed)
+    return diffs
+
+
+def own_write_differences(path: str, ours: Parsed, writes: list[tuple[str, str]],
+                          leaves: dict[str, set[str]]) -> list[str]:
+    """
+    What a replayed `_changes` response says that the replay's own writes
+    contradict: the test server is deterministic, so each row's seq number
+    must be the position of a write of that very document in the
+    database's write log (*writes*, ``(id, rev)`` in order), and its
+    revisions must be the document's leaf revisions as those writes left
+    them (*leaves*): all of them with ``style=all_docs``, the first one
+    being the one ``doc`` carries.
+    """
+    diffs = []
+    all_docs = "style=all_docs" in path
+    for row in ours.rows:
+        docid, seq = row.get("id"), row.get("seq")
+        if seq is not None:
+            n = int(seq_number(seq))
+            written = writes[n - 1][0] if 0 < n <= len(writes) else None
+            if written != docid:
+                diffs.append(f"row {docid!r} has seq number {n}, the write of {written!r}")
+        revs = [c["rev"] for c in row.get("changes", [])]
+        expected = leaves.get(docid, set())
+        if not set(revs) <= expected or (all_docs and set(revs) != expected):
+            diffs.append(f"row {docid!r} has revisions {revs}, the writes left {sorted(expected)}")
+        doc = row.get("doc")
+        if isinstance(doc, dict) and "_rev" in doc and revs and doc["_rev"] != revs[0]:
+            diffs.append(f"row {docid!r} carries revision {doc['_rev']} in its doc, {revs[0]} in changes")
     return diffs

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import couchserver
+from ._conformance_compare import FIXED_REV
 from ._conformance_http import Exchange, exchange
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "couchdb-3"
@@ -87,11 +88,14 @@ def load_cases() -> list[Case]:
 
 @dataclass
 class Outcome:
-    """What one replayed case produced, plus what the comparison needs."""
+    """What one replayed case produced, plus what the comparison needs: the
+    case database's writes as the case ended, ``(id, rev)`` in order, and
+    each document's leaf revisions."""
 
     response: Exchange | None = None
     error: str = ""
-    write_order: list[str] = field(default_factory=list)
+    writes: list[tuple[str, str]] = field(default_factory=list)
+    leaves: dict[str, set[str]] = field(default_factory=dict)
 
 
 class Replay:
@@ -101,18 +105,26 @@ class Replay:
         self.b = updates_server
         self.cases = {c.name: c for c in load_cases()}
         self.outcomes: dict[str, Outcome] = {}
-        self.orders: dict[str, list[str]] = {}
+        self.writes: dict[str, list[tuple[str, str]]] = {}
+        self.leaves: dict[str, dict[str, set[str]]] = {}
         self.stale_since: str | None = None
         self.lock = threading.Lock()
 
-    # -- writes, tracked so that row order can be judged --------------------
+    # -- writes, tracked so that seqs and revisions can be judged ------------
 
-    def _note_write(self, db: str, doc_id: str) -> None:
+    def _note_write(self, db: str, doc_id: str, rev: str, replaces: str | None) -> None:
+        """One write of *doc_id* that made *rev*, a new leaf (replacing the
+        leaf *replaces*, if any); the database's seq counts every write."""
         with self.lock:
-            order = self.orders.setdefault(db, [])
-            if doc_id in order:
-                order.remove(doc_id)
-            order.append(doc_id)
+            self.writes.setdefault(db, []).append((doc_id, rev))
+            leaves = self.leaves.setdefault(db, {}).setdefault(doc_id, set())
+            leaves.discard(replaces)  # type: ignore[arg-type]
+            leaves.add(rev)
+
+    def _forget(self, db: str) -> None:
+        with self.lock:
+            self.writes[db] = []
+            self.leaves[db] = {}
 
     def _ok(self, server: couchserver.RunningServer, method: str, path: str,
             body: Any = None) -> Any:
@@ -125,7 +137,7 @@ class Replay:
                 body: dict[str, Any]) -> str:
         path = quote(db) + "/" + quote_id(doc_id)
         answer = self._ok(server, "PUT", path, body)
-        self._note_write(db, doc_id)
+        self._note_write(db, doc_id, str(answer["rev"]), body.get("_rev"))
         return str(answer["rev"])
 
     def build_fixture_db(self) -> None:
@@ -139,12 +151,12 @@ class Replay:
         self.put_doc(server, db, "no-type", {"note": "document without a type field"})
         self.put_doc(server, db, "apple",
                      {"_rev": apple, "type": "fruit", "name": "Apple", "color": "green"})
-        self._ok(server, "DELETE", f"{db}/doc-to-delete?rev={doomed}")
-        self._note_write(db, "doc-to-delete")
+        deleted = self._ok(server, "DELETE", f"{db}/doc-to-delete?rev={doomed}")
+        self._note_write(db, "doc-to-delete", str(deleted["rev"]), doomed)
         self._ok(server, "POST", f"{db}/_bulk_docs", {"new_edits": False, "docs": [{
-            "_id": "banana", "_rev": "1-0123456789abcdef0123456789abcdef",
-            "type": "fruit", "name": "Banana", "color": "brown"}]})
-        self._note_write(db, "banana")
+            "_id": "banana", "_rev": FIXED_REV, "type": "fruit", "name": "Banana", "color": "brown"}]})
+        # A second leaf: banana is in conflict.
+        self._note_write(db, "banana", FIXED_REV, None)
         self.put_doc(server, db, "café-ümläut", {"type": "fruit", "name": "unicode id"})
 
     def build_recreated(self) -> None:
@@ -155,8 +167,7 @@ class Replay:
         self.stale_since = self._ok(server, "GET", f"{db}/_changes")["last_seq"]
         self._ok(server, "DELETE", db)
         self._ok(server, "PUT", db)
-        with self.lock:
-            self.orders[db] = []
+        self._forget(db)
         self.put_doc(server, db, "new-0", {"n": 0})
 
     def build_doomed(self) -> None:
@@ -178,7 +189,13 @@ class Replay:
         self._ok(s, "PUT", "fixture-doomed/d1", {"n": 1})
         self._ok(s, "PUT", "fixture-recreated/new-0", {"n": 0})
         self._ok(s, "DELETE", "fixture-doomed")
-        time.sleep(0.05)  # "updated" events follow their write by one tick
+        # "updated" events follow their write by one tick: wait until the
+        # last one is in the history.
+        deadline = time.monotonic() + 5
+        while ("fixture-recreated", "updated") not in {
+                (r["db_name"], r["type"]) for r in self._ok(s, "GET", "_db_updates")["results"]}:
+            assert time.monotonic() < deadline, "the last `updated` event never showed in _db_updates"
+            time.sleep(0.01)
 
     # -- one case ------------------------------------------------------------
 
@@ -249,7 +266,8 @@ class Replay:
         if failures:
             outcome.error = "; ".join([outcome.error] + failures if outcome.error else failures)
         with self.lock:
-            outcome.write_order = list(self.orders.get(case.database, []))
+            outcome.writes = list(self.writes.get(case.database, []))
+            outcome.leaves = {d: set(r) for d, r in self.leaves.get(case.database, {}).items()}
 
     # -- the whole run -------------------------------------------------------
 

@@ -88,13 +88,28 @@ async def feed_rows(db: Database, since: Any = 0) -> list[dict[str, Any]]:
     return list(result["results"])
 
 
+def testserver_counts(couch_server: Any) -> dict[str, Any]:
+    """The test server's own counters (``GET /_testserver``, see testserver/README.md)."""
+    status, body = couch_server.request("GET", "/_testserver")
+    assert status == 200, body
+    return dict(body)
+
+
+def heartbeats_sent(couch_server: Any, db_name: str) -> int:
+    """How many heartbeats the test server's _changes feeds of *db_name* have written."""
+    return int(testserver_counts(couch_server)["heartbeats"]["changes"].get(db_name, 0))
+
+
+def open_feeds(couch_server: Any) -> int:
+    """How many _changes feeds the test server has open now."""
+    return int(testserver_counts(couch_server)["open_feeds"]["changes"])
+
+
 def started_feeds(couch_server: Any) -> int:
     """How many _changes feeds the test server has started, each counted once
     its ``since`` is resolved: when the count grows, a write from then on
     comes after a ``since=now``."""
-    status, body = couch_server.request("GET", "/_testserver")
-    assert status == 200, body
-    return int(body["started_feeds"]["changes"])
+    return int(testserver_counts(couch_server)["started_feeds"]["changes"])
 
 
 async def start_feed(couch_server: Any, open_feed: Callable[[], T]) -> T:

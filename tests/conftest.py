@@ -15,8 +15,25 @@ import pytest_twisted
 
 from txchanges import Database, Server
 
-from . import couchserver
+from . import couchserver, examplerun
 from .faultproxy import FaultProxy
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "runs_example(*scripts): the test runs these scripts of examples/ (through tests/examplerun.py)"
+    )
+
+
+@pytest.fixture(autouse=True)
+def examples_run_as_declared(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test: it ran exactly the examples its runs_example marker names."""
+    marker = request.node.get_closest_marker("runs_example")
+    declared = set(marker.args) if marker is not None else set()
+    start = len(examplerun.ran)
+    yield
+    ran = set(examplerun.ran[start:])
+    assert ran == declared, f"examples run {sorted(ran)}, declared with runs_example {sorted(declared)}"
 
 
 @pytest.fixture(scope="session")

@@ -2,26 +2,20 @@
 
 import json
 import signal
-import subprocess
-import sys
 import urllib.parse
-from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def run_process(script, *args, timeout=60):
-    return subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=timeout)
+from .examplerun import run_example, start_example
 
 
 def run(script, *args, timeout=60):
-    done = run_process(script, *args, timeout=timeout)
+    done = run_example(script, *args, timeout=timeout)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
+@pytest.mark.runs_example("fetch.py")
 def test_fetch_example(couch_server, db_name):
     """fetch.py saves two documents and prints both changes with a last_seq."""
     out = run("fetch.py", couch_server.admin_url, db_name)
@@ -32,12 +26,14 @@ def test_fetch_example(couch_server, db_name):
     assert "last_seq" in result
 
 
+@pytest.mark.runs_example("wait_once.py")
 def test_wait_once_example(couch_server, db_name):
     """wait_once.py prints the one change written while it waited."""
     result = json.loads(run("wait_once.py", couch_server.admin_url, db_name))
     assert len(result["results"]) == 1
 
 
+@pytest.mark.runs_example("wait.py")
 def test_wait_example(couch_server, db_name):
     """wait.py prints each change through its registered callback and the last_seq at the end."""
     lines = run("wait.py", couch_server.admin_url, db_name).splitlines()
@@ -45,15 +41,17 @@ def test_wait_example(couch_server, db_name):
     assert lines[-1].startswith("feed ended at ")
 
 
+@pytest.mark.runs_example("follow.py")
 def test_follow_example_demo(couch_server, db_name):
     """follow.py --demo-writes creates the database, says what it does, and prints live changes as JSON lines."""
-    done = run_process("follow.py", couch_server.admin_url + db_name, "--demo-writes", "--max-changes", "2")
+    done = run_example("follow.py", couch_server.admin_url + db_name, "--demo-writes", "--max-changes", "2")
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(rows) == 2 and all("seq" in r and "id" in r for r in rows)
     assert done.stderr == f"writing a change every 2 s to the {db_name} database; Ctrl-C to stop\n"
 
 
+@pytest.mark.runs_example("follow.py")
 def test_follow_example_max_changes_on_a_database_with_changes_already(couch_server, db_name, tmp_path):
     """follow.py --max-changes 3 on a database of 20 changes prints exactly 3, checkpointed at the third; the next run prints the next 3."""
     couch_server.create_db(db_name)
@@ -76,11 +74,12 @@ def test_follow_example_max_changes_on_a_database_with_changes_already(couch_ser
     ],
     ids=["missing-db", "wrong-password", "refused-port"],
 )
+@pytest.mark.runs_example("follow.py")
 def test_follow_example_errors_are_one_line_and_status_1(couch_server, db_name, url, message):
     """What ./run follow URL runs answers a missing database, a wrong password or a refused port with one line on stderr and status 1."""
     couch_server.create_db(db_name)
     host = f"127.0.0.1:{couch_server.port}"
-    done = run_process("follow.py", url.format(admin_url=couch_server.admin_url, host=host, db=db_name))
+    done = run_example("follow.py", url.format(admin_url=couch_server.admin_url, host=host, db=db_name))
     assert done.returncode == 1
     assert done.stdout == ""
     [line] = done.stderr.splitlines()
@@ -88,12 +87,10 @@ def test_follow_example_errors_are_one_line_and_status_1(couch_server, db_name, 
     assert "secret" not in line and "wrong" not in line
 
 
+@pytest.mark.runs_example("service.py")
 def test_service_example(couch_server, db_name):
     """service.py follows until SIGTERM, then goes on: it reports every document handled and the checkpoint it saved in its _local document."""
-    process = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "service.py"), couch_server.admin_url, db_name],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    process = start_example("service.py", couch_server.admin_url, db_name)
     try:
         handled = [process.stdout.readline() for _ in range(20)]
         process.send_signal(signal.SIGTERM)
@@ -111,6 +108,7 @@ def test_service_example(couch_server, db_name):
     assert status == 200 and rest["results"] == []
 
 
+@pytest.mark.runs_example("follow.py")
 def test_follow_example_resumes_from_its_checkpoint_file(couch_server, db_name, tmp_path):
     """follow.py with --checkpoint prints only new changes when run again."""
     ckpt = str(tmp_path / "follow.ckpt")
@@ -123,6 +121,7 @@ def test_follow_example_resumes_from_its_checkpoint_file(couch_server, db_name, 
     assert not seen_first & seen_second
 
 
+@pytest.mark.runs_example("async_for.py")
 def test_async_for_example(couch_server, db_name):
     """async_for.py prints each document's change and the place to resume from."""
     lines = run("async_for.py", couch_server.admin_url, db_name, "3").splitlines()

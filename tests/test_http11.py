@@ -491,7 +491,10 @@ async def test_pause_resume_and_stop_through_the_transport() -> None:
         await task.deferLater(reactor, 0.2, lambda: None)
         assert len(body.data) == seen
         body.transport.resumeProducing()
-        await task.deferLater(reactor, 0.2, lambda: None)
+        for _ in range(200):
+            if len(body.data) > seen:
+                break
+            await task.deferLater(reactor, 0.01, lambda: None)
         assert len(body.data) > seen
         body.transport.stopProducing()
         reason = await body.ended

@@ -76,19 +76,33 @@ def test_unknown_values_are_left_out_and_non_string_seqs_are_json():
 
 
 
+def test_idle_seconds_is_never_negative():
+    """A last byte stamped after the scrape's time (clocks that disagree) shows as 0 idle seconds, not a negative gauge."""
+    clock, follower = Clock(), FakeFollower()
+    clock.advance(50.0)
+    follower.stats.last_activity = 50.25
+    assert samples(render_metrics([follower], clock=clock))[("txchanges_idle_seconds", (("db", DB),))] == 0.0
+
+
 @pytest_twisted.ensureDeferred
 async def test_collector_follows_a_real_service(db):
-    """Driving a service over the test server, the metrics count its changes and checkpoints and show its state."""
+    """Driving a service over the test server (on a task.Clock), the metrics count its changes and checkpoints, show its state, and the seconds since its last byte by that clock."""
     await db.save_docs([{"_id": f"doc-{i}"} for i in range(5)])
     handled: list[str] = []
     store = MemoryCheckpoint()
-    service = ChangesService(db, lambda change: handled.append(change["id"]), checkpoint=store, checkpoint_every=5)
-    before = samples(render_metrics([service]))
+    clock = Clock()
+    clock.advance(100.0)
+    service = ChangesService(db, lambda change: handled.append(change["id"]), checkpoint=store, checkpoint_every=5,
+                             clock=clock)
+    before = samples(render_metrics([service], clock=clock))
     assert before[("txchanges_state", (("db", db.url), ("state", "stopped")))] == 1
     service.startService()
     try:
         await wait_for(lambda: len(handled) == 5 and service.stats.checkpoints == 1, 10, "five changes and a checkpoint")
-        running = samples(render_metrics([service]))
+        # Every byte so far arrived at clock time 100.0.
+        assert service.stats.last_activity == 100.0
+        clock.advance(12.5)
+        running = samples(render_metrics([service], clock=clock))
     finally:
         await service.stopService()
     label = (("db", db.url),)
@@ -96,8 +110,8 @@ async def test_collector_follows_a_real_service(db):
     assert running[("txchanges_checkpoints_saved_total", label)] == 1
     assert running[("txchanges_state", (("db", db.url), ("state", "streaming")))] == 1
     assert running[("txchanges_resume_seq_info", (("db", db.url), ("seq", store.seq)))] == 1
-    assert running[("txchanges_idle_seconds", label)] >= 0
-    after = samples(render_metrics([service]))
+    assert running[("txchanges_idle_seconds", label)] == 12.5
+    after = samples(render_metrics([service], clock=clock))
     assert after[("txchanges_state", (("db", db.url), ("state", "stopped")))] == 1
 
 

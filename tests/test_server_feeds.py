@@ -1,22 +1,17 @@
 """wait_once and wait, with every filter kind, against the project's test server."""
 
-import time
+from typing import Any
 
+import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 
 from txchanges import Consumer, NotFound
-import pytest
 
-from ._service_helpers import start_feed
+from ._service_helpers import heartbeats_sent, open_feeds, start_feed, wait_for
 
 FRUIT_FILTER = "function(doc, req) { return doc.type === req.query.type; }"
 TYPE_VIEW = "function(doc) { if (doc.type) { emit(doc.type, null); } }"
-
-
-def sleep(seconds):
-    return task.deferLater(reactor, seconds, lambda: None)
-
 
 
 async def fill(db):
@@ -33,57 +28,85 @@ async def fill(db):
     )
 
 
+async def current_seq(db) -> Any:
+    """The database's last_seq now, from a normal feed since=now."""
+    return (await Consumer(db).fetch(since="now"))["last_seq"]
+
+
+def on_count(count: int, rows: list[Any]) -> tuple["defer.Deferred[None]", Any]:
+    """A callback appending each row to *rows*, and a Deferred fired once *count* rows arrived."""
+    reached: defer.Deferred[None] = defer.Deferred()
+
+    def cb(row: Any) -> None:
+        rows.append(row)
+        if len(rows) == count:
+            reached.callback(None)
+
+    return reached, cb
+
+
+async def _within(d, seconds):
+    timer = reactor.callLater(seconds, d.cancel)
+    try:
+        return await d
+    finally:
+        if timer.active():
+            timer.cancel()
+
+
 @pytest_twisted.ensureDeferred
-async def test_wait_once_fires_after_a_save_and_not_before(couch_server, db):
-    """wait_once(since='now') is still waiting before a save and fires with that change after it."""
+async def test_wait_once_fires_with_the_change_saved_after_it_started(couch_server, db):
+    """wait_once(since='now'), once the server has taken its position, fires with the one change saved afterwards and the database's new last_seq."""
     c = Consumer(db)
     d = await start_feed(couch_server, lambda: c.wait_once(since="now", timeout=10000))
-    await sleep(0.5)
     assert not d.called
-    await db.save_doc({"_id": "late"})
-    result = await d
-    assert [r["id"] for r in result["results"]] == ["late"]
-    assert isinstance(result["last_seq"], str)
+    saved = await db.save_doc({"_id": "late"})
+    result = await _within(d, 5)
+    assert [(r["id"], r["changes"][0]["rev"]) for r in result["results"]] == [("late", saved["rev"])]
+    assert result["last_seq"] == result["results"][0]["seq"] == await current_seq(db)
 
 
 @pytest_twisted.ensureDeferred
 async def test_wait_once_times_out_empty(db):
-    """wait_once with a short timeout and no change fires with no results."""
-    result = await Consumer(db).wait_once(since="now", timeout=300)
-    assert result["results"] == [] and "last_seq" in result
+    """wait_once with a short timeout and no change fires with no results, at the database's current seq."""
+    await db.save_doc({"_id": "before"})
+    result = await _within(Consumer(db).wait_once(since="now", timeout=300), 5)
+    assert result["results"] == [] and result["last_seq"] == await current_seq(db)
 
 
 @pytest_twisted.ensureDeferred
-async def test_wait_once_with_heartbeat(couch_server, db):
-    """wait_once with a heartbeat still parses the body CouchDB pads with newlines."""
+async def test_wait_once_waits_through_heartbeats_then_gets_the_change(couch_server, db):
+    """wait_once with a heartbeat stays open while the server sends heartbeats (counted by the server), then parses the change from the body those newlines pad."""
     c = Consumer(db)
-    d = await start_feed(couch_server, lambda: c.wait_once(since="now", heartbeat=200))
-    await sleep(0.7)
+    before = heartbeats_sent(couch_server, db.name)
+    d = await start_feed(couch_server, lambda: c.wait_once(since="now", heartbeat=100))
+    await wait_for(lambda: heartbeats_sent(couch_server, db.name) >= before + 3, 5, "three heartbeats")
+    assert not d.called, "a heartbeat ended the longpoll"
     await db.save_doc({"_id": "after-heartbeats"})
-    result = await d
+    result = await _within(d, 5)
     assert [r["id"] for r in result["results"]] == ["after-heartbeats"]
+    assert result["last_seq"] == await current_seq(db)
 
 
 @pytest_twisted.ensureDeferred
 async def test_wait_two_callbacks_get_live_changes_in_order(couch_server, db):
-    """wait() hands live changes to two registered callbacks, each in write order."""
+    """wait() hands live changes to two registered callbacks, each in write order, and stop() fires it with the last one's seq."""
     c = Consumer(db)
-    first, second = [], []
-    c.register_callback(lambda row: first.append(row["id"]))
-    c.register_callback(lambda row: second.append(row["id"]))
+    first: list[Any] = []
+    second: list[Any] = []
+    c.register_callback(first.append)
+    reached, cb = on_count(5, second)
+    c.register_callback(cb)
     # Written only once the server has resolved "now": a write that wins the
     # race with the request lies before "now" and is rightly not delivered.
     d = await start_feed(couch_server, lambda: c.wait(since="now", heartbeat=500))
     for i in range(5):
         await db.save_doc({"_id": f"live-{i}"})
-        await sleep(0.05)
-    deadline = time.monotonic() + 5
-    while len(second) < 5 and time.monotonic() < deadline:
-        await sleep(0.05)
+    await _within(reached, 5)
     c.stop()
-    resume = await d
-    assert first == second == [f"live-{i}" for i in range(5)]
-    assert isinstance(resume, str)
+    resume = await _within(d, 5)
+    assert [r["id"] for r in first] == [r["id"] for r in second] == [f"live-{i}" for i in range(5)]
+    assert resume == second[-1]["seq"] == await current_seq(db)
 
 
 @pytest_twisted.ensureDeferred
@@ -92,11 +115,9 @@ async def test_wait_timeout_without_heartbeat_ends_with_last_seq(db):
     await fill(db)
     c = Consumer(db)
     seen = []
-    start = time.monotonic()
-    last_seq = await c.wait(since=0, heartbeat=False, timeout=500, cb=lambda r: seen.append(r["id"]))
-    assert time.monotonic() - start < 5
+    last_seq = await _within(c.wait(since=0, heartbeat=False, timeout=500, cb=lambda r: seen.append(r["id"])), 5)
     assert sorted(seen) == ["_design/app", "apple", "banana", "carrot", "no-type"]
-    assert last_seq == (await c.fetch(since="now"))["last_seq"]
+    assert last_seq == await current_seq(db)
 
 
 @pytest_twisted.ensureDeferred
@@ -114,45 +135,38 @@ async def test_resume_from_last_seq_no_gaps_no_repeats(db):
 
 @pytest_twisted.ensureDeferred
 async def test_wait_limit_ends_feed(db):
-    """wait(limit=2) ends after two rows with a last_seq."""
+    """wait(limit=2) ends after two rows, with the second row's seq as last_seq (one shard: rows in write order)."""
     await fill(db)
     seen = []
-    last_seq = await Consumer(db).wait(since=0, limit=2, cb=seen.append)
-    assert len(seen) == 2 and last_seq is not None
+    last_seq = await _within(Consumer(db).wait(since=0, limit=2, cb=seen.append), 5)
+    assert [r["id"] for r in seen] == ["_design/app", "apple"]
+    assert last_seq == seen[1]["seq"]
 
 
 @pytest_twisted.ensureDeferred
 async def test_database_deleted_under_open_feed(couch_server, db):
-    """Deleting the database under an open feed ends wait cleanly; a new request is NotFound."""
+    """Deleting the database under an open feed ends wait cleanly at the seq it had; a new request is NotFound."""
+    await db.save_doc({"_id": "only"})
+    at = await current_seq(db)
     c = Consumer(db)
-    d = c.wait(since=0, heartbeat=300)
-    await sleep(0.3)
+    d = await start_feed(couch_server, lambda: c.wait(since=0, heartbeat=300))
     await db.server.delete_db(db.name)
-    last_seq = await defer.Deferred.fromCoroutine(_within(d, 5))
-    assert last_seq is not None
+    last_seq = await _within(d, 5)
+    assert last_seq == at
     with pytest.raises(NotFound):
         await c.fetch()
 
 
-async def _within(d, seconds):
-    timer = reactor.callLater(seconds, d.cancel)
-    try:
-        return await d
-    finally:
-        if timer.active():
-            timer.cancel()
-
-
 @pytest_twisted.ensureDeferred
-async def test_stop_ends_open_feed_within_a_second(db):
-    """stop() ends an open continuous feed and wait fires in well under a second."""
+async def test_stop_ends_open_feed(couch_server, db):
+    """stop() ends an open continuous feed: wait fires with the position it started from (no change came), and the server sees the connection close."""
+    before = open_feeds(couch_server)
     c = Consumer(db)
-    d = c.wait(since="now", heartbeat=10000)
-    await sleep(0.3)
-    start = time.monotonic()
+    d = await start_feed(couch_server, lambda: c.wait(since="now", heartbeat=10000))
+    await wait_for(lambda: open_feeds(couch_server) == before + 1, 5, "the server to hold the feed open")
     c.stop()
-    await d
-    assert time.monotonic() - start < 1
+    assert await _within(d, 5) == "now"
+    await wait_for(lambda: open_feeds(couch_server) == before, 5, "the server to see the feed closed")
 
 
 def feed_ids(rows):
@@ -195,32 +209,33 @@ async def test_filters_with_every_method(db, params, expected):
 
 @pytest_twisted.ensureDeferred
 async def test_filtered_live_feed_skips_other_changes(couch_server, db):
-    """A JS filter on a live continuous feed delivers only matching writes."""
+    """A JS filter on a live continuous feed delivers only matching writes: a vegetable written before a fruit never arrives, the fruit does."""
     await fill(db)
     c = Consumer(db)
-    seen = []
-    d = await start_feed(couch_server, lambda: c.wait(since="now", heartbeat=300, filter_name="app/by_type", params={"type": "fruit"}, cb=lambda r: seen.append(r["id"])))
+    seen: list[Any] = []
+    cherry, cb = on_count(1, seen)
+    d = await start_feed(couch_server, lambda: c.wait(since="now", heartbeat=300, filter_name="app/by_type",
+                                                      params={"type": "fruit"}, cb=cb))
     await db.save_doc({"_id": "leek", "type": "vegetable"})
     await db.save_doc({"_id": "cherry", "type": "fruit"})
-    deadline = time.monotonic() + 5
-    while not seen and time.monotonic() < deadline:
-        await sleep(0.05)
-    await sleep(0.2)
+    # One shard sends rows in write order: had leek passed, it would be first.
+    await _within(cherry, 5)
     c.stop()
-    await d
-    assert seen == ["cherry"]
+    await _within(d, 5)
+    assert [r["id"] for r in seen] == ["cherry"]
 
 
 @pytest_twisted.ensureDeferred
 async def test_seq_interval_rows_keep_known_seq(db):
-    """With seq_interval most rows carry seq null, and the resume point stays a real seq."""
+    """With seq_interval=3, rows carry a seq only where CouchDB's rule puts one (the second and fifth of six), and the resume point stays a real seq."""
     await db.save_docs([{"_id": f"d{i}"} for i in range(6)])
     c = Consumer(db)
     rows = []
     last_seq = await c.wait(since=0, heartbeat=False, timeout=300, seq_interval=3, cb=rows.append)
-    assert len(rows) == 6
-    assert any(r["seq"] is None for r in rows)
-    assert isinstance(last_seq, str)
+    every = (await c.fetch(since=0))["results"]
+    assert [r["id"] for r in rows] == [f"d{i}" for i in range(6)]
+    assert [r["seq"] for r in rows] == [None, every[1]["seq"], None, None, every[4]["seq"], None]
+    assert last_seq == await current_seq(db)
 
 
 @pytest_twisted.ensureDeferred

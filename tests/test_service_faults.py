@@ -3,6 +3,11 @@ proxy (tests/faultproxy.py): soak under seeded chaos, exactly-once delivery
 with the de-duplication window, terminal versus transient failures,
 ``give_up_after``, and a clean stop in the middle of chaos.
 
+The chaos tests draw a new seed each run (reported in the run's summary;
+``TXCHANGES_FAULT_SEED=N`` replays one) and assert only what must hold for
+any seed: no change lost, none handled twice at once, every reconnect
+accounted for by a logged failure or a clean end.
+
 The service always reaches the database THROUGH the proxy; the writer and
 every check read and write the database DIRECTLY, so that faults touch only
 the follower. Handlers record ``(id, rev)``; a change counts as handled when
@@ -11,23 +16,27 @@ the handler's call finished.
 
 from __future__ import annotations
 
-import random
+import re
 import time
 from collections import Counter
 from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from txchanges import ChangesService, ConnectionFailed, MemoryCheckpoint, NotFound, Shard
+from txchanges import ChangesService, ConnectionFailed, MemoryCheckpoint, NotFound, Server, Shard
 from txchanges.feed import _watchdog
 from txchanges.service._progress import Progress
 from txchanges.service._scheduler import Scheduler
 
-from ._fault_helpers import FailureLog, Tracker, Writer, fast_retry, latest_revs, report, sleep, wait_for
+from .memorynet import MemoryNet
+from .scriptedfeed import FeedServer, feed_of, held_back, seq
+from ._fault_helpers import (FailureLog, Tracker, Writer, draw_seed, fast_retry, latest_revs, report, seeded, sleep,
+                             wait_for)
 
 #: The heartbeat the service asks for, in ms; with GRACE below a silence of
 #: 0.5 * 1.25 + 0.2 = 0.825 s trips the watchdog.
@@ -43,6 +52,20 @@ def quick_watchdog(monkeypatch):
 
 
 
+
+
+def ids_in(data: bytes) -> list[str]:
+    """The document ids of the change rows in a piece of a continuous feed's body."""
+    return [m.decode() for m in re.findall(rb'"id":"([^"]+)"', data)]
+
+
+async def reached(moment: Any, seconds: float) -> bool:
+    """Wait (at most *seconds*) for *moment()* to hold; return whether it did."""
+    try:
+        await wait_for(moment, seconds, "a moment", step=0.002)
+    except AssertionError:
+        return False
+    return True
 
 
 def make_service(db, handler, **options: Any) -> ChangesService:
@@ -62,15 +85,13 @@ async def stop_within(service: ChangesService, seconds: float) -> float:
     return time.monotonic() - start
 
 
-async def failure_within(d: Deferred, seconds: float) -> tuple[BaseException, float]:
-    """Wait (bounded) for *d* to fail; return the exception and how long it took."""
-    start = time.monotonic()
+async def failure_within(d: Deferred, seconds: float) -> BaseException:
+    """Wait (at most *seconds*) for *d* to fail, and return the exception."""
     await wait_for(lambda: d.called, seconds, "when_stopped() to fire")
-    elapsed = time.monotonic() - start
     try:
         await d
     except Exception as e:
-        return e, elapsed
+        return e
     raise AssertionError("when_stopped() fired with None: the service stopped without an error")
 
 
@@ -87,88 +108,77 @@ async def caught_up(tracker: Tracker, direct, seconds: float, what: str) -> dict
     return expected
 
 
-def total(faults: dict[str, int]) -> int:
-    return sum(faults.values())
-
-
 @pytest_twisted.ensureDeferred
 async def test_soak_under_chaos_handles_every_latest_revision(direct, proxied, proxy, report_summary):
-    """Through 10 s of seeded chaos of every kind (plus cuts at random byte counts, and a final long stall) while 2,050 documents are written and updated, the service handles every document's newest revision, never runs two calls for one document at once, and keeps running."""
-    tracker = Tracker(random.Random(11))
-    writer = Writer(direct, random.Random(12))
+    """Through 10 s of chaos of every kind (plus cuts at random byte counts, and a final stall longer than the watchdog allows) while 2,050 documents are written and updated, the service handles every document's newest revision, never runs two calls for one document at once, keeps running, and makes one new request for each failure or clean end it logged."""
+    seed = draw_seed()
+    tracker = Tracker(seeded(seed, "tracker"))
+    writer = Writer(direct, seeded(seed, "writer"))
     service = make_service(proxied, tracker)
     with FailureLog() as failures:
         service.startService()
         try:
-            # Cuts anywhere in the first 6000 response bytes of each connection:
-            # mid-headers, mid-chunk-header and mid-line.
-            proxy.cut_after(0, 6000, random.Random(13))
-            # Seed 138 schedules 19 faults, among them stalls of 1.13 s and
-            # 1.05 s: longer than the 0.825 s the watchdog allows.
-            chaos = proxy.chaos(random.Random(138), duration=10.0, gap=(0.05, 0.25), length=(0.15, 1.2))
+            # Cuts anywhere in the first 6000 response bytes of each connection
+            # (mid-headers, mid-chunk-header and mid-line) for the first half
+            # of the writing.
+            proxy.cut_after(0, 6000, seeded(seed, "cuts"))
+            chaos = proxy.chaos(seeded(seed, "chaos"), duration=10.0, gap=(0.05, 0.25), length=(0.15, 1.2))
             # Bursts of 100 new documents and 8 updates: a backlog at every
             # burst, so that backpressure pauses the feed now and then.
             writing = Deferred.fromCoroutine(writer.run(docs=2000, batch=100, updates=8, pause=0.4))
-            await sleep(5.0)
+            await wait_for(lambda: writer.created >= 1000, 30, "half of the documents to be written")
             proxy.cut_after(None)
             await writing
             await chaos
-            # One more stall, long enough whatever state the service is in
-            # (a retry delay, a connection attempt) to trip the watchdog,
-            # while 50 more documents are written.
+            # One more stall, longer than the 0.825 s of silence the watchdog
+            # allows whatever state the service is in, while 50 more
+            # documents are written.
             proxy.stall(1.5)
             await writer.run(docs=2050, batch=50, updates=0, pause=0.0)
-            await sleep(1.6)
-            assert not (proxy.stalled or proxy.refusing or proxy.dropping)
-            calm = time.monotonic()
+            await wait_for(lambda: not proxy.stalled, 5, "the stall to end")
             expected = await caught_up(tracker, direct, 30.0, "after the chaos")
-            catch_up = time.monotonic() - calm
-            assert service.running and service.state in RUNNING_STATES, service.state
+            await wait_for(lambda: service.state == "streaming", 5, "the feed to be open again")
+            failures.check_reconnects(service)
             stats = service.stats
         finally:
             elapsed = await stop_within(service, 5.0)
     assert service.state == "stopped"
     failures.check_no_unhandled()
     # The feed shows each document once, at the revision the writer wrote last.
-    assert expected == writer.revs and len(expected) == 2050 and writer.updates >= 150
-    multi = sum(1 for n in Counter(i for i, _ in tracker.handled_set).values() if n > 1)
-    assert multi > 0, "no document was handled at more than one revision"
+    assert expected == writer.revs and len(expected) == 2050 and writer.updates == 20 * 8
     assert tracker.overlaps == [], f"calls for one document ran concurrently: {tracker.overlaps[:5]}"
-    assert 1 < tracker.max_running <= 4
-    faults = dict(proxy.faults)
-    assert all(faults[k] > 0 for k in faults), faults
-    assert total(faults) >= 24, faults
-    assert len([s for _, kind, s in proxy.history if kind == "stall" and s > 1.0]) >= 2, proxy.history
-    assert stats.reconnects > total(faults) / 2, (stats.reconnects, faults)
-    # The faults reached the service as every kind of failure it retries.
-    assert {"Stalled", "UncleanEnd", "ConnectionFailed"} <= set(failures.errors), failures.errors
+    assert 1 < tracker.max_running <= 4, "calls ran one at a time, or more than concurrency at once"
     assert stats.handled == len(tracker.handled)
+    # The final stall was noticed by the watchdog, whatever the seed did before.
+    assert failures.errors["Stalled"] >= 1, failures.errors
     report(report_summary, "soak under faults",
-           faults=faults, chaos=len(proxy.history), reconnects=stats.reconnects,
+           seed=seed, faults=dict(proxy.faults), chaos=len(proxy.history), reconnects=stats.reconnects,
            failures=dict(failures.errors), changes_written=writer.changes_written,
-           handled=len(tracker.handled), duplicates=tracker.duplicates(),
-           docs_at_several_revs=multi, catch_up=f"{catch_up:.1f}s", stop=f"{elapsed:.2f}s")
+           handled=len(tracker.handled), duplicates=tracker.duplicates(), stop=f"{elapsed:.2f}s")
 
 
 @pytest_twisted.ensureDeferred
 async def test_dedup_window_gives_exactly_once_through_faults_and_a_rewind(direct, proxied, proxy, report_summary):
     """With dedup_window covering every change, each (id, rev) is handled exactly once through chaos, and also after a restart from a rewound checkpoint replays the feed, the replayed changes being counted as duplicates."""
-    tracker = Tracker(random.Random(21))
-    writer = Writer(direct, random.Random(22))
+    seed = draw_seed()
+    tracker = Tracker(seeded(seed, "tracker"))
+    writer = Writer(direct, seeded(seed, "writer"))
     store = MemoryCheckpoint()
     service = make_service(proxied, tracker, checkpoint=store, dedup_window=10000)
     with FailureLog() as failures:
         service.startService()
         try:
-            proxy.cut_after(0, 6000, random.Random(23))
-            chaos = proxy.chaos(random.Random(245), duration=6.0, gap=(0.05, 0.2), length=(0.15, 1.0))
+            proxy.cut_after(0, 6000, seeded(seed, "cuts"))
+            chaos = proxy.chaos(seeded(seed, "chaos"), duration=6.0, gap=(0.05, 0.2), length=(0.15, 1.0))
             writing = Deferred.fromCoroutine(writer.run(docs=1000, batch=40, updates=4, pause=0.12))
-            await sleep(3.0)
+            await wait_for(lambda: writer.created >= 500, 30, "half of the documents to be written")
             proxy.cut_after(None)
             await writing
             await chaos
             faults = dict(proxy.faults)
             await caught_up(tracker, direct, 30.0, "after the chaos")
+            await wait_for(lambda: service.state == "streaming", 5, "the feed to be open again")
+            failures.check_reconnects(service)
             assert writer.changes_written <= 10000
             before_rewind = Counter(tracker.handled)
             assert max(before_rewind.values()) == 1, [k for k, n in before_rewind.items() if n > 1][:5]
@@ -194,17 +204,16 @@ async def test_dedup_window_gives_exactly_once_through_faults_and_a_rewind(direc
     assert not tracker.missing(await latest_revs(direct))
     assert stats.duplicates - duplicates_before == replayed
     assert tracker.overlaps == []
-    assert total(faults) >= 20, faults
     report(report_summary, "exactly once with dedup",
-           faults=faults, reconnects=stats.reconnects, failures=dict(failures.errors),
+           seed=seed, faults=faults, reconnects=stats.reconnects, failures=dict(failures.errors),
            handled=len(tracker.handled), changes_written=writer.changes_written,
            duplicates_suppressed=stats.duplicates, replayed_after_rewind=replayed)
 
 
 @pytest_twisted.ensureDeferred
 async def test_refusal_is_retried_and_a_deleted_database_stops_with_not_found(couch_server, direct, proxied, proxy, report_summary):
-    """While the proxy refuses, the service keeps retrying and catches up after accept(); a database deleted under the feed then stops it with NotFound after one reconnect."""
-    tracker = Tracker(random.Random(31))
+    """While the proxy refuses, the service keeps retrying (each refused attempt logged, none handled, not stopped) and catches up after accept(); a database deleted under the feed then stops it with NotFound after one reconnect."""
+    tracker = Tracker(seeded(draw_seed(), "tracker"))
     await direct.save_docs([{"_id": f"a-{i:03d}"} for i in range(20)])
     service = make_service(proxied, tracker)
     with FailureLog() as failures:
@@ -216,22 +225,20 @@ async def test_refusal_is_retried_and_a_deleted_database_stops_with_not_found(co
             assert proxy.cut_all() == 1  # the open feed; refusing alone leaves it alone
             await direct.save_docs([{"_id": f"b-{i:03d}"} for i in range(20)])
             reconnects = service.stats.reconnects
-            await sleep(1.5)
-            # 1.5 s of refused attempts (Twisted's HostnameEndpoint reports a
-            # refusal only after its 0.3 s attempt delay) 0.05-0.2 s apart:
-            # the service is still at it.
+            await wait_for(lambda: failures.errors["ConnectionFailed"] >= 3, 10, "three refused attempts")
+            # Still at it: nothing handled from the new documents, not stopped.
             assert service.running and service.state in ("connecting", "waiting"), service.state
             assert not stopped.called
             assert service.stats.reconnects - reconnects >= 3
-            assert len(tracker.handled) == 20 and failures.errors["ConnectionFailed"] >= 3
+            assert len(tracker.handled) == 20
             await proxy.accept()
-            start = time.monotonic()
             expected = await caught_up(tracker, direct, 10.0, "after accept()")
-            assert len(expected) == 40 and time.monotonic() - start < 2.0
+            assert len(expected) == 40
             await wait_for(lambda: service.state == "streaming", 2.0, "the feed to be open again")
+            failures.check_reconnects(service)
             reconnects = service.stats.reconnects
             await direct.server.delete_db(direct.name)
-            error, elapsed = await failure_within(stopped, 5.0)
+            error = await failure_within(stopped, 5.0)
         finally:
             await stop_within(service, 5.0)
     failures.check_no_unhandled()
@@ -242,14 +249,14 @@ async def test_refusal_is_retried_and_a_deleted_database_stops_with_not_found(co
     assert service.stats.reconnects == reconnects + 1
     assert tracker.overlaps == []
     report(report_summary, "refusal then deleted database",
-           retries_while_refused=failures.errors["ConnectionFailed"], not_found_after=f"{elapsed:.2f}s")
+           retries_while_refused=failures.errors["ConnectionFailed"], reconnects=service.stats.reconnects)
 
 
 @pytest.mark.parametrize("when", ["from_start", "after_a_good_feed"])
 @pytest_twisted.ensureDeferred
 async def test_give_up_after_stops_with_connection_failed(direct, proxied, proxy, when):
-    """With the proxy refusing for good and give_up_after=1.0, when_stopped() fails with ConnectionFailed after about a second of failures."""
-    tracker = Tracker(random.Random(41))
+    """With the proxy refusing for good and give_up_after=1.0, when_stopped() fails with ConnectionFailed once the service has been failing for more than a second, and not before, having retried meanwhile."""
+    tracker = Tracker(seeded(draw_seed(), "tracker"))
     service = make_service(proxied, tracker, give_up_after=1.0)
     if when == "from_start":
         await proxy.refuse()
@@ -259,20 +266,20 @@ async def test_give_up_after_stops_with_connection_failed(direct, proxied, proxy
         await caught_up(tracker, direct, 10.0, "before the refusal")
         await proxy.refuse()
         proxy.cut_all()
-    start = time.monotonic()
-    if when == "from_start":
-        service.startService()
-    stopped = service.when_stopped()
-    try:
-        error, _ = await failure_within(stopped, 5.0)
-        elapsed = time.monotonic() - start
-    finally:
-        await stop_within(service, 5.0)
+    with FailureLog() as failures:
+        if when == "from_start":
+            service.startService()
+        stopped = service.when_stopped()
+        try:
+            error = await failure_within(stopped, 5.0)
+        finally:
+            await stop_within(service, 5.0)
     assert isinstance(error, ConnectionFailed), repr(error)
     assert error.port == proxy.port and "refused" in error.reason.lower()
-    assert 1.0 <= elapsed < 3.0, elapsed
+    # It gave up once, at the first failure after a second of failing.
+    assert len(failures.gave_up) == 1 and failures.gave_up[0] > 1.0, failures.gave_up
     assert service.state == "failed" and not service.running
-    assert service.stats.reconnects >= 2  # it did retry before giving up
+    assert failures.retries(service) >= 2 and service.stats.reconnects >= 2  # it did retry before giving up
     if when == "after_a_good_feed":
         assert len(tracker.handled) == 5
 
@@ -280,22 +287,24 @@ async def test_give_up_after_stops_with_connection_failed(direct, proxied, proxy
 @pytest_twisted.ensureDeferred
 async def test_stop_during_chaos_is_prompt_and_leaves_nothing_unhandled_before_the_checkpoint(direct, proxied, proxy, report_summary):
     """stopService() in the middle of chaos fires within 5 s with no handler call running, and every document whose newest change lies before the saved checkpoint was handled at that revision; the service then resumes from there."""
-    tracker = Tracker(random.Random(51))
-    writer = Writer(direct, random.Random(52))
+    seed = draw_seed()
+    tracker = Tracker(seeded(seed, "tracker"))
+    writer = Writer(direct, seeded(seed, "writer"))
     store = MemoryCheckpoint()
     service = make_service(proxied, tracker, checkpoint=store, checkpoint_every=10)
-    rng = random.Random(53)
+    rng = seeded(seed, "moments")
     checked: list[int] = []
     stop_times: list[float] = []
     states: list[str] = []
     with FailureLog() as failures:
         service.startService()
         try:
-            chaos = proxy.chaos(random.Random(507), duration=10.0, gap=(0.05, 0.2), length=(0.15, 1.0))
+            chaos = proxy.chaos(seeded(seed, "chaos"), duration=10.0, gap=(0.05, 0.2), length=(0.15, 1.0))
             writing = Deferred.fromCoroutine(writer.run(docs=1200, batch=30, updates=4, pause=0.1))
-            # Stop at moments that matter, each waited for (bounded) after a
-            # random pause: a handler call running, the feed silent in a
-            # stall, a connection being made, and anywhere.
+            # Stop at moments that matter, each waited for (bounded) once the
+            # service has handled a random number of further changes: a
+            # handler call running, the feed silent in a stall, a connection
+            # being made, and anywhere.
             moments = [
                 ("handler running", lambda: bool(tracker.running)),
                 ("stalled", lambda: proxy.stalled and service.state in ("connecting", "streaming")),
@@ -303,21 +312,22 @@ async def test_stop_during_chaos_is_prompt_and_leaves_nothing_unhandled_before_t
                 ("anywhere", lambda: True),
             ]
             for name, moment in moments:
-                await sleep(rng.uniform(0.5, 1.0))
-                deadline = time.monotonic() + 3.0
-                while not moment() and time.monotonic() < deadline:
-                    await sleep(0.002)
-                states.append(f"{name}:{'hit' if moment() else 'missed'}:{service.state}")
+                progress = len(tracker.handled) + rng.randint(50, 200)
+                await wait_for(lambda: len(tracker.handled) >= progress, 30, "the service to handle more changes")
+                hit = await reached(moment, 3.0)
+                states.append(f"{name}:{'hit' if hit else 'missed'}:{service.state}")
                 stop_times.append(await stop_within(service, 5.0))
                 assert service.state == "stopped" and not tracker.running
                 tracker.closed = True
                 saved = store.seq
                 assert saved is not None and saved == service.resume_seq
-                # Read everything first, then what lies after the checkpoint:
-                # a document written in between shows up in the second read
-                # and is not judged.
+                # Judged with the writer held: the test server's reads are not
+                # snapshots, and a document updated during a read is left out
+                # of it (it shows in the next one, at its new seq).
+                await writer.hold()
                 everything = await latest_revs(direct)
                 after = await latest_revs(direct, since=saved)
+                writer.release()
                 before = {i: r for i, r in everything.items() if i not in after}
                 unhandled = tracker.missing(before)
                 assert unhandled == [], f"{len(unhandled)} changes before the checkpoint never handled: {unhandled[:5]}"
@@ -332,18 +342,18 @@ async def test_stop_during_chaos_is_prompt_and_leaves_nothing_unhandled_before_t
             await stop_within(service, 5.0)
     failures.check_no_unhandled()
     assert tracker.overlaps == []
-    # Not monotonic: an update moves a document past an earlier checkpoint.
-    assert all(n > 0 for n in checked) and max(checked) >= 500, checked
-    assert total(proxy.faults) >= 10, proxy.faults
+    # Some documents were judged (not a monotonic count: an update moves a
+    # document past an earlier checkpoint).
+    assert len(checked) == len(moments) and sum(checked) > 0, checked
     report(report_summary, "stop during chaos",
-           stop_seconds=[round(t, 2) for t in stop_times], stopped_at=states,
+           seed=seed, stop_seconds=[round(t, 2) for t in stop_times], stopped_at=states,
            docs_checked_before_checkpoint=checked, faults=dict(proxy.faults),
            duplicates=tracker.duplicates())
 
 
 @pytest.mark.parametrize("dedup_window", [0, 100])
 @pytest_twisted.ensureDeferred
-async def test_a_change_dropped_by_a_stop_is_handled_after_a_restart(direct, dedup_window):
+async def test_a_change_dropped_by_a_stop_is_handled_after_a_restart(dedup_window):
     """A change still waiting for a handler slot when the service stops is handled once the same service is started again, with or without a dedup window (it was received, never handled)."""
     gate: Deferred[None] = Deferred()
     calls: list[str] = []
@@ -352,24 +362,30 @@ async def test_a_change_dropped_by_a_stop_is_handled_after_a_restart(direct, ded
         calls.append(row["id"])
         return gate if row["id"] == "first" else None
 
-    await direct.save_docs([{"_id": "first"}, {"_id": "second"}, {"_id": "third"}])
+    feed = feed_of([(seq(1), "first", "1-a"), (seq(2), "second", "1-b"), (seq(3), "third", "1-c")])
+    handed: list[str] = []
+    server = FeedServer(feed, chunk=None)
+    net = MemoryNet(server, reactor, tap=lambda data: handed.extend(ids_in(data)))
     # concurrency=1 and max_buffered=2: 'first' runs, 'second' waits, and
     # the feed is paused before 'third'.
-    service = ChangesService(direct, handler, concurrency=1, max_buffered=2, heartbeat=HEARTBEAT,
-                             dedup_window=dedup_window)
+    service = ChangesService(Server("http://127.0.0.1:5984/", reactor=net)["db"], handler, concurrency=1,
+                             max_buffered=2, dedup_window=dedup_window)
     service.startService()
     try:
-        await wait_for(lambda: len(calls) == 1, 5.0, "'first' to be running")
-        await sleep(0.3)  # 'second' arrives and waits for the one slot
-        assert service.stats.handled == 0 and calls == ["first"]
+        await wait_for(lambda: bool(net.pipes), 5.0, "the connection")
+        # 'second' reached the service, which then stopped reading: it waits
+        # for the one slot.
+        assert await held_back(net.pipes[0], server), "the service read the whole feed"
+        assert handed == ["first", "second"] and calls == ["first"]
         stopping = service.stopService()
         gate.callback(None)
         await stopping
-        assert calls == ["first"]  # 'second' was dropped by the stop, not handled
+        assert calls == ["first"] and service.stats.handled == 1  # 'second' was dropped by the stop
         service.startService()
-        await sleep(1.0)
+        await wait_for(lambda: server.quiet_requests, 5.0, "the restarted service to reach last_seq")
     finally:
         await stop_within(service, 5.0)
+    assert server.feed_requests == ["0", seq(1)], "the restart resumes after 'first'"
     assert calls == ["first", "second", "third"], (calls, service.stats)
 
 
@@ -388,7 +404,7 @@ async def test_a_change_whose_handler_failed_is_retried_after_a_restart(direct, 
     service = ChangesService(direct, handler, heartbeat=HEARTBEAT, on_error="stop", dedup_window=dedup_window)
     service.startService()
     try:
-        error, _ = await failure_within(service.when_stopped(), 5.0)
+        error = await failure_within(service.when_stopped(), 5.0)
         assert isinstance(error, RuntimeError) and calls == ["ok-1", "bad"]
         service.startService()
         await wait_for(lambda: "ok-2" in calls, 5.0, "'ok-2' to be handled after the restart")
@@ -425,23 +441,26 @@ def test_scheduler_pump_survives_handlers_that_finish_at_once(behind):
 
 @pytest_twisted.ensureDeferred
 async def test_shards_under_chaos_share_every_latest_revision(direct, proxied, proxy, report_summary):
-    """Two shards through the same seeded faults: each handles every newest revision of its own documents and nothing of the other's."""
-    trackers = [Tracker(random.Random(21 + i)) for i in range(2)]
+    """Two shards through the same chaos: each handles every newest revision of its own documents and nothing of the other's, passes over the other's changes, and makes one new request for each failure or clean end it logged."""
+    seed = draw_seed()
+    trackers = [Tracker(seeded(seed, f"tracker-{i}")) for i in range(2)]
     services = [make_service(proxied, trackers[i], shard=Shard(i, 2)) for i in range(2)]
-    writer = Writer(direct, random.Random(22))
+    writer = Writer(direct, seeded(seed, "writer"))
     with FailureLog() as failures:
         for service in services:
             service.startService()
         try:
-            chaos = proxy.chaos(random.Random(23), duration=4.0, gap=(0.05, 0.25), length=(0.15, 1.0))
+            chaos = proxy.chaos(seeded(seed, "chaos"), duration=4.0, gap=(0.05, 0.25), length=(0.15, 1.0))
             await writer.run(docs=600, batch=50, updates=6, pause=0.2)
             await chaos
-            await sleep(1.1)
             assert not (proxy.stalled or proxy.refusing or proxy.dropping)
             expected = await latest_revs(direct)
             for i, tracker in enumerate(trackers):
                 mine = {d: r for d, r in expected.items() if Shard(i, 2).owns(d)}
                 await wait_for(lambda: not tracker.missing(mine), 30.0, f"shard {i} to catch up")
+            for service in services:
+                await wait_for(lambda: service.state == "streaming", 5, "the feed to be open again")
+                failures.check_reconnects(service)
             stats = [service.stats for service in services]
         finally:
             for service in services:
@@ -451,6 +470,6 @@ async def test_shards_under_chaos_share_every_latest_revision(direct, proxied, p
     for i, tracker in enumerate(trackers):
         assert tracker.handled and all(Shard(i, 2).owns(d) for d, _ in tracker.handled)
         assert tracker.overlaps == []
-    assert all(s.reconnects > 0 and s.other_shards > 0 for s in stats), stats
-    report(report_summary, "shards under faults", faults=dict(proxy.faults),
+    assert all(s.other_shards > 0 for s in stats), stats
+    report(report_summary, "shards under faults", seed=seed, faults=dict(proxy.faults),
            handled=[len(t.handled) for t in trackers], reconnects=[s.reconnects for s in stats])

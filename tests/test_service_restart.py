@@ -313,7 +313,6 @@ async def test_since_now_stopped_before_any_change_saves_a_real_seq(db, tmp_path
     svc = ChangesService(db, first, since="now", checkpoint=FileCheckpoint(path))
     svc.startService()
     await wait_for(lambda: svc.state == "streaming", 5, "the first service to stream")
-    await sleep(0.1)
     await svc.stopService()
     assert first.handled == []
     saved = await FileCheckpoint(path).load()
@@ -326,8 +325,8 @@ async def test_since_now_stopped_before_any_change_saves_a_real_seq(db, tmp_path
     svc2 = ChangesService(db, second, since="now", checkpoint=FileCheckpoint(path))
     svc2.startService()
     try:
-        await wait_for(lambda: len(second.handled) >= 30, 10, "the changes written while stopped")
-        await sleep(0.1)
+        end = await now_seq(db)
+        await wait_for(lambda: svc2.resume_seq == end, 10, "the changes written while stopped")
     finally:
         await svc2.stopService()
     assert sorted(i for i, _ in second.handled) == sorted(f"while-stopped-{i}" for i in range(30))

@@ -15,7 +15,7 @@ import pytest_twisted
 
 from txchanges import ChangesService, LocalDocCheckpoint, MemoryCheckpoint, Shard
 
-from ._service_helpers import Recorder, change_key, feed_rows, sleep, wait_for, write_docs
+from ._service_helpers import Recorder, change_key, feed_rows, wait_for, write_docs
 
 SHARDS = 3
 
@@ -76,7 +76,6 @@ async def test_shards_split_the_feed_and_each_checkpoint_passes_the_others(db):
     try:
         final = await end_seq(db)
         await wait_for(lambda: svc.resume_seq == final, 10, "the restarted shard to reach the end")
-        await sleep(0.05)
     finally:
         await svc.stopService()
     mine = sorted(i for i in new_ids if Shard(1, SHARDS).owns(i))

@@ -221,7 +221,8 @@ def test_watchdog_is_suspended_while_paused():
     h.start()
     assert len(pending) == 1
     h.advance(60)
-    assert len(h.couch.requests) == 1, "no reconnect while paused"
+    h.advance(5)
+    assert len(h.couch.requests) == 1 and h.service.state == "streaming", "no stall, no reconnect while paused"
     for _ in range(3):
         pending.pop(0).callback(None)
         h.flush()
@@ -340,17 +341,26 @@ def test_stop_in_every_state(state):
             d: Deferred[None] = Deferred()
             held.append(d)
             return d
-        options.update(concurrency=1, max_buffered=1, stop_timeout=10)
+        # One call at a time, two changes held at most: "a" runs; in the
+        # paused state "b" waits behind it and fills the buffer.
+        options.update(concurrency=1, max_buffered=2, stop_timeout=10)
     h = Harness(handler, **options)
     if state == "streaming":
         h.couch.answer(row("1-a", "a"))
-    if state in ("paused", "in handler"):
-        h.couch.answer(row("1-a", "a"), row("2-b", "b"))
+    if state == "in handler":
+        h.couch.answer(row("1-a", "a"))
+    if state == "paused":
+        h.couch.answer(row("1-a", "a"), row("2-b", "b"), row("3-c", "c"))
     if state == "waiting":
         h.couch.answer(b"{}", status=500)
     h.start()
     expected = {"in handler": "streaming", "paused": "streaming"}.get(state, state)
     assert h.service.state == expected
+    if state == "paused":
+        # Paused: a minute without a byte is the service's own doing, so the
+        # watchdog does not call it a stall and no second request is made.
+        h.advance(60)
+        assert len(h.couch.requests) == 1 and h.service.state == "streaming"
     done = h.stop()
     if held:
         assert done == [], "it waits for the running handler"
@@ -376,21 +386,32 @@ def test_stop_gives_up_on_a_stuck_handler_after_stop_timeout():
     assert done == [None] and h.store.saves == []
 
 
-def test_bad_options_raise_at_once():
-    """Misuse is a TypeError or ValueError at construction, before any request."""
-    db = Server("http://127.0.0.1:5984/", http=StubTreq(ScriptedFeed()))["db"]
-    for kwargs in (
-        {"handler": "nope"},
-        {"heartbeat": 0},
-        {"since": 1.5},
-        {"concurrency": 0},
-        {"on_error": "explode"},
-        {"filter_name": "nofilter"},
-        {"timeout": 1000},
-    ):
-        args = dict({"handler": print}, **kwargs)
-        with pytest.raises((TypeError, ValueError)):
-            ChangesService(db, args.pop("handler"), clock=Clock(), **args)
+BAD_OPTIONS = [
+    pytest.param({"handler": "nope"}, TypeError, "handler must be callable, not 'nope'", id="handler"),
+    pytest.param({"heartbeat": 0}, ValueError, "heartbeat must be a positive number of milliseconds, not 0",
+                 id="heartbeat"),
+    pytest.param({"since": 1.5}, TypeError, "since must be a sequence string, 'now' or an int, not 1.5", id="since"),
+    pytest.param({"concurrency": 0}, ValueError, "concurrency must be an int of at least 1, not 0", id="concurrency"),
+    pytest.param({"on_error": "explode"}, ValueError,
+                 "on_error must be one of ('stop', 'retry', 'skip'), not 'explode'", id="on_error"),
+    pytest.param({"filter_name": "nofilter"}, ValueError,
+                 "invalid filter name 'nofilter': use 'designname/filtername' or one of _design, _doc_ids, "
+                 "_selector, _view", id="filter_name"),
+    pytest.param({"timeout": 1000}, ValueError,
+                 "ChangesService(): timeout= is not allowed: the service sets timeout itself (it sends heartbeat)", id="timeout"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, message", BAD_OPTIONS)
+def test_bad_options_raise_at_once(kwargs, error, message):
+    """Each misuse is its own TypeError or ValueError, saying what is wrong, at construction and before any request."""
+    couch = ScriptedFeed()
+    db = Server("http://127.0.0.1:5984/", http=StubTreq(couch))["db"]
+    args = dict({"handler": print}, **kwargs)
+    with pytest.raises(error) as raised:
+        ChangesService(db, args.pop("handler"), clock=Clock(), **args)
+    assert type(raised.value) is error and str(raised.value) == message
+    assert couch.requests == []
 
 
 def test_an_unusable_checkpoint_stops_the_service_at_once(tmp_path):

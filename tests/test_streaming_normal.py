@@ -23,6 +23,7 @@ from txchanges import Consumer, LineTooLong, MalformedRow, NotFound, Server, Unc
 from txchanges.feed._normal import RowsProtocol
 from txchanges.feed._protocol import Stopped
 
+from ._service_helpers import wait_for
 from .fakecouch import Answer, stub
 from .fixtures_util import load, names
 
@@ -343,9 +344,11 @@ async def test_consumer_stop_cancels_fetch_rows(couch_server: Any, db_name: str)
         await db.save_docs([{"_id": f"d{n:03d}"} for n in range(20)])
         consumer = Consumer(db)
         gate: defer.Deferred[None] = defer.Deferred()
-        d = consumer.fetch_rows(lambda row: gate, since=0)
-        await task.deferLater(reactor, 0.2, lambda: None)
+        handed: list[Any] = []
+        d = consumer.fetch_rows(lambda row: handed.append(row) or gate, since=0)
+        await wait_for(lambda: bool(handed), 5, "the first row")
         consumer.stop()
+        assert len(handed) == 1, "a row was handed over while the first one's Deferred was pending"
         with pytest.raises(defer.CancelledError):
             await d
     finally:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +12,9 @@ from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
 from twisted.web.server import Site
 
 import txchanges.testing
@@ -35,7 +33,9 @@ from txchanges import (
 from txchanges.service.checkpoint import MemoryCheckpoint
 from txchanges.testing import FakeCouchDB, selector_matches
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "testing_a_handler.py"
+from ._service_helpers import wait_for
+from .examplerun import run_example
+
 SEQ = re.compile(r"^\d+-g1AAAA[A-Za-z0-9_-]+$")
 
 
@@ -190,7 +190,7 @@ def test_continuous_framing_live_and_timeout(fake: FakeCouchDB, clock: Clock) ->
     clock.advance(0.1)
     last = json.loads(body.data.split(b"\n")[-3])
     assert last == {"last_seq": fake.update_seq("db"), "pending": 0}
-    assert body.data.endswith(b"}\n\n") and body.ended is not None
+    assert body.data.endswith(b"}\n\n") and body.ended is not None and body.ended.check(ResponseDone)
 
 
 def test_heartbeat_runs_on_the_clock_and_overrides_timeout(fake: FakeCouchDB, clock: Clock) -> None:
@@ -212,7 +212,7 @@ def test_longpoll_framing_after_a_wait(fake: FakeCouchDB) -> None:
     fake.save("db", {"_id": "late"})
     assert body.data.startswith(b'{"results":[\n\n\n{"seq":')
     assert json.loads(body.data)["results"][0]["id"] == "late"
-    assert body.data.endswith(b"}\n\n") and body.ended is not None
+    assert body.data.endswith(b"}\n\n") and body.ended is not None and body.ended.check(ResponseDone)
 
 
 def test_eventsource_feed(fake: FakeCouchDB, clock: Clock) -> None:
@@ -222,7 +222,8 @@ def test_eventsource_feed(fake: FakeCouchDB, clock: Clock) -> None:
     clock.advance(0.1)
     seq = fake.update_seq("db")
     assert body.data.startswith(b'data: {"seq":"' + seq.encode())
-    assert b'\nid: "' + seq.encode() + b'"\n\n' in body.data and body.ended is not None
+    assert b'\nid: "' + seq.encode() + b'"\n\n' in body.data
+    assert body.ended is not None and body.ended.check(ResponseDone)
 
 
 def test_only_the_latest_change_per_document(fake: FakeCouchDB, db: Any) -> None:
@@ -465,7 +466,7 @@ async def test_served_over_a_real_socket() -> None:
         db = await server.create_db("db")
         c = Consumer(db)
         d = c.wait_once(since="now", timeout=5000)
-        await deferLater(reactor, 0.05, lambda: None)
+        await wait_for(lambda: fake.open_feeds == 1, 5, "the longpoll to reach the fake")
         fake.save("db", {"_id": "over-tcp"})
         assert [r["id"] for r in (await d)["results"]] == ["over-tcp"]
     finally:
@@ -639,9 +640,10 @@ def test_service_retries_a_transient_error_while_starting(start: str, fake: Fake
 # -- the example --------------------------------------------------------------------------
 
 
+@pytest.mark.runs_example("testing_a_handler.py")
 def test_example_runs() -> None:
     """examples/testing_a_handler.py runs its handler tests against the fake and reports them passed."""
-    done = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=60)
+    done = run_example("testing_a_handler.py")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[-1] == "all handler checks passed"

@@ -43,6 +43,7 @@ module.exports = function mountDbRoutes(app, registry, wrap) {
     sendJSON(res, 200, {
       open_feeds: {changes: stats.changes, db_updates: stats.dbUpdates},
       started_feeds: {changes: stats.changesStarted},
+      heartbeats: {changes: Object.fromEntries(stats.heartbeats)},
       databases: registry.entries.size
     });
   });

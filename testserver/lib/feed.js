@@ -294,6 +294,10 @@ class Feed {
       return;
     }
     this.write(this.p.feed === 'eventsource' ? 'event: heartbeat\ndata: \n\n' : '\n');
+    if (kind === 'heartbeat') {
+      const name = this.entry.name;
+      stats.heartbeats.set(name, (stats.heartbeats.get(name) || 0) + 1);
+    }
     if (kind === 'update') {
       this.busy = true;
       const ok = await this.round(false);

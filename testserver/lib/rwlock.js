@@ -1,11 +1,10 @@
 'use strict';
 // A fair readers-writer lock over promises.
 //
-// PouchDB's memory adapter moves an updated document's by-sequence entry in
-// two steps, so a changes() read that runs during a write can miss a
-// document that is being updated (it is in neither its old place nor its new
-// one yet; seen with 50 documents updated in turn while changes() was read in
-// a loop). CouchDB updates that index atomically. Feeds read under the
+// A PouchDB changes() read is not a snapshot: a document updated while the
+// read runs can be left out of it altogether (seen with 50 documents updated
+// in turn while changes() was read in a loop), where CouchDB shows it at one
+// of its two seqs. Feeds read under the
 // shared side and document writes run under the exclusive side, so a read
 // never sees half a write.
 

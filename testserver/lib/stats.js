@@ -4,4 +4,7 @@
 // "changes" counts the _changes feeds open now; "changesStarted" every one
 // ever started, once its since was resolved: a test that waits for it to
 // grow knows that a write from then on comes after a since=now.
-module.exports = {changes: 0, dbUpdates: 0, changesStarted: 0};
+// "heartbeats" counts, by database name, the heartbeat newlines _changes
+// feeds have written when their heartbeat timer fired, so a test can see
+// that a client really got some.
+module.exports = {changes: 0, dbUpdates: 0, changesStarted: 0, heartbeats: new Map()};
