@@ -4,9 +4,8 @@
 // A PouchDB changes() read is not a snapshot: a document updated while the
 // read runs can be left out of it altogether (seen with 50 documents updated
 // in turn while changes() was read in a loop), where CouchDB shows it at one
-// of its two seqs. Feeds read under the
-// shared side and document writes run under the exclusive side, so a read
-// never sees half a write.
+// of its two seqs. Feeds read under the shared side and document writes run
+// under the exclusive side, so a read never sees half a write.
 
 class RWLock {
   constructor() {

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import signal
 from types import FrameType
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, cast
 
 from twisted.internet.defer import Deferred
+
+from txchanges._reactor import default_reactor
 
 __all__ = ["AGAIN", "ECHO", "ECHO_WINDOW", "FIRST", "StopSignals", "run_until_signal"]
 
@@ -100,10 +102,7 @@ def run_until_signal(service: _Service, reactor: Optional[_Reactor] = None) -> "
         ``None`` when something else called ``stopService()``. It fails with
         the error that stopped the service, as ``when_stopped()`` does.
     """
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
+    reactor = cast(_Reactor, default_reactor(reactor))
     handlers = _Handlers(service, reactor)
     if not service.running:
         service.startService()
