@@ -221,25 +221,37 @@ class SlowHandler:
     def watch(self, svc: ChangesService) -> None:
         """Also sample the buffer right after each row arrives, and count the service's pauses of the feed."""
         self.svc = svc
-        on_change, pause = svc._on_change, svc._pause
+        on_change_for, begin = svc._on_change, svc._begin
 
-        def arrived(change: Any) -> None:
-            on_change(change)
-            self.arrivals += 1
-            if self.server is not None:
-                lag = self.server.bytes_written - self.server.offsets[self.arrivals - 1]
-                self.max_lag_bytes = max(self.max_lag_bytes, lag)
-            assert svc._scheduler is not None
-            self.max_buffered_on_arrival = max(self.max_buffered_on_arrival, svc._scheduler.buffered)
-            assert svc._progress is not None
-            self.max_open = max(self.max_open, svc._progress.tracked)
+        def arrivals_for(attempt: Any) -> Any:
+            on_change = on_change_for(attempt)
 
-        def paused() -> None:
-            self.feed_pauses += 1
-            pause()
+            def arrived(change: Any) -> None:
+                on_change(change)
+                self.arrivals += 1
+                if self.server is not None:
+                    lag = self.server.bytes_written - self.server.offsets[self.arrivals - 1]
+                    self.max_lag_bytes = max(self.max_lag_bytes, lag)
+                assert svc._scheduler is not None
+                self.max_buffered_on_arrival = max(self.max_buffered_on_arrival, svc._scheduler.buffered)
+                assert svc._progress is not None
+                self.max_open = max(self.max_open, svc._progress.tracked)
 
-        svc._on_change = arrived  # type: ignore[method-assign]
-        svc._pause = paused  # type: ignore[method-assign]
+            return arrived
+
+        def begun(since: Any) -> None:
+            begin(since)
+            assert svc._events is not None
+            pause = svc._events.pause
+
+            def paused() -> None:
+                self.feed_pauses += 1
+                pause()
+
+            svc._events.pause = paused  # type: ignore[method-assign]
+
+        svc._on_change = arrivals_for  # type: ignore[method-assign]
+        svc._begin = begun  # type: ignore[method-assign]
 
     def __call__(self, row: dict[str, Any]) -> "defer.Deferred[None]":
         assert self.svc is not None and self.svc._scheduler is not None
@@ -248,7 +260,7 @@ class SlowHandler:
             reactor.callLater(0, self.reached.callback, None)
         self.order.append((row["id"], row["changes"][0]["rev"]))
         self.max_buffered = max(self.max_buffered, self.svc._scheduler.buffered)
-        feed = self.svc._feed
+        feed = self.svc._events.feed if self.svc._events is not None else None
         body = getattr(feed, "protocol", None)
         if body is not None:
             held = sum(map(len, body._held)) + body._pending_length

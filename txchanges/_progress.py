@@ -83,6 +83,19 @@ class Progress:
         self._head = ticket
         return moved
 
+    def done_at_once(self, seq: Any) -> bool:
+        """
+        Note a row done as it arrived, without a ticket: only while no row
+        is tracked (:attr:`tracked` is 0), which the caller knows.
+
+        :param seq: Its sequence, the new resume point unless ``None``.
+        :return: Whether the resume point moved.
+        """
+        if seq is None:
+            return False
+        self.resume = seq
+        return True
+
     def passed(self, seq: Any) -> bool:
         """
         Note a position the feed reached without a row to handle (the
