@@ -232,35 +232,35 @@ class SlowHandler:
                 if self.server is not None:
                     lag = self.server.bytes_written - self.server.offsets[self.arrivals - 1]
                     self.max_lag_bytes = max(self.max_lag_bytes, lag)
-                assert svc._scheduler is not None
-                self.max_buffered_on_arrival = max(self.max_buffered_on_arrival, svc._scheduler.buffered)
-                assert svc._progress is not None
-                self.max_open = max(self.max_open, svc._progress.tracked)
+                assert svc._run is not None
+                self.max_buffered_on_arrival = max(self.max_buffered_on_arrival, svc._run.scheduler.buffered)
+                self.max_open = max(self.max_open, svc._run.progress.tracked)
 
             return arrived
 
         def begun(since: Any) -> None:
             begin(since)
-            assert svc._events is not None
-            pause = svc._events.pause
+            run = svc._run
+            assert run is not None
+            pause = run.pause
 
             def paused() -> None:
                 self.feed_pauses += 1
                 pause()
 
-            svc._events.pause = paused  # type: ignore[method-assign]
+            run.pause = paused  # type: ignore[method-assign]
 
         svc._on_change = arrivals_for  # type: ignore[method-assign]
         svc._begin = begun  # type: ignore[method-assign]
 
     def __call__(self, row: dict[str, Any]) -> "defer.Deferred[None]":
-        assert self.svc is not None and self.svc._scheduler is not None
+        assert self.svc is not None and self.svc._run is not None
         self.calls += 1
         if self.calls == self.stop_at:
             reactor.callLater(0, self.reached.callback, None)
         self.order.append((row["id"], row["changes"][0]["rev"]))
-        self.max_buffered = max(self.max_buffered, self.svc._scheduler.buffered)
-        feed = self.svc._events.feed if self.svc._events is not None else None
+        self.max_buffered = max(self.max_buffered, self.svc._run.scheduler.buffered)
+        feed = self.svc._run.feed
         body = getattr(feed, "protocol", None)
         if body is not None:
             held = sum(map(len, body._held)) + body._pending_length
@@ -356,7 +356,7 @@ async def test_stop_under_backpressure_then_resume_repeats_at_most_a_buffer(repo
         first.watch(svc)
         svc.startService()
         await first.reached
-        paused_at_stop = svc._scheduler is not None and svc._scheduler.paused
+        paused_at_stop = svc._run is not None and svc._run.scheduler.paused
         d = svc.stopService()
         timer = reactor.callLater(10, d.cancel)
         await d

@@ -9,20 +9,20 @@ from typing import Any, Callable, Optional
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._feed import FeedRun
-from ._lifecycle import Core, Inputs, Lifecycle, Cancellable, State
+from ._lifecycle import Cancellable, Core, Inputs, Lifecycle, State
 from ._params import feed_request
 from ._pending import PendingProbe
-from ._progress import DedupWindow, Progress
+from ._progress import DedupWindow
 from ._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
 from ._retry import Backoff, next_try
 from ._rows import LastSeq
-from ._saver import CheckpointSaver
-from ._scheduler import Scheduler, buffer_bounds
+from ._run import Attempt, Run
+from ._scheduler import buffer_bounds
 from ._startup import StartUp, Step, Steps
 from ._stats import ServiceStats
 from ._watchdog import Clock, idle_limit
@@ -170,10 +170,7 @@ class ChangesService(Service):
         self._saved: Any = None
         # Where the next request starts: the newest position the feed reached.
         self._position: Any = None
-        self._progress: Optional[Progress] = None
-        self._scheduler: Optional[Scheduler] = None
-        self._saver: Optional[CheckpointSaver] = None
-        self._events: Optional[_SchedulerEvents] = None
+        self._run: Optional[Run] = None
         self._backoff = Backoff(self._retry, give_up_after, clock)
         self._lifecycle = Lifecycle(
             Core(
@@ -199,11 +196,10 @@ class ChangesService(Service):
         """
         What the service has done so far (see :class:`ServiceStats`).
         """
-        if self._scheduler is not None:
-            self._stats.handled = self._scheduler.handled
-            self._stats.handler_failures = self._scheduler.failures
-        if self._saver is not None:
-            self._stats.checkpoints = self._saver.count
+        if self._run is not None:
+            self._stats.handled = self._run.scheduler.handled
+            self._stats.handler_failures = self._run.scheduler.failures
+            self._stats.checkpoints = self._run.saver.count
         return self._stats
 
     @property
@@ -212,7 +208,7 @@ class ChangesService(Service):
         The newest sequence before which every change is done: where a
         restart would resume.
         """
-        return self._progress.resume if self._progress is not None else self._saved
+        return self._run.progress.resume if self._run is not None else self._saved
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -238,10 +234,9 @@ class ChangesService(Service):
         :return: A Deferred that fires when all that is done; it never fails
             (a terminal error is reported by :meth:`when_stopped`).
         """
-        if self._scheduler is not None:
-            # At once, even from a handler called while the lifecycle is
-            # busy: no handler call starts after this.
-            self._scheduler.halt()
+        # At once, even from a handler called while the lifecycle is busy:
+        # no handler call starts after this.
+        self._halt()
         super().stopService()
         return self._lifecycle.stop()
 
@@ -294,22 +289,11 @@ class ChangesService(Service):
 
     def _begin(self, since: Any) -> None:
         self._position = since
-        progress = self._progress = Progress(since)
-        saver = self._saver = CheckpointSaver(
-            self._store, lambda: progress.resume, self._interval, self._clock, self._saved
-        )
-        events = self._events = _SchedulerEvents(self._lifecycle.machine, self._dedup, saver)
-        self._scheduler = Scheduler(
-            self._handler,
-            progress,
-            events,
-            concurrency=self._concurrency,
-            max_buffered=self._max_buffered,
-            max_ahead=self._max_ahead,
-            on_error=self._on_error,
-            clock=self._clock,
-            retry_delay=self._retry,
-            checkpoint_every=self._every,
+        self._run = Run(
+            since, self._handler, self._store, self._saved, self._lifecycle.machine, self._dedup,
+            interval=self._interval, clock=self._clock, concurrency=self._concurrency,
+            max_buffered=self._max_buffered, max_ahead=self._max_ahead, on_error=self._on_error,
+            retry_delay=self._retry, checkpoint_every=self._every,
         )
         if self._pending_interval is not None:
             self._probe = PendingProbe(
@@ -317,11 +301,12 @@ class ChangesService(Service):
             )
             self._probe.start(self._pending_interval)
 
-    def _connect(self, machine: Inputs) -> _Attempt:
-        assert self._scheduler is not None and self._events is not None
+    def _connect(self, machine: Inputs) -> Attempt:
+        run = self._run
+        assert run is not None
         since = self._position
         self.log.info("requesting changes of {db} since {since}", db=self.db.url, since=since)
-        attempt = _Attempt(self._clock.seconds())
+        attempt = Attempt(self._clock.seconds())
         feed = FeedRun(
             self.db.server,
             self.db.path("_changes"),
@@ -330,13 +315,13 @@ class ChangesService(Service):
             idle_limit(self._heartbeat, None),
             lambda on_activity: self._make_protocol(machine, attempt, on_activity),
         )
-        self._events.feed = feed
-        if self._scheduler.paused:
+        run.feed = feed
+        if run.scheduler.paused:
             feed.pause()
         attempt.run(feed).addBoth(self._feed_over, machine, attempt)
         return attempt
 
-    def _make_protocol(self, machine: Inputs, attempt: _Attempt, on_activity: Callable[[], None]) -> ChangesProtocol:
+    def _make_protocol(self, machine: Inputs, attempt: Attempt, on_activity: Callable[[], None]) -> ChangesProtocol:
         stats, clock = self._stats, self._clock
 
         def activity() -> None:
@@ -347,14 +332,14 @@ class ChangesService(Service):
             machine.opened(attempt)
         return ChangesProtocol(self._on_change(attempt), activity, self._max_line_length, raw_rows=True)
 
-    def _on_change(self, attempt: _Attempt) -> Callable[[dict[str, Any]], None]:
+    def _on_change(self, attempt: Attempt) -> Callable[[dict[str, Any]], None]:
         """
         What the feed calls with each change: note that the request brought
         one, pass it over (another shard's, a replay) or hand it to the
         scheduler. Once per change: kept lean.
         """
-        assert self._scheduler is not None
-        take, discard = self._scheduler.take, self._scheduler.discard
+        assert self._run is not None
+        take, discard = self._run.scheduler.take, self._run.scheduler.discard
         if not self._sifting:
 
             def on_change(row: dict[str, Any]) -> None:
@@ -377,10 +362,12 @@ class ChangesService(Service):
 
         return on_sifted_change
 
-    def _feed_over(self, result: Any, machine: Inputs, attempt: _Attempt) -> None:
+    def _feed_over(self, result: Any, machine: Inputs, attempt: Attempt) -> None:
         # Tell the lifecycle how the request ended, unless a stop ended it.
-        if self._events is not None and self._events.feed is attempt.feed:
-            self._events.feed = None
+        run = self._run
+        assert run is not None
+        if run.feed is attempt.feed:
+            run.feed = None
         protocol = attempt.feed.protocol
         if isinstance(protocol, ChangesProtocol) and protocol.last_seq is not None:
             self._position = protocol.last_seq
@@ -388,7 +375,7 @@ class ChangesService(Service):
             return
         if isinstance(result, LastSeq):
             self._stats.pending = result.pending
-            self._passed(result.last_seq)
+            run.passed(result.last_seq)
             self.log.info("feed ended at {seq}; reconnecting", seq=result.last_seq)
             self._backoff.reset()
             self._stats.reconnects += 1
@@ -409,26 +396,15 @@ class ChangesService(Service):
         self._stats.reconnects += 1
 
     def _halt(self) -> None:
-        if self._scheduler is not None:
-            self._scheduler.halt()
+        if self._run is not None:
+            self._run.scheduler.halt()
 
     async def _finish(self) -> None:
         if self._probe is not None:
             self._probe.stop()
             self._probe = None
-        if self._scheduler is not None:
-            self._scheduler.halt()
-            drained = self._scheduler.drain()
-            timer = self._clock.callLater(self._stop_timeout, drained.cancel)
-            try:
-                await drained
-            except CancelledError:
-                self.log.warn("handlers still running after {timeout}s; stopping anyway", timeout=self._stop_timeout)
-            finally:
-                if timer.active():
-                    timer.cancel()
-        if self._saver is not None:
-            await self._saver.flush()
+        if self._run is not None:
+            await self._run.finish(self._stop_timeout, self.log)
 
     def _ended(self, failure: Optional[Failure]) -> None:
         if failure is not None:
@@ -437,75 +413,5 @@ class ChangesService(Service):
         else:
             self.log.info("stopped following {db} at {seq}", db=self.db.url, seq=self.resume_seq)
 
-    # -- progress and checkpoints -------------------------------------------
-
-    def _passed(self, seq: Any) -> None:
-        assert self._progress is not None and self._saver is not None
-        if self._progress.passed(seq):
-            self._saver.save_if_moved()
-
     def _set_pending(self, pending: int) -> None:
         self._stats.pending = pending
-
-
-class _Attempt:
-    """
-    One request of the continuous feed: the lifecycle's data while
-    connecting and streaming.
-
-    :ivar started: Clock time it was sent.
-    :ivar good: Whether a change arrived: the next failure starts the
-        backoff over.
-    :ivar stopped: Whether a stop ended it.
-    """
-
-    def __init__(self, started: float) -> None:
-        self.started = started
-        self.good = False
-        self.stopped = False
-
-    def run(self, feed: FeedRun) -> "Deferred[Any]":
-        """
-        Send it.
-
-        :return: :attr:`done`.
-        """
-        self.feed = feed
-        self.done: Deferred[Any] = Deferred.fromCoroutine(feed.run())
-        return self.done
-
-    def stop(self) -> None:
-        self.stopped = True
-        self.feed.stop()
-
-
-class _SchedulerEvents:
-    """
-    What the scheduler tells the service (a
-    :class:`~txchanges._scheduler.SchedulerListener`).
-
-    :ivar feed: The feed request in flight, for backpressure.
-    """
-
-    def __init__(self, machine: Inputs, dedup: DedupWindow, saver: CheckpointSaver) -> None:
-        self.feed: Optional[FeedRun] = None
-        self._machine = machine
-        self._dedup = dedup
-        self._saver = saver
-
-    def pause(self) -> None:
-        if self.feed is not None:
-            self.feed.pause()
-
-    def resume(self) -> None:
-        if self.feed is not None:
-            self.feed.resume()
-
-    def failed(self, failure: Failure) -> None:
-        self._machine.crash(failure)
-
-    def dropped(self, row: dict[str, Any]) -> None:
-        self._dedup.forget(row)
-
-    def checkpoint(self) -> None:
-        self._saver.save_if_moved()
