@@ -34,7 +34,7 @@ from .errors import (
     UncleanEnd,
     UnexpectedResponse,
 )
-from .service import ChangesService, ServiceStats
+from .service import ChangesService, ServiceStats, State
 from .shard import Shard
 
 __version__ = "0.1.0.dev0"
@@ -46,6 +46,7 @@ __all__ = [
     "ChangeStream",
     "ChangesService",
     "ServiceStats",
+    "State",
     "Shard",
     "CheckpointStore",
     "MemoryCheckpoint",
