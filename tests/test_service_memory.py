@@ -221,36 +221,30 @@ class SlowHandler:
     def watch(self, svc: ChangesService) -> None:
         """Also sample the buffer right after each row arrives, and count the service's pauses of the feed."""
         self.svc = svc
-        on_change_for, begin = svc._on_change, svc._begin
-
-        def arrivals_for(attempt: Any) -> Any:
-            on_change = on_change_for(attempt)
-
-            def arrived(change: Any) -> None:
-                on_change(change)
-                self.arrivals += 1
-                if self.server is not None:
-                    lag = self.server.bytes_written - self.server.offsets[self.arrivals - 1]
-                    self.max_lag_bytes = max(self.max_lag_bytes, lag)
-                assert svc._run is not None
-                self.max_buffered_on_arrival = max(self.max_buffered_on_arrival, svc._run.scheduler.buffered)
-                self.max_open = max(self.max_open, svc._run.progress.tracked)
-
-            return arrived
+        begin = svc._begin
 
         def begun(since: Any) -> None:
             begin(since)
             run = svc._run
             assert run is not None
-            pause = run.pause
+            take, pause = run.scheduler.take, run.pause
+
+            def arrived(change: Any) -> None:
+                take(change)
+                self.arrivals += 1
+                if self.server is not None:
+                    lag = self.server.bytes_written - self.server.offsets[self.arrivals - 1]
+                    self.max_lag_bytes = max(self.max_lag_bytes, lag)
+                self.max_buffered_on_arrival = max(self.max_buffered_on_arrival, run.scheduler.buffered)
+                self.max_open = max(self.max_open, run.progress.tracked)
 
             def paused() -> None:
                 self.feed_pauses += 1
                 pause()
 
+            run.scheduler.take = arrived  # type: ignore[method-assign]
             run.pause = paused  # type: ignore[method-assign]
 
-        svc._on_change = arrivals_for  # type: ignore[method-assign]
         svc._begin = begun  # type: ignore[method-assign]
 
     def __call__(self, row: dict[str, Any]) -> "defer.Deferred[None]":

@@ -85,8 +85,9 @@ class Progress:
 
     def done_at_once(self, seq: Any) -> bool:
         """
-        Note a row done as it arrived, without a ticket: only while no row
-        is tracked (:attr:`tracked` is 0), which the caller knows.
+        Note a row that arrived and is already done: what :meth:`begin`
+        then :meth:`finish` do, without a ticket, for the caller that knows
+        no row is tracked (:attr:`tracked` is 0).
 
         :param seq: Its sequence, the new resume point unless ``None``.
         :return: Whether the resume point moved.

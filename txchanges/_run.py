@@ -29,8 +29,6 @@ class Attempt:
     connecting and streaming.
 
     :ivar started: Clock time it was sent.
-    :ivar good: Whether a change arrived: the next failure starts the
-        backoff over.
     :ivar stopped: Whether a stop ended it.
     """
 
@@ -40,7 +38,6 @@ class Attempt:
 
     def __init__(self, started: float) -> None:
         self.started = started
-        self.good = False
         self.stopped = False
 
     def run(self, feed: FeedRun) -> "Deferred[Any]":

@@ -330,37 +330,23 @@ class ChangesService(Service):
 
         if not attempt.stopped:
             machine.opened(attempt)
-        return ChangesProtocol(self._on_change(attempt), activity, self._max_line_length, raw_rows=True)
-
-    def _on_change(self, attempt: Attempt) -> Callable[[dict[str, Any]], None]:
-        """
-        What the feed calls with each change: note that the request brought
-        one, pass it over (another shard's, a replay) or hand it to the
-        scheduler. Once per change: kept lean.
-        """
         assert self._run is not None
-        take, discard = self._run.scheduler.take, self._run.scheduler.discard
-        if not self._sifting:
+        # Once per change: straight to the scheduler, unless some changes
+        # are passed over.
+        on_change = self._sift if self._sifting else self._run.scheduler.take
+        return ChangesProtocol(on_change, activity, self._max_line_length, raw_rows=True)
 
-            def on_change(row: dict[str, Any]) -> None:
-                attempt.good = True
-                take(row)
-
-            return on_change
-        shard, dedup, stats = self._shard, self._dedup, self._stats
-
-        def on_sifted_change(row: dict[str, Any]) -> None:
-            attempt.good = True
-            if shard is not None and not shard.owns(row["id"]):
-                stats.other_shards += 1
-                discard(row)
-            elif dedup.seen(row):
-                stats.duplicates += 1
-                discard(row)
-            else:
-                take(row)
-
-        return on_sifted_change
+    def _sift(self, row: dict[str, Any]) -> None:
+        # Pass over another shard's change, or a replay.
+        scheduler = self._run.scheduler  # type: ignore[union-attr]
+        if self._shard is not None and not self._shard.owns(row["id"]):
+            self._stats.other_shards += 1
+            scheduler.discard(row)
+        elif self._dedup.seen(row):
+            self._stats.duplicates += 1
+            scheduler.discard(row)
+        else:
+            scheduler.take(row)
 
     def _feed_over(self, result: Any, machine: Inputs, attempt: Attempt) -> None:
         # Tell the lifecycle how the request ended, unless a stop ended it.
@@ -369,8 +355,9 @@ class ChangesService(Service):
         if run.feed is attempt.feed:
             run.feed = None
         protocol = attempt.feed.protocol
-        if isinstance(protocol, ChangesProtocol) and protocol.last_seq is not None:
-            self._position = protocol.last_seq
+        moved = isinstance(protocol, ChangesProtocol) and protocol.last_seq is not None
+        if moved:
+            self._position = protocol.last_seq  # type: ignore[union-attr]
         if attempt.stopped:
             return
         if isinstance(result, LastSeq):
@@ -382,7 +369,8 @@ class ChangesService(Service):
             machine.ended()
             return
         assert isinstance(result, Failure), result
-        if attempt.good or self._clock.seconds() - attempt.started >= self._heartbeat / 1000:
+        # A response that moved the feed on, or lasted, was a good one.
+        if moved or self._clock.seconds() - attempt.started >= self._heartbeat / 1000:
             self._backoff.reset()
         error = result.value
         assert error is not None
