@@ -24,7 +24,7 @@ from ._lifecycle import Core, Inputs, Lifecycle, Cancellable, State
 from ._options import open_database
 from ._pending import PendingProbe
 from ._retry import Backoff, next_try
-from ._startup import StartUp, Step, Steps
+from ._startup import Step, Steps, start_up
 from ._watchdog import Clock
 from .checkpoint import CheckpointStore
 from .client import Database
@@ -325,8 +325,9 @@ class LongpollFollower:
         self._backoff = Backoff(backoffPolicy(), give_up_after, clock)
         self._lifecycle = Lifecycle(
             Core(
-                start_up=self._start_up, connect=self._connect, halt=lambda: None, finish=lambda: succeed(None),
-                ended=lambda failure: None, retrying=self._retrying, clock=clock,
+                start_up=lambda machine, startup: start_up(machine, startup, self._start_steps, self._backoff, self.log),
+                connect=self._connect, halt=lambda: None, finish=lambda: succeed(None), ended=lambda failure: None,
+                retrying=self._retrying, clock=clock,
             )
         )
 
@@ -346,17 +347,8 @@ class LongpollFollower:
         return self._lifecycle.when_stopped()
 
     def stop(self) -> "Deferred[None]":
-        """
-        :return: A Deferred that fires once stopped (a batch being saved is
-            saved first); it never fails.
-        """
+        """:return: A Deferred that fires once stopped, a batch being saved saved."""
         return self._lifecycle.stop()
-
-    def _start_up(self, machine: Inputs, startup: Optional[Cancellable]) -> Cancellable:
-        if startup is None:
-            startup = StartUp(self._start_steps(), self._backoff, self.log)
-        assert isinstance(startup, StartUp)
-        return startup.run(machine)
 
     def _start_steps(self) -> Steps:
         saved = yield Step(f"loading the checkpoint from {self._store.describe()}", self._store.load)

@@ -266,72 +266,75 @@ def _state(name: str, public: State, factory: Optional[Callable[..., Any]] = Non
     return state
 
 
+# The states: the name logs and metrics show, and the data made on entering
+# one (from the input's arguments) that its transitions then act on.
 idle = _state("idle", State.STOPPED)
-starting = _state("starting", State.STARTING, _start_up)
-start_wait = _state("start_wait", State.WAITING, _retry_start_later)
-connecting = _state("connecting", State.CONNECTING, _connect)
-streaming = _state("streaming", State.STREAMING, _reading)
-waiting = _state("waiting", State.WAITING, _reconnect_later)
+starting = _state("starting", State.STARTING, _start_up)  # the StartUp in flight
+start_wait = _state("start_wait", State.WAITING, _retry_start_later)  # the delayed call
+connecting = _state("connecting", State.CONNECTING, _connect)  # the Request in flight
+streaming = _state("streaming", State.STREAMING, _reading)  # the same Request
+waiting = _state("waiting", State.WAITING, _reconnect_later)  # the delayed call
 disconnecting = _state("disconnecting", State.STOPPING)
-stopping = _state("stopping", State.STOPPING, _drain)
-failing = _state("failing", State.STOPPING, _drain_failing)
+stopping = _state("stopping", State.STOPPING, _drain)  # the drain
+failing = _state("failing", State.STOPPING, _drain_failing)  # the error it ends with
 stopped = _state("stopped", State.STOPPED)
-failed = _state("failed", State.FAILED, _failure)
+failed = _state("failed", State.FAILED, _failure)  # the error it ended with
 
-_ = Inputs
+On = Inputs
 
 #: Every transition: in this state, upon this input, go to that state doing this.
 TRANSITIONS: list[tuple[Any, Callable[..., None], Any, Callable[..., None]]] = [
-    (idle, _.start, starting, _nothing),
-    (idle, _.stop, idle, _fire),
-    (idle, _.when_stopped, idle, _wait_for_end),
+    # in state      upon              go to          doing
+    (idle,          On.start,         starting,      _nothing),
+    (idle,          On.stop,          idle,          _fire),
+    (idle,          On.when_stopped,  idle,          _wait_for_end),
 
-    (starting, _.started, connecting, _nothing),
-    (starting, _.start_failed, start_wait, _nothing),
-    (starting, _.crash, failing, _nothing),
-    (starting, _.stop, stopping, _cancel_start_up),
-    (starting, _.when_stopped, starting, _wait_for_end),
+    (starting,      On.started,       connecting,    _nothing),
+    (starting,      On.start_failed,  start_wait,    _nothing),
+    (starting,      On.crash,         failing,       _nothing),
+    (starting,      On.stop,          stopping,      _cancel_start_up),
+    (starting,      On.when_stopped,  starting,      _wait_for_end),
 
-    (start_wait, _.retry_start, starting, _nothing),
-    (start_wait, _.stop, stopping, _cancel_retry),
-    (start_wait, _.when_stopped, start_wait, _wait_for_end),
+    (start_wait,    On.retry_start,   starting,      _nothing),
+    (start_wait,    On.stop,          stopping,      _cancel_retry),
+    (start_wait,    On.when_stopped,  start_wait,    _wait_for_end),
 
-    (connecting, _.opened, streaming, _nothing),
-    (connecting, _.lost, waiting, _nothing),
-    (connecting, _.crash, failing, _abort),
-    (connecting, _.stop, disconnecting, _disconnect),
-    (connecting, _.when_stopped, connecting, _wait_for_end),
+    (connecting,    On.opened,        streaming,     _nothing),
+    (connecting,    On.lost,          waiting,       _nothing),
+    (connecting,    On.crash,         failing,       _abort),
+    (connecting,    On.stop,          disconnecting, _disconnect),
+    (connecting,    On.when_stopped,  connecting,    _wait_for_end),
 
-    (streaming, _.ended, connecting, _nothing),
-    (streaming, _.lost, waiting, _nothing),
-    (streaming, _.crash, failing, _abort),
-    (streaming, _.stop, disconnecting, _disconnect),
-    (streaming, _.when_stopped, streaming, _wait_for_end),
+    (streaming,     On.ended,         connecting,    _nothing),
+    (streaming,     On.lost,          waiting,       _nothing),
+    (streaming,     On.crash,         failing,       _abort),
+    (streaming,     On.stop,          disconnecting, _disconnect),
+    (streaming,     On.when_stopped,  streaming,     _wait_for_end),
 
-    (waiting, _.reconnect, connecting, _count_retry),
-    (waiting, _.crash, failing, _drop_retry),
-    (waiting, _.stop, stopping, _cancel_retry),
-    (waiting, _.when_stopped, waiting, _wait_for_end),
+    (waiting,       On.reconnect,     connecting,    _count_retry),
+    (waiting,       On.crash,         failing,       _drop_retry),
+    (waiting,       On.stop,          stopping,      _cancel_retry),
+    (waiting,       On.when_stopped,  waiting,       _wait_for_end),
 
-    (disconnecting, _.disconnected, stopping, _nothing),
-    (disconnecting, _.stop, disconnecting, _wait_for_stop),
-    (disconnecting, _.when_stopped, disconnecting, _wait_for_end),
+    (disconnecting, On.disconnected,  stopping,      _nothing),
+    (disconnecting, On.stop,          disconnecting, _wait_for_stop),
+    (disconnecting, On.when_stopped,  disconnecting, _wait_for_end),
 
-    (stopping, _.drained, stopped, _announce),
-    (stopping, _.stop, stopping, _wait_for_stop),
-    (stopping, _.when_stopped, stopping, _wait_for_end),
+    (stopping,      On.drained,       stopped,       _announce),
+    (stopping,      On.stop,          stopping,      _wait_for_stop),
+    (stopping,      On.when_stopped,  stopping,      _wait_for_end),
 
-    (failing, _.drained, failed, _announce),
-    (failing, _.stop, failing, _wait_for_stop),
-    (failing, _.when_stopped, failing, _wait_for_end),
+    (failing,       On.drained,       failed,        _announce),
+    (failing,       On.stop,          failing,       _wait_for_stop),
+    (failing,       On.when_stopped,  failing,       _wait_for_end),
 
-    (stopped, _.start, starting, _nothing),
-    (stopped, _.stop, stopped, _fire),
-    (stopped, _.when_stopped, stopped, _fire),
+    (stopped,       On.start,         starting,      _nothing),
+    (stopped,       On.stop,          stopped,       _fire),
+    (stopped,       On.when_stopped,  stopped,       _fire),
 
-    (failed, _.start, starting, _nothing),
-    (failed, _.stop, failed, _fire),
-    (failed, _.when_stopped, failed, _fire_failure),
+    (failed,        On.start,         starting,      _nothing),
+    (failed,        On.stop,          failed,        _fire),
+    (failed,        On.when_stopped,  failed,        _fire_failure),
 ]
 
 

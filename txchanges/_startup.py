@@ -13,10 +13,10 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._lifecycle import Inputs
+from ._lifecycle import Cancellable, Inputs
 from ._retry import Backoff, next_try
 
-__all__ = ["Step", "Steps", "StartUp"]
+__all__ = ["Step", "Steps", "StartUp", "start_up"]
 
 
 @dataclass(frozen=True)
@@ -113,3 +113,16 @@ class StartUp:
             self._machine.crash(failure)
         else:
             self._machine.start_failed(self, delay)
+
+
+def start_up(
+    machine: Inputs, startup: Optional[Cancellable], steps: Callable[[], Steps], backoff: Backoff, log: Logger
+) -> Cancellable:
+    """
+    The lifecycle's ``start_up`` hook: go on with *startup* or, when it is
+    ``None``, run new *steps*.
+    """
+    if startup is None:
+        startup = StartUp(steps(), backoff, log)
+    assert isinstance(startup, StartUp)
+    return startup.run(machine)

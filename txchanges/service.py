@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._feed import FeedRun
-from ._lifecycle import Cancellable, Core, Inputs, Lifecycle, State
+from ._lifecycle import Core, Inputs, Lifecycle, State
 from ._params import feed_request
 from ._pending import PendingProbe
 from ._progress import DedupWindow
@@ -23,7 +23,7 @@ from ._retry import Backoff, next_try
 from ._rows import LastSeq
 from ._run import Attempt, Run
 from ._scheduler import buffer_bounds
-from ._startup import StartUp, Step, Steps
+from ._startup import Step, Steps, start_up
 from ._stats import ServiceStats
 from ._watchdog import Clock, idle_limit
 from .checkpoint import CheckpointStore, MemoryCheckpoint
@@ -174,9 +174,9 @@ class ChangesService(Service):
         self._backoff = Backoff(self._retry, give_up_after, clock)
         self._lifecycle = Lifecycle(
             Core(
-                start_up=self._start_up, connect=self._connect, halt=self._halt,
-                finish=lambda: Deferred.fromCoroutine(self._finish()), ended=self._ended,
-                retrying=self._retrying, clock=clock,
+                start_up=lambda machine, startup: start_up(machine, startup, self._start_steps, self._backoff, self.log),
+                connect=self._connect, halt=self._halt, finish=lambda: Deferred.fromCoroutine(self._finish()),
+                ended=self._ended, retrying=self._retrying, clock=clock,
             )
         )
 
@@ -251,12 +251,6 @@ class ChangesService(Service):
         return self._lifecycle.when_stopped()
 
     # -- what the lifecycle asks of the service -----------------------------
-
-    def _start_up(self, machine: Inputs, startup: Optional[Cancellable]) -> Cancellable:
-        if startup is None:
-            startup = StartUp(self._start_steps(), self._backoff, self.log)
-        assert isinstance(startup, StartUp)
-        return startup.run(machine)
 
     def _start_steps(self) -> Steps:
         # Start-up requests are retried like feed requests: a passing 503 or
