@@ -278,3 +278,26 @@ def test_longpoll_follower_stops_itself_at_the_limit():
     follower.when_stopped().addBoth(ended.append)
     assert handled == ["d0", "d1", "d2"] and ended == [None] and follower.state is State.STOPPED
     assert clock.getDelayedCalls() == []
+
+
+def test_a_handler_that_stops_the_service_is_the_last_one_called():
+    """A handler that calls stopService() is the last call, even when the rows come while the service is opening the feed, and the checkpoint passes it."""
+    clock = Clock()
+    fake = FakeCouchDB(clock=clock)
+    fake.create_db("db")
+    seqs = []
+    for n in range(5):
+        fake.save("db", {"_id": f"d{n}"})
+        seqs.append(fake.update_seq("db"))
+    handled: list[str] = []
+    store = MemoryCheckpoint()
+
+    def handler(row: dict[str, Any]) -> None:
+        handled.append(row["id"])
+        if len(handled) == 2:
+            service.stopService()
+
+    service = ChangesService(fake.server()["db"], handler, checkpoint=store, heartbeat=1000, clock=clock)
+    service.startService()
+    assert handled == ["d0", "d1"] and service.state is State.STOPPED
+    assert store.saves == [seqs[1]] and service.resume_seq == seqs[1]
