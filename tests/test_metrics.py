@@ -12,10 +12,10 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from txchanges import ChangesService, MemoryCheckpoint, ServiceStats
+from txchanges import ChangesService, MemoryCheckpoint, ServiceStats, State
 from txchanges.cli import _options
 from txchanges.cli._tap import Options
-from txchanges.metrics import STATES, MetricsServer, render_metrics
+from txchanges.metrics import MetricsServer, render_metrics
 
 from ._service_helpers import wait_for
 
@@ -58,8 +58,8 @@ def test_collector_reports_the_stats_state_and_resume_point():
     assert found[("txchanges_checkpoints_saved_total", db)] == 4
     assert found[("txchanges_changes_pending", db)] == 11
     assert found[("txchanges_idle_seconds", db)] == 12.5
-    assert {s: found[("txchanges_state", (("db", DB), ("state", s)))] for s in STATES} == {
-        s: (1.0 if s == "streaming" else 0.0) for s in STATES
+    assert {s.value: found[("txchanges_state", (("db", DB), ("state", s.value)))] for s in State} == {
+        s.value: (1.0 if s == "streaming" else 0.0) for s in State
     }
     assert found[("txchanges_resume_seq_info", (("db", DB), ("seq", "42-g1AAAAB")))] == 1
 

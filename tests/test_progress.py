@@ -82,17 +82,40 @@ class Calls:
         raise AssertionError(f"{docid} is not running")
 
 
-def make(handler, progress=None, **options):
+class Listener:
+    """A SchedulerListener that records what the scheduler tells it."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.failures: list[Any] = []
+        self.dropped_ids: list[str] = []
+        self.checkpoints = 0
+
+    def pause(self) -> None:
+        self.events.append("pause")
+
+    def resume(self) -> None:
+        self.events.append("resume")
+
+    def failed(self, failure: Any) -> None:
+        self.failures.append(failure)
+
+    def dropped(self, row: dict[str, Any]) -> None:
+        self.dropped_ids.append(row["id"])
+
+    def checkpoint(self) -> None:
+        self.checkpoints += 1
+
+
+def make(handler, progress=None, listener=None, **options):
     progress = progress or Progress(None)
+    listener = listener or Listener()
     options.setdefault("concurrency", 2)
     options.setdefault("max_buffered", 4)
     options.setdefault("on_error", "stop")
     clock = options.pop("clock", Clock())
-    s = Scheduler(handler, progress, clock=clock, retry_delay=lambda n: float(n), **options)
-    events: list[str] = []
-    s.pause = lambda: events.append("pause")
-    s.resume = lambda: events.append("resume")
-    return s, progress, events
+    s = Scheduler(handler, progress, listener, clock=clock, retry_delay=lambda n: float(n), **options)
+    return s, progress, listener.events
 
 
 def submit(s, progress, docid, seq):
@@ -149,9 +172,9 @@ def test_a_stuck_call_pauses_after_max_ahead_rows():
 def test_stop_policy_reports_and_starts_nothing_more():
     """With on_error='stop' the failure is reported, the change stays undone and nothing else starts."""
     calls = Calls()
-    s, p, _ = make(calls, concurrency=1)
-    failures = []
-    s.failed = failures.append
+    listener = Listener()
+    s, p, _ = make(calls, listener=listener, concurrency=1)
+    failures = listener.failures
     submit(s, p, "a", "1")
     submit(s, p, "b", "2")
     calls.finish("a", RuntimeError("bad"))
@@ -236,9 +259,9 @@ def test_handlers_that_finish_at_once_with_a_queue():
 def test_dropped_changes_are_reported():
     """halt() and a failure under on_error='stop' report each change taken but never done."""
     calls = Calls()
-    s, p, _ = make(calls, concurrency=1)
-    dropped = []
-    s.dropped = lambda row: dropped.append(row["id"])
+    listener = Listener()
+    s, p, _ = make(calls, listener=listener, concurrency=1)
+    dropped = listener.dropped_ids
     submit(s, p, "a", "1")
     submit(s, p, "b", "2")
     calls.finish("a", RuntimeError("bad"))

@@ -34,9 +34,10 @@ class Run:
         self.held: list[dict[str, Any]] = []
         self.paused = False
         self.use_take = use_take
-        s = self.scheduler = Scheduler(
+        self.scheduler = Scheduler(
             self.handler,
             self.progress,
+            self,
             concurrency=concurrency,
             max_buffered=max_buffered,
             on_error=on_error,
@@ -44,11 +45,17 @@ class Run:
             retry_delay=lambda n: 1.0,
             checkpoint_every=every,
         )
-        s.pause = self.pause
-        s.resume = self.resume
-        s.failed = lambda f: self.trace.append(("failed", str(f.value)))
-        s.dropped = lambda row: self.trace.append(("dropped", row["n"]))
-        s.checkpoint = lambda: self.trace.append(("checkpoint", self.progress.resume))
+
+    # -- what the scheduler tells its listener ------------------------------------
+
+    def failed(self, failure: Any) -> None:
+        self.trace.append(("failed", str(failure.value)))
+
+    def dropped(self, row: dict[str, Any]) -> None:
+        self.trace.append(("dropped", row["n"]))
+
+    def checkpoint(self) -> None:
+        self.trace.append(("checkpoint", self.progress.resume))
 
     def handler(self, row: dict[str, Any]) -> Any:
         n = row["n"]

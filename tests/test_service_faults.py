@@ -37,6 +37,7 @@ from .memorynet import MemoryNet
 from .scriptedfeed import FeedServer, feed_of, held_back, seq
 from ._fault_helpers import (FailureLog, Tracker, Writer, draw_seed, fast_retry, latest_revs, report, seeded, sleep,
                              wait_for)
+from .test_progress import Listener
 
 #: The heartbeat the service asks for, in ms; with GRACE below a silence of
 #: 0.5 * 1.25 + 0.2 = 0.825 s trips the watchdog.
@@ -424,7 +425,7 @@ def test_scheduler_pump_survives_handlers_that_finish_at_once(behind):
         return gate if row["id"] == "d0000" else None
 
     progress = Progress(None)
-    scheduler = Scheduler(handler, progress, concurrency=1, max_buffered=behind + 1, on_error="stop",
+    scheduler = Scheduler(handler, progress, Listener(), concurrency=1, max_buffered=behind + 1, on_error="stop",
                           clock=Clock(), retry_delay=fast_retry)
     ids = [f"d{n:04d}" for n in range(behind + 1)]
     for n, docid in enumerate(ids):

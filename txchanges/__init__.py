@@ -19,8 +19,8 @@ What to use for what:
 ``ChangesService``
     A Twisted ``Service`` that follows a feed for as long as it runs:
     reconnects and resumes with no change lost, detects stalls, applies
-    backpressure, saves checkpoints. ``service.stats`` is a
-    ``ServiceStats``; a ``Shard`` splits one feed between several followers.
+    backpressure, saves checkpoints. ``service.state`` is a ``State``,
+    ``service.stats`` a ``ServiceStats``; a ``Shard`` splits one feed between several followers.
     In a script, ``run_until_signal`` runs it until SIGINT or
     SIGTERM, then stops it cleanly and lets the script go on.
 ``MemoryCheckpoint``, ``FileCheckpoint``, ``LocalDocCheckpoint``
@@ -44,8 +44,13 @@ txchanges``); the twistd plugin is ``twistd -n txchanges``.
 """
 
 from txchanges import errors
+from txchanges.errors import *  # noqa: F403
 from txchanges.feed._aiter import ChangeStream
 from txchanges.feed._feedparams import FeedParams
+from txchanges.feed.consumer import Consumer
+from txchanges.http.client import Database, Server
+from txchanges.service._service import ChangesService, ServiceStats, State
+from txchanges.service._signals import run_until_signal
 from txchanges.service.checkpoint import (
     CheckpointError,
     CheckpointStore,
@@ -54,11 +59,6 @@ from txchanges.service.checkpoint import (
     MemoryCheckpoint,
     checkpoint_identity,
 )
-from txchanges.http.client import Database, Server
-from txchanges.feed.consumer import Consumer
-from txchanges.errors import *  # noqa: F403
-from txchanges.service._signals import run_until_signal
-from txchanges.service._service import ChangesService, ServiceStats
 from txchanges.service.shard import Shard
 
 #: The version, read by the packaging tools too (pyproject.toml has none).
@@ -73,6 +73,7 @@ __all__ = [
     "ChangesService",
     "ServiceStats",
     "run_until_signal",
+    "State",
     "Shard",
     "CheckpointStore",
     "MemoryCheckpoint",

@@ -56,14 +56,12 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-from txchanges._reactor import default_clock, default_reactor
-from txchanges.feed._watchdog import Clock
+from txchanges.service._lifecycle import State
 from txchanges.service._stats import ServiceStats
+from txchanges.feed._watchdog import Clock
+from txchanges._reactor import default_clock, default_reactor
 
-__all__ = ["STATES", "ServiceCollector", "render_metrics", "metrics_registry", "MetricsResource", "MetricsServer"]
-
-#: Every value of a follower's ``state``.
-STATES = ("stopped", "starting", "connecting", "streaming", "waiting", "stopping", "failed")
+__all__ = ["ServiceCollector", "render_metrics", "metrics_registry", "MetricsResource", "MetricsServer"]
 
 
 class Followed(Protocol):
@@ -76,7 +74,7 @@ class Followed(Protocol):
     def db(self) -> Any: ...  # has a credential-free ``url``
 
     @property
-    def state(self) -> str: ...
+    def state(self) -> str: ...  # a State, or any other name
 
     @property
     def stats(self) -> ServiceStats: ...
@@ -137,8 +135,9 @@ class ServiceCollector:
                 pending.add_metric([db], stats.pending)
             if stats.last_activity is not None:
                 idle.add_metric([db], max(0.0, now - stats.last_activity))
-            current = follower.state
-            for name in STATES if current in STATES else (*STATES, current):
+            current = str(follower.state)
+            names = [s.value for s in State]
+            for name in names if current in names else (*names, current):
                 state.add_metric([db, name], 1.0 if name == current else 0.0)
             seq = follower.resume_seq
             if seq is not None:

@@ -15,22 +15,24 @@ from types import FrameType
 from typing import Any, BinaryIO, Callable, Optional, TextIO, cast
 
 from twisted.application.internet import backoffPolicy
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txchanges.service._lifecycle import Core, Inputs, Lifecycle, State
 from txchanges.cli._options import open_database
 from txchanges.service._pending import PendingProbe
+from txchanges.service._retry import Backoff, next_try
+from txchanges.service._startup import Step, Steps, start_up
 from txchanges.feed._watchdog import Clock
 from txchanges.service.checkpoint import CheckpointStore
 from txchanges.http.client import Database
 from txchanges.feed.consumer import Consumer
 from txchanges.errors import TxChangesError
-from txchanges.service._retry import is_terminal
-from txchanges.service._signals import AGAIN, ECHO_WINDOW, FIRST, StopSignals
 from txchanges.service._service import ChangesService, ServiceStats
 from txchanges.service.shard import Shard
+from txchanges.service._signals import AGAIN, ECHO_WINDOW, FIRST, StopSignals
 
 __all__ = ["Command", "LongpollFollower", "describe"]
 
@@ -300,10 +302,11 @@ class _ProgressLine:
 class LongpollFollower:
     """
     Follows a feed with one longpoll request per batch: each batch's
-    changes go to *handler*, then its ``last_seq`` is checkpointed.
-    Failures are retried with backoff as the service does; the same errors
-    are terminal. It has the service's ``db``, ``state``, ``stats`` (where
-    ``reconnects`` counts requests retried after a failure) and
+    changes go to *handler*, then its ``last_seq`` is checkpointed. It runs
+    the service's lifecycle: the same states, the same retries (with
+    backoff, honouring ``Retry-After``), the same terminal errors; a handler
+    that fails stops it. It has the service's ``db``, ``state``, ``stats``
+    (where ``reconnects`` counts requests retried after a failure) and
     ``resume_seq``.
 
     :param limit: Stop after this many changes; requests ask for no more.
@@ -330,41 +333,71 @@ class LongpollFollower:
         **feed_params: Any,
     ) -> None:
         self.db = db
-        self.state = "stopped"
         self.stats = ServiceStats()
         self.resume_seq: Any = None
         self._handler = handler
         self._since = since
         self._store = checkpoint
         self._heartbeat = heartbeat
-        self._give_up_after = give_up_after
         self._limit = limit
         self._shard = shard
         self._clock = clock
         self._feed_params = feed_params
         self._params = params
         self._consumer = Consumer(db, clock=clock)
-        self._retry = backoffPolicy()
-        self._stopping = False
-        self._sleep: Optional[Deferred[None]] = None
-        self._done: Optional[Deferred[None]] = None
+        self._backoff = Backoff(backoffPolicy(), give_up_after, clock)
+        self._lifecycle = Lifecycle(
+            Core(
+                start_up=lambda machine, startup: start_up(machine, startup, self._start_steps, self._backoff, self.log),
+                connect=self._connect, halt=lambda: None, finish=lambda: succeed(None), ended=lambda failure: None,
+                retrying=self._retrying, clock=clock,
+            )
+        )
+
+    @property
+    def state(self) -> State:
+        """What the follower is doing."""
+        return self._lifecycle.state
 
     def start(self) -> None:
-        self._done = Deferred.fromCoroutine(self._run())
+        self._lifecycle.start()
 
     def when_stopped(self) -> "Deferred[None]":
         """
-        :return: The Deferred of the run: it fires once stopped, and fails
-            with the error that stopped it.
+        :return: A new Deferred that fires once stopped, and fails with the
+            error that stopped it.
         """
-        assert self._done is not None
-        return self._done
+        return self._lifecycle.when_stopped()
 
-    def stop(self) -> None:
-        self._stopping = True
-        self._consumer.stop()
-        if self._sleep is not None:
-            self._sleep.cancel()
+    def stop(self) -> "Deferred[None]":
+        """:return: A Deferred that fires once stopped, a batch being saved saved."""
+        return self._lifecycle.stop()
+
+    def _start_steps(self) -> Steps:
+        saved = yield Step(f"loading the checkpoint from {self._store.describe()}", self._store.load)
+        self.resume_seq = saved if saved is not None else self._since
+
+    def _connect(self, machine: Inputs) -> _Batch:
+        feed_params = dict(self._feed_params)
+        if self._limit is not None:
+            feed_params["limit"] = self._limit - self.stats.handled
+        batch = _Batch(self._consumer)
+        # A longpoll response says nothing until it is whole: reading it
+        # begins with the request.
+        machine.opened(batch)
+        batch.done = Deferred.fromCoroutine(self._read(self.resume_seq, feed_params))
+        batch.done.addBoth(self._batch_over, machine, batch)
+        return batch
+
+    async def _read(self, since: Any, feed_params: dict[str, Any]) -> None:
+        body = await self._consumer.wait_once(
+            since, timeout=None, heartbeat=self._heartbeat, cb=self._handle, params=self._params, **feed_params)
+        self.stats.last_activity = self._clock.seconds()
+        self.stats.pending = body.get("pending")
+        since = body["last_seq"]
+        await self._store.save(since)
+        self.resume_seq = since
+        self.stats.checkpoints += 1
 
     def _handle(self, change: dict[str, Any]) -> Any:
         if self._shard is not None and not self._shard.owns(change["id"]):
@@ -374,53 +407,38 @@ class LongpollFollower:
         self.stats.handled += 1
         return result
 
-    async def _run(self) -> None:
-        self.state = "starting"
-        try:
-            saved = await self._store.load()
-            since = self.resume_seq = saved if saved is not None else self._since
-            attempt, failing_since = 0, None
-            while not self._stopping:
-                feed_params = dict(self._feed_params)
-                if self._limit is not None:
-                    feed_params["limit"] = self._limit - self.stats.handled
-                self.state = "streaming"
-                try:
-                    body = await self._consumer.wait_once(
-                        since, timeout=None, heartbeat=self._heartbeat, cb=self._handle, params=self._params,
-                        **feed_params)
-                except CancelledError:
-                    if self._stopping:
-                        break
-                    raise
-                except TxChangesError as e:
-                    if is_terminal(e):
-                        raise
-                    now = self._clock.seconds()
-                    failing_since = now if failing_since is None else failing_since
-                    if self._give_up_after is not None and now - failing_since > self._give_up_after:
-                        raise
-                    delay, attempt = self._retry(attempt), attempt + 1
-                    self.state = "waiting"
-                    self.log.warn("longpoll failed ({error}); retry {attempt} in {delay:.1f}s",
-                                  error=e, attempt=attempt, delay=delay)
-                    self._sleep = deferLater(self._clock, delay, lambda: None)  # type: ignore[arg-type]
-                    try:
-                        await self._sleep
-                    except CancelledError:
-                        break
-                    self.stats.reconnects += 1
-                    continue
-                attempt, failing_since = 0, None
-                self.stats.last_activity = self._clock.seconds()
-                self.stats.pending = body.get("pending")
-                since = body["last_seq"]
-                await self._store.save(since)
-                self.resume_seq = since
-                self.stats.checkpoints += 1
-                if self._limit is not None and self.stats.handled >= self._limit:
-                    break
-        except BaseException:
-            self.state = "failed"
-            raise
-        self.state = "stopped"
+    def _batch_over(self, result: Any, machine: Inputs, batch: _Batch) -> None:
+        if batch.stopped:
+            return
+        if isinstance(result, Failure):
+            error = result.value
+            # Only the feed's own errors are retried: a handler that raised
+            # stops the follower.
+            delay = next_try(self._backoff, error, "longpoll", self.log) if isinstance(error, TxChangesError) else None
+            if delay is None:
+                machine.crash(result)
+            else:
+                machine.lost(delay)
+            return
+        self._backoff.reset()
+        if self._limit is not None and self.stats.handled >= self._limit:
+            machine.stop(Deferred())
+        else:
+            machine.ended()
+
+    def _retrying(self) -> None:
+        self.stats.reconnects += 1
+
+
+class _Batch:
+    """One longpoll request and the checkpoint after it: the lifecycle's data while it runs."""
+
+    done: "Deferred[None]"
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._consumer.stop()

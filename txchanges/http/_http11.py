@@ -442,7 +442,9 @@ def open_response(endpoint: Any, request: bytes) -> "Deferred[FeedResponse]":
         if not ready.called:
             ready.errback(failure)
 
-    connecting = endpoint.connect(Factory.forProtocol(build))
+    factory = Factory.forProtocol(build)
+    factory.noisy = False  # no "Starting factory" log line for every feed connection
+    connecting = endpoint.connect(factory)
     connecting.addErrback(failed)
     return ready
 

@@ -83,6 +83,20 @@ class Progress:
         self._head = ticket
         return moved
 
+    def done_at_once(self, seq: Any) -> bool:
+        """
+        Note a row that arrived and is already done: what :meth:`begin`
+        then :meth:`finish` do, without a ticket, for the caller that knows
+        no row is tracked (:attr:`tracked` is 0).
+
+        :param seq: Its sequence, the new resume point unless ``None``.
+        :return: Whether the resume point moved.
+        """
+        if seq is None:
+            return False
+        self.resume = seq
+        return True
+
     def passed(self, seq: Any) -> bool:
         """
         Note a position the feed reached without a row to handle (the

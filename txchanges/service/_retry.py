@@ -7,11 +7,13 @@ from __future__ import annotations
 import email.utils
 from typing import Callable, Optional
 
+from twisted.logger import Logger
+
 from txchanges.feed._watchdog import Clock
 from txchanges.service.checkpoint import CheckpointError
 from txchanges.errors import CouchError, LineTooLong
 
-__all__ = ["is_terminal", "retry_after", "Backoff"]
+__all__ = ["is_terminal", "retry_after", "Backoff", "next_try"]
 
 
 def is_terminal(error: BaseException) -> bool:
@@ -100,3 +102,24 @@ class Backoff:
             delay = self._policy(self.attempt)
         self.attempt += 1
         return delay
+
+
+def next_try(backoff: Backoff, error: BaseException, what: str, log: Logger) -> Optional[float]:
+    """
+    Decide what follows a failure of *what*, and log it.
+
+    :return: Seconds to wait before trying again (what ``Retry-After``
+        asks for, or the backoff's next delay), or ``None`` when retrying
+        cannot help (see :func:`is_terminal`) or *give_up_after* has passed.
+    """
+    if is_terminal(error):
+        return None
+    delay = backoff.next_delay(error)
+    if delay is None:
+        log.error("giving up on {what} after {seconds:.0f}s of failures", what=what, seconds=backoff.failing_for)
+        return None
+    log.warn(
+        "{what} failed ({error}); retry {attempt} in {delay:.1f}s",
+        what=what, error=error, attempt=backoff.attempt, delay=delay,
+    )
+    return delay

@@ -68,8 +68,8 @@ class CheckpointSaver:
     :param clock: Time.
     :param saved: What the store holds already.
     :param failed: Called with a :class:`~txchanges.CheckpointError` once,
-        when the saver gives up: from the clock, never from inside
-        :meth:`save_if_moved`, or from :meth:`flush`.
+        when the saver gives up while running: from the clock, never from
+        inside :meth:`save_if_moved` (:meth:`flush` raises it instead).
     """
 
     log = Logger()
@@ -140,20 +140,22 @@ class CheckpointSaver:
         self.save_if_moved()
         failing_for = self._clock.seconds() - self._failing_since
         if self._failures >= GIVE_UP_FAILURES and failing_for >= GIVE_UP_SECONDS:
-            self._give_up(f"{self._failures} saves failed in a row over {failing_for:.0f}s")
+            self._failed(Failure(self._give_up(f"{self._failures} saves failed in a row over {failing_for:.0f}s")))
 
-    def _give_up(self, what: str) -> None:
+    def _give_up(self, what: str) -> CheckpointError:
         self._gave_up = True
         if self._ticker.running:
             self._ticker.stop()
         error = self._last_error
         reason = error.reason if isinstance(error, CheckpointError) else str(error)
-        self._failed(Failure(CheckpointError(self._store.describe(), f"{what}, the last with: {reason}")))
+        return CheckpointError(self._store.describe(), f"{what}, the last with: {reason}")
 
     async def flush(self) -> None:
         """
-        Stop the timer, then save what is not saved yet; when that fails for
-        a lasting reason, give up at once (there is no later).
+        Stop the timer, then save what is not saved yet.
+
+        :raises CheckpointError: when that save failed for a lasting reason:
+            there is no later to retry it.
         """
         if self._ticker.running:
             self._ticker.stop()
@@ -163,4 +165,4 @@ class CheckpointSaver:
         while self._saving is not None:
             await self._saving
         if self._failures and not self._gave_up:
-            self._give_up("the last save, on stop, failed")
+            raise self._give_up("the last save, on stop, failed")

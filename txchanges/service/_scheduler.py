@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import deque
 from types import CoroutineType
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from txchanges.service._progress import Progress
 from txchanges.feed._watchdog import Clock
 
-__all__ = ["Scheduler", "ON_ERROR", "buffer_bounds", "check_options"]
+__all__ = ["Scheduler", "SchedulerListener", "ON_ERROR", "buffer_bounds", "check_options"]
 
 #: What to do when the handler fails on a change.
 ON_ERROR = ("stop", "retry", "skip")
@@ -65,6 +65,30 @@ def check_options(concurrency: int, max_buffered: int, on_error: str) -> None:
         raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
 
 
+class SchedulerListener(Protocol):
+    """
+    What a :class:`Scheduler` tells its owner.
+    """
+
+    def pause(self) -> None:
+        """The buffer is full: read no more changes for now."""
+
+    def resume(self) -> None:
+        """Half the buffer is free again: read on."""
+
+    def failed(self, failure: Failure) -> None:
+        """The handler failed with ``on_error="stop"``: nothing more starts."""
+
+    def dropped(self, row: dict[str, Any]) -> None:
+        """A change taken will never be done: dropped by
+        :meth:`Scheduler.halt`, or its handler failed with
+        ``on_error="stop"``."""
+
+    def checkpoint(self) -> None:
+        """The resume point moved and *checkpoint_every* changes are done
+        (handled, skipped or discarded) since the last call."""
+
+
 @dataclass(eq=False, slots=True)
 class _Job:
     row: dict[str, Any]
@@ -80,22 +104,25 @@ class Scheduler:
 
     :param handler: Called with each change row; may return a Deferred.
     :param progress: Told when each change is done.
+    :param listener: Told what the owner must act on (see
+        :class:`SchedulerListener`).
     :param concurrency: The most handler calls running at once.
     :param max_buffered: The most changes held (running or waiting) before
-        :attr:`pause` is called; :attr:`resume` is called when half of them
-        are done, so that a fast feed is not paused and resumed per row.
+        the listener's ``pause()`` is called; ``resume()`` is called when
+        half of them are done, so that a fast feed is not paused and resumed
+        per row.
     :param max_ahead: The most rows past the resume point (see
         :attr:`Progress.tracked <txchanges.service._progress.Progress.tracked>`)
-        before :attr:`pause` is called: one handler call that hangs must not
+        before ``pause()`` is called: one handler call that hangs must not
         let the feed flow on past it without bound.
-    :param on_error: ``"stop"``: report the failure through
-        :attr:`failed` and start nothing more; ``"retry"``: call the handler
+    :param on_error: ``"stop"``: report the failure to the listener's
+        ``failed()`` and start nothing more; ``"retry"``: call the handler
         again after ``retry_delay(attempt)`` seconds; ``"skip"``: log it and
         count the change as done.
     :param clock: Time for retries.
     :param retry_delay: Seconds before retry number *n* (from 1).
     :param checkpoint_every: How many changes must be done between two calls
-        of :attr:`checkpoint`.
+        of the listener's ``checkpoint()``.
     """
 
     log = Logger()
@@ -104,6 +131,7 @@ class Scheduler:
         self,
         handler: Handler,
         progress: Progress,
+        listener: SchedulerListener,
         *,
         concurrency: int,
         max_buffered: int,
@@ -129,18 +157,9 @@ class Scheduler:
         self._halted = False
         self._pumping = False
         self._pump_again = False
+        #: Whether the listener was told to pause and not yet to resume.
         self.paused = False
-        #: Backpressure hooks, set by the owner.
-        self.pause: Callable[[], object] = lambda: None
-        self.resume: Callable[[], object] = lambda: None
-        #: Called with the failure when ``on_error="stop"`` and the handler fails.
-        self.failed: Callable[[Failure], object] = lambda f: None
-        #: Called with each change taken but never done: dropped by
-        #: :meth:`halt`, or failed with ``on_error="stop"``.
-        self.dropped: Callable[[dict[str, Any]], object] = lambda row: None
-        #: Called when the resume point moved and *checkpoint_every* changes
-        #: are done (handled, skipped or discarded) since the last call.
-        self.checkpoint: Callable[[], object] = lambda: None
+        self._listener = listener
         self._checkpoint_every = checkpoint_every
         # Changes still to be done before the next call of checkpoint().
         self._countdown = checkpoint_every
@@ -181,12 +200,9 @@ class Scheduler:
             return
         self.handled += 1
         self._countdown -= 1
-        seq = row["seq"]
-        if seq is not None:
-            self._progress.resume = seq
-            if self._countdown <= 0:
-                self._countdown = self._checkpoint_every
-                self.checkpoint()
+        if self._progress.done_at_once(row["seq"]) and self._countdown <= 0:
+            self._countdown = self._checkpoint_every
+            self._listener.checkpoint()
 
     def discard(self, row: dict[str, Any]) -> None:
         """
@@ -201,7 +217,7 @@ class Scheduler:
         self._countdown -= 1
         if moved and self._countdown <= 0:
             self._countdown = self._checkpoint_every
-            self.checkpoint()
+            self._listener.checkpoint()
 
     def _adopt(self, row: dict[str, Any], outcome: Any) -> None:
         """
@@ -262,7 +278,7 @@ class Scheduler:
             or self._progress.tracked >= self._max_ahead
         ):
             self.paused = True
-            self.pause()
+            self._listener.pause()
 
     def _pump(self) -> None:
         # A handler that finishes at once re-enters through _release(); the
@@ -322,7 +338,7 @@ class Scheduler:
         row = job.row
         docid = row.get("id", row.get("db_name"))
         if self._halted:
-            self.dropped(row)
+            self._listener.dropped(row)
             self._release(job)
             return
         if self._on_error == "skip":
@@ -343,9 +359,9 @@ class Scheduler:
             # No traceback here: the service logs the failure that stops it.
             self.log.critical("handler failed on change {id!r} at seq {seq!r}; stopping", id=docid, seq=row.get("seq"))
             self._halted = True
-            self.dropped(row)
+            self._listener.dropped(row)
             self._release(job)
-            self.failed(failure)
+            self._listener.failed(failure)
 
     def _retry(self, job: _Job) -> None:
         job.retry = None
@@ -372,7 +388,7 @@ class Scheduler:
             and self._progress.tracked < self._max_ahead
         ):
             self.paused = False
-            self.resume()
+            self._listener.resume()
         if self._drained and not running:
             drained, self._drained = self._drained, []
             for d in drained:
@@ -393,12 +409,12 @@ class Scheduler:
         self._halted = True
         waiting, self._waiting = self._waiting, deque()
         for job in waiting:
-            self.dropped(job.row)
+            self._listener.dropped(job.row)
         for retrying in list(self._running.values()):
             if retrying is not None and retrying.retry is not None:
                 retrying.retry.cancel()
                 retrying.retry = None
-                self.dropped(retrying.row)
+                self._listener.dropped(retrying.row)
                 self._release(retrying)
 
     def drain(self) -> "Deferred[None]":

@@ -10,31 +10,33 @@ from typing import Any, Callable, Optional
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import Unpack
 
-from txchanges.feed._feed import FeedRun, Stopped
+from txchanges.feed._feed import FeedRun
+from txchanges.service._lifecycle import Core, Inputs, Lifecycle, State
 from txchanges.feed._params import feed_request
 from txchanges.service._pending import PendingProbe
-from txchanges.service._progress import DedupWindow, Progress
+from txchanges.service._progress import DedupWindow
 from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
+from txchanges.service._retry import Backoff, next_try
 from txchanges.feed._rows import LastSeq
-from txchanges.service._retry import Backoff, is_terminal
-from txchanges.service._saver import CheckpointSaver, prepare_store
-from txchanges.service._scheduler import Scheduler, buffer_bounds
+from txchanges.service._run import Attempt, Run
+from txchanges.service._scheduler import buffer_bounds
+from txchanges.service._startup import Step, Steps, start_up
 from txchanges.service._stats import ServiceStats
 from txchanges.feed._watchdog import Clock, idle_limit
 from txchanges.service.checkpoint import CheckpointStore, MemoryCheckpoint
-from txchanges.service._identity import identity_of
 from txchanges.http.client import Database
 from txchanges.service.shard import Shard
+from txchanges.service._saver import prepare_store
+from txchanges.service._identity import identity_of
 from txchanges.feed._feedparams import SET_BY_METHOD, FeedParams, check_feed_params
 from txchanges._reactor import default_clock
 
-__all__ = ["ChangesService", "ServiceStats"]
+__all__ = ["ChangesService", "ServiceStats", "State"]
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -178,32 +180,39 @@ class ChangesService(Service):
         self._max_ahead = ahead
         self._on_error = on_error
         self._stats = ServiceStats()
-        self._good = False
-        self.state = "stopped"
-        self._progress: Optional[Progress] = None
-        self._scheduler: Optional[Scheduler] = None
-        self._feed: Optional[FeedRun] = None
-        self._waiting: Optional[Deferred[Any]] = None
-        self._stopping = False
-        self._terminal: Optional[Failure] = None
-        self._loop: Optional[Deferred[None]] = None
-        self._waiters: list[Deferred[None]] = []
         self._saved: Any = None
-        self._saver: Optional[CheckpointSaver] = None
+        # Where the next request starts: the newest position the feed reached.
+        self._position: Any = None
+        self._run: Optional[Run] = None
+        self._backoff = Backoff(self._retry, give_up_after, clock)
+        self._lifecycle = Lifecycle(
+            Core(
+                start_up=lambda machine, startup: start_up(machine, startup, self._start_steps, self._backoff, self.log),
+                connect=self._connect, halt=self._halt, finish=lambda: Deferred.fromCoroutine(self._finish()),
+                ended=self._ended, retrying=self._retrying, clock=clock,
+            )
+        )
 
     def __repr__(self) -> str:
         return f"<ChangesService of {self.db!r} {self.state}>"
+
+    @property
+    def state(self) -> State:
+        """
+        What the service is doing (a :class:`~txchanges.State`, equal to its
+        name: ``service.state == "streaming"``).
+        """
+        return self._lifecycle.state
 
     @property
     def stats(self) -> ServiceStats:
         """
         What the service has done so far (see :class:`ServiceStats`).
         """
-        if self._scheduler is not None:
-            self._stats.handled = self._scheduler.handled
-            self._stats.handler_failures = self._scheduler.failures
-        if self._saver is not None:
-            self._stats.checkpoints = self._saver.count
+        if self._run is not None:
+            self._stats.handled = self._run.scheduler.handled
+            self._stats.handler_failures = self._run.scheduler.failures
+            self._stats.checkpoints = self._run.saver.count
         return self._stats
 
     @property
@@ -212,20 +221,22 @@ class ChangesService(Service):
         The newest sequence before which every change is done: where a
         restart would resume.
         """
-        return self._progress.resume if self._progress is not None else self._saved
+        return self._run.progress.resume if self._run is not None else self._saved
 
     # -- lifecycle ------------------------------------------------------------
 
     def startService(self) -> None:
         """
         Load the checkpoint (it wins over *since*) and start following.
+
+        :raises RuntimeError: while a stop is still under way.
         """
         if self.running:
             return
+        if self.state is State.STOPPING:
+            raise RuntimeError(f"{self!r} is still stopping: start it once stopService() has fired")
         super().startService()
-        self._stopping = False
-        self._terminal = None
-        self._loop = Deferred.fromCoroutine(self._main())
+        self._lifecycle.start()
 
     def stopService(self) -> "Deferred[None]":
         """
@@ -236,19 +247,11 @@ class ChangesService(Service):
         :return: A Deferred that fires when all that is done; it never fails
             (a terminal error is reported by :meth:`when_stopped`).
         """
-        if not self.running or self._loop is None:
-            return succeed(None)
+        # At once, even from a handler called while the lifecycle is busy:
+        # no handler call starts after this.
+        self._halt()
         super().stopService()
-        self._stopping = True
-        self._interrupt()
-        done: Deferred[None] = Deferred()
-
-        def fire(result: object) -> object:
-            done.callback(None)
-            return result
-
-        self._loop.addBoth(fire)
-        return done
+        return self._lifecycle.stop()
 
     def when_stopped(self) -> "Deferred[None]":
         """
@@ -258,261 +261,154 @@ class ChangesService(Service):
             failure with ``on_error="stop"``, or the last error once
             *give_up_after* has passed).
         """
-        d: Deferred[None] = Deferred()
-        if self.state in ("stopped", "failed") and self._loop is not None and self._loop.called:
-            self._notify(d)
-        else:
-            self._waiters.append(d)
-        return d
+        return self._lifecycle.when_stopped()
 
-    def _notify(self, d: "Deferred[None]") -> None:
-        if self._terminal is not None:
-            d.errback(self._terminal)
-        else:
-            d.callback(None)
+    # -- what the lifecycle asks of the service -----------------------------
 
-    def _interrupt(self) -> None:
-        if self._feed is not None:
-            self._feed.stop()
-        if self._waiting is not None:
-            self._waiting.cancel()
-        if self._scheduler is not None:
-            self._scheduler.halt()
-
-    # -- the loop -----------------------------------------------------------
-
-    async def _main(self) -> None:
-        try:
-            await self._follow()
-        except Exception:
-            # Whatever stopService() interrupted (a cancelled request fails
-            # with a wrapped CancelledError) is part of a clean stop; and a
-            # handler failure set _terminal already, which wins over the
-            # cancellation it caused.
-            if self._terminal is None and not self._stopping:
-                self._terminal = Failure()
-        try:
-            await self._finish()
-        finally:
-            self.state = "failed" if self._terminal is not None else "stopped"
-            if self._terminal is not None:
-                self.log.failure("stopped following {db}", self._terminal, db=self.db.url)
-                Service.stopService(self)
-            else:
-                self.log.info("stopped following {db} at {seq}", db=self.db.url, seq=self.resume_seq)
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                self._notify(d)
-
-    async def _io(self, d: "Deferred[Any]") -> Any:
-        # Whatever the loop waits for can be cancelled by stopService().
-        self._waiting = d
-        try:
-            return await d
-        finally:
-            self._waiting = None
-
-    async def _follow(self) -> None:
-        self.state = "starting"
+    def _start_steps(self) -> Steps:
+        # Start-up requests are retried like feed requests: a passing 503 or
+        # a refused connection must not end the service.
+        where = self._store.describe()
         identity = identity_of(self.db, self._params, self._shard)
-        await self._start_step(f"checking {self._store.describe()}", lambda: prepare_store(self._store, identity))
-        saved = await self._start_step(f"loading the checkpoint from {self._store.describe()}", self._store.load)
-        self._saved = saved
+        yield Step(f"checking {where}", lambda: prepare_store(self._store, identity))
+        saved = yield Step(f"loading the checkpoint from {where}", self._store.load)
+        since = self._saved = saved
         if saved is not None:
-            since = saved
-            self.log.info("resuming from checkpoint {seq} in {where}", seq=since, where=self._store.describe())
+            self.log.info("resuming from checkpoint {seq} in {where}", seq=saved, where=where)
         else:
             since = self._since
-            self.log.info(
-                "no checkpoint in {where}; starting from {seq}", where=self._store.describe(), seq=since
-            )
+            if since in (None, 0, "0"):
+                self.log.info("no checkpoint in {where}; starting from the beginning", where=where)
+            else:
+                self.log.info("no checkpoint in {where}; starting from {seq}", where=where, seq=since)
         if since == "now":
             # A concrete position, so that every checkpoint is a real seq.
-            body = await self._start_step(
+            body = yield Step(
                 "asking for the current seq",
                 lambda: self.db.server.request_json(
                     "GET", self.db.path("_changes"), [("since", "now"), ("limit", "0")]
                 ),
             )
-            since = body["last_seq"]
+            now = body["last_seq"]
             # Saved at once: after a crash before the first checkpoint, a
             # restart must not take a later "now" and skip what came between.
-            await self._start_step("saving the first checkpoint", lambda: self._store.save(since))
-            self._saved = since
-        self._progress = Progress(since)
-        scheduler = self._scheduler = Scheduler(
-            self._handler,
-            self._progress,
-            concurrency=self._concurrency,
-            max_buffered=self._max_buffered,
-            max_ahead=self._max_ahead,
-            on_error=self._on_error,
-            clock=self._clock,
-            retry_delay=self._retry,
-            checkpoint_every=self._every,
+            yield Step("saving the first checkpoint", lambda: self._store.save(now))
+            since = self._saved = now
+        self._begin(since)
+
+    def _begin(self, since: Any) -> None:
+        self._position = since
+        self._run = Run(
+            since, self._handler, self._store, self._saved, self._lifecycle.machine, self._dedup,
+            interval=self._interval, clock=self._clock, concurrency=self._concurrency,
+            max_buffered=self._max_buffered, max_ahead=self._max_ahead, on_error=self._on_error,
+            retry_delay=self._retry, checkpoint_every=self._every,
         )
-        scheduler.pause = self._pause
-        scheduler.resume = self._resume
-        scheduler.failed = self._handler_failed
-        scheduler.dropped = self._dedup.forget
-        progress = self._progress
-        saver = self._saver = CheckpointSaver(
-            self._store, lambda: progress.resume, self._interval, self._clock, self._saved, self._handler_failed
-        )
-        scheduler.checkpoint = saver.save_if_moved
         if self._pending_interval is not None:
             self._probe = PendingProbe(
                 self.db, lambda: self.resume_seq, lambda: self.stats.handled, self._set_pending, self._clock
             )
             self._probe.start(self._pending_interval)
-        await self._connect_loop(since)
 
-    async def _wait_to_retry(self, backoff: Backoff, error: Exception, what: str) -> bool:
-        """
-        Log a transient failure and wait before the next attempt.
-
-        :raises Exception: *error* itself, once *give_up_after* has passed.
-        :return: ``False`` when stopService() ended the wait.
-        """
-        delay = backoff.next_delay(error)
-        if delay is None:
-            self.log.error("giving up on {what} after {seconds:.0f}s of failures", what=what, seconds=backoff.failing_for)
-            raise error
-        self.state = "waiting"
-        self.log.warn(
-            "{what} failed ({error}); retry {attempt} in {delay:.1f}s",
-            what=what, error=error, attempt=backoff.attempt, delay=delay,
+    def _connect(self, machine: Inputs) -> Attempt:
+        run = self._run
+        assert run is not None
+        since = self._position
+        self.log.info("requesting changes of {db} since {since}", db=self.db.url, since=since)
+        attempt = Attempt(self._clock.seconds())
+        feed = FeedRun(
+            self.db.server,
+            self.db.path("_changes"),
+            feed_request("continuous", since, dict(self._params, heartbeat=self._heartbeat)),
+            self._clock,
+            idle_limit(self._heartbeat, None),
+            lambda on_activity: self._make_protocol(machine, attempt, on_activity),
         )
-        try:
-            await self._io(deferLater(self._clock, delay, lambda: None))  # type: ignore[arg-type]
-        except CancelledError:
-            return False
-        return True
+        run.feed = feed
+        if run.scheduler.paused:
+            feed.pause()
+        attempt.run(feed).addBoth(self._feed_over, machine, attempt)
+        return attempt
 
-    async def _start_step(self, what: str, step: Callable[[], "Deferred[Any]"]) -> Any:
-        # Start-up requests are retried like feed requests: a passing 503 or
-        # a refused connection must not end the service.
-        backoff = Backoff(self._retry, self._give_up_after, self._clock)
-        while True:
-            try:
-                return await self._io(step())
-            except Exception as error:
-                if self._stopping or is_terminal(error):
-                    raise
-                if not await self._wait_to_retry(backoff, error, what):
-                    raise CancelledError() from None
+    def _make_protocol(self, machine: Inputs, attempt: Attempt, on_activity: Callable[[], None]) -> ChangesProtocol:
+        stats, clock = self._stats, self._clock
 
-    async def _connect_loop(self, since: Any) -> None:
-        backoff = Backoff(self._retry, self._give_up_after, self._clock)
-        first = True
-        while not self._stopping:
-            if not first:
-                self._stats.reconnects += 1
-            first = False
-            self.state = "connecting"
-            self.log.info("requesting changes of {db} since {since}", db=self.db.url, since=since)
-            started = self._clock.seconds()
-            self._good = False
-            feed = self._feed = FeedRun(
-                self.db.server,
-                self.db.path("_changes"),
-                feed_request("continuous", since, dict(self._params, heartbeat=self._heartbeat)),
-                self._clock,
-                idle_limit(self._heartbeat, None),
-                self._make_protocol,
-            )
-            if self._scheduler is not None and self._scheduler.paused:
-                feed.pause()
-            try:
-                end: Any = await feed.run()
-                error: Optional[Exception] = None
-            except Exception as e:
-                end, error = None, e
-            finally:
-                self._feed = None
-            protocol = feed.protocol
-            if isinstance(protocol, ChangesProtocol) and protocol.last_seq is not None:
-                since = protocol.last_seq
-            if self._terminal is not None:
-                self._terminal.raiseException()
-            if self._stopping or isinstance(end, Stopped):
-                return
-            if isinstance(end, LastSeq):
-                self._stats.pending = end.pending
-                self._passed(end.last_seq)
-                self.log.info("feed ended at {seq}; reconnecting", seq=end.last_seq)
-                backoff.reset()
-                continue
-            assert error is not None
-            if is_terminal(error):
-                raise error
-            if self._good or self._clock.seconds() - started >= self._heartbeat / 1000:
-                backoff.reset()
-            if not await self._wait_to_retry(backoff, error, f"changes feed from {since}"):
-                return
-
-    def _make_protocol(self, on_activity: Callable[[], None]) -> ChangesProtocol:
         def activity() -> None:
-            self._stats.last_activity = self._clock.seconds()
+            stats.last_activity = clock.seconds()
             on_activity()
 
-        self.state = "streaming"
-        return ChangesProtocol(self._on_change, activity, self._max_line_length)
+        if not attempt.stopped:
+            machine.opened(attempt)
+        assert self._run is not None
+        # Once per change: straight to the scheduler, unless some changes
+        # are passed over.
+        on_change = self._sift if self._sifting else self._run.scheduler.take
+        return ChangesProtocol(on_change, activity, self._max_line_length)
 
-    def _on_change(self, row: dict[str, Any]) -> None:
-        # Once per change: kept lean.
-        self._good = True
-        if self._sifting:
-            if self._shard is not None and not self._shard.owns(row["id"]):
-                self._stats.other_shards += 1
-                self._scheduler.discard(row)  # type: ignore[union-attr]
-                return
-            if self._dedup.seen(row):
-                self._stats.duplicates += 1
-                self._scheduler.discard(row)  # type: ignore[union-attr]
-                return
-        self._scheduler.take(row)  # type: ignore[union-attr]
+    def _sift(self, row: dict[str, Any]) -> None:
+        # Pass over another shard's change, or a replay.
+        scheduler = self._run.scheduler  # type: ignore[union-attr]
+        if self._shard is not None and not self._shard.owns(row["id"]):
+            self._stats.other_shards += 1
+            scheduler.discard(row)
+        elif self._dedup.seen(row):
+            self._stats.duplicates += 1
+            scheduler.discard(row)
+        else:
+            scheduler.take(row)
 
-    def _pause(self) -> None:
-        if self._feed is not None:
-            self._feed.pause()
+    def _feed_over(self, result: Any, machine: Inputs, attempt: Attempt) -> None:
+        # Tell the lifecycle how the request ended, unless a stop ended it.
+        run = self._run
+        assert run is not None
+        if run.feed is attempt.feed:
+            run.feed = None
+        protocol = attempt.feed.protocol
+        moved = isinstance(protocol, ChangesProtocol) and protocol.last_seq is not None
+        if moved:
+            self._position = protocol.last_seq  # type: ignore[union-attr]
+        if attempt.stopped:
+            return
+        if isinstance(result, LastSeq):
+            self._stats.pending = result.pending
+            run.passed(result.last_seq)
+            self.log.info("feed ended at {seq}; reconnecting", seq=result.last_seq)
+            self._backoff.reset()
+            self._stats.reconnects += 1
+            machine.ended()
+            return
+        assert isinstance(result, Failure), result
+        # A response that moved the feed on, or lasted, was a good one.
+        if moved or self._clock.seconds() - attempt.started >= self._heartbeat / 1000:
+            self._backoff.reset()
+        error = result.value
+        assert error is not None
+        delay = next_try(self._backoff, error, f"changes feed from {self._position}", self.log)
+        if delay is None:
+            machine.crash(result)
+        else:
+            machine.lost(delay)
 
-    def _resume(self) -> None:
-        if self._feed is not None:
-            self._feed.resume()
+    def _retrying(self) -> None:
+        self._stats.reconnects += 1
 
-    def _handler_failed(self, failure: Failure) -> None:
-        self._terminal = failure
-        if self._feed is not None:
-            self._feed.stop()
-        if self._waiting is not None:
-            self._waiting.cancel()
-
-    # -- progress and checkpoints -------------------------------------------
-
-    def _passed(self, seq: Any) -> None:
-        assert self._progress is not None and self._saver is not None
-        if self._progress.passed(seq):
-            self._saver.save_if_moved()
-
-    def _set_pending(self, pending: int) -> None:
-        self._stats.pending = pending
+    def _halt(self) -> None:
+        if self._run is not None:
+            self._run.scheduler.halt()
 
     async def _finish(self) -> None:
-        self.state = "stopping"
         if self._probe is not None:
             self._probe.stop()
             self._probe = None
-        if self._scheduler is not None:
-            self._scheduler.halt()
-            drained = self._scheduler.drain()
-            timer = self._clock.callLater(self._stop_timeout, drained.cancel)
-            try:
-                await drained
-            except CancelledError:
-                self.log.warn("handlers still running after {timeout}s; stopping anyway", timeout=self._stop_timeout)
-            finally:
-                if timer.active():
-                    timer.cancel()
-        if self._saver is not None:
-            await self._saver.flush()
+        if self._run is not None:
+            await self._run.finish(self._stop_timeout, self.log)
+
+    def _ended(self, failure: Optional[Failure]) -> None:
+        if failure is not None:
+            self.log.failure("stopped following {db}", failure, db=self.db.url)
+            Service.stopService(self)
+        else:
+            self.log.info("stopped following {db} at {seq}", db=self.db.url, seq=self.resume_seq)
+
+    def _set_pending(self, pending: int) -> None:
+        self._stats.pending = pending
