@@ -15,60 +15,30 @@ to a callable in order and owns the rest:
   while the callable runs waits until it returns, so that rows are never
   delivered out of order;
 - **the end**: :attr:`~BodyReader.finished` fires once, with the end row,
-  with :class:`Stopped` after :meth:`~BodyReader.stop`, or fails; an end of
-  the body while rows are held back is reported after them.
+  with :class:`~txchanges.feed._ends.Stopped` after
+  :meth:`~BodyReader.stop`, or fails; an end of the body while rows are held
+  back is reported after them.
 
-The HTTP layer hands over bytes with ``dataReceived``; a body protocol that
-provides :class:`ILineReceiver` is handed the lines of one-line chunks
-already split, with ``lines_received``.
+The HTTP layer hands over bytes with ``dataReceived``; a subclass that takes
+lines already split provides
+:class:`~txchanges.feed._linereceiver.ILineReceiver`.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone, ResponseFailed
-from twisted.web.http import PotentialDataLoss
-from zope.interface import Interface  # type: ignore[import-untyped]
 
+from txchanges.feed._ends import Stopped
 from txchanges.feed._rows import LastSeq
 from txchanges.errors import FeedError
 
-__all__ = ["ILineReceiver", "Stopped", "BodyReader", "describe_end"]
-
-
-class ILineReceiver(Interface):  # type: ignore[misc]
-    """
-    A body protocol that takes body data already split into lines, as well
-    as bytes through ``dataReceived``.
-    """
-
-    def lines_received(lines: list[bytes]) -> None:
-        """
-        Take complete lines of the body, without their ``\\n``; the first
-        one continues a line that earlier bytes left unfinished, if any.
-        The protocol may keep *lines*.
-        """
-
-
-@dataclass(frozen=True, slots=True)
-class Stopped:
-    """
-    What a body protocol's ``finished`` fires with after its ``stop()``:
-    the body did not end, we left it.
-
-    :ivar last_seq: The protocol's ``last_seq`` when it stopped: the seq of
-        the newest row whose callable had returned (the place to resume
-        from), or ``None`` if there was none.
-    """
-
-    last_seq: Any
+__all__ = ["BodyReader"]
 
 
 class BodyReader(Protocol):
@@ -386,23 +356,3 @@ class BodyReader(Protocol):
     def _stop_transport(self) -> None:
         if self.transport is not None:
             self.transport.stopProducing()
-
-
-def describe_end(reason: Failure) -> str:
-    """
-    Say in words why a body ended before its end row.
-    """
-    value = reason.value
-    if isinstance(value, ResponseDone):
-        return "the response ended without a last_seq row"
-    if isinstance(value, PotentialDataLoss):
-        return (
-            "the connection closed before a last_seq row, and the response "
-            "had no framing to tell whether it was complete"
-        )
-    if isinstance(value, ResponseFailed):
-        causes = "; ".join(
-            f"{type(f.value).__name__}: {f.value}" for f in value.reasons
-        )
-        return f"the response failed before a last_seq row ({causes})"
-    return f"the connection was lost before a last_seq row ({type(value).__name__}: {value})"

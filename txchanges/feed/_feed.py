@@ -11,7 +11,8 @@ from typing import Any, Callable, Optional
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IResponse
 
-from txchanges.feed._body import BodyReader, Stopped
+from txchanges.feed._body import BodyReader
+from txchanges.feed._ends import Stopped
 from txchanges.feed._collect import BodyCollector
 from txchanges.feed._params import FeedRequest
 from txchanges.feed._watchdog import Clock, Watchdog

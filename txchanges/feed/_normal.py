@@ -27,7 +27,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from txchanges.feed._body import BodyReader, describe_end
+from txchanges.feed._body import BodyReader
+from txchanges.feed._ends import describe_end
 from txchanges.feed._rows import LastSeq
 from txchanges.errors import LineTooLong, MalformedRow, UncleanEnd
 
@@ -67,7 +68,7 @@ class RowsProtocol(BodyReader):
     :ivar finished: A Deferred that fires, once every row was handed over
         and every Deferred *on_row* returned has fired, with the rest of the
         body: ``{"last_seq": ..., "pending": N}``; with
-        :class:`~txchanges.feed._body.Stopped` after :meth:`stop`. It fails
+        :class:`~txchanges.feed._ends.Stopped` after :meth:`stop`. It fails
         with :class:`~txchanges.errors.MalformedRow` when the body is not a
         normal feed, :class:`~txchanges.errors.LineTooLong` for a row over
         the bound, :class:`~txchanges.errors.UncleanEnd` when the body is

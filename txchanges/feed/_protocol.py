@@ -23,7 +23,9 @@ from typing import Any, Optional
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-from txchanges.feed._body import BodyReader, ILineReceiver, Stopped, describe_end
+from txchanges.feed._body import BodyReader
+from txchanges.feed._ends import Stopped, describe_end
+from txchanges.feed._linereceiver import ILineReceiver
 from txchanges.feed._rows import Row, iter_lines
 from txchanges.errors import LineTooLong, UncleanEnd
 
@@ -103,7 +105,8 @@ class ChangesProtocol(BodyReader):
     def lines_received(self, lines: list[bytes]) -> None:
         """
         Like :meth:`dataReceived`, for a transport that has split the body
-        into lines already; see :class:`~txchanges.feed._body.ILineReceiver`.
+        into lines already; see
+        :class:`~txchanges.feed._linereceiver.ILineReceiver`.
         """
         if not self._arrived(lines):
             return

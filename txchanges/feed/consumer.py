@@ -1,36 +1,30 @@
 """
 :class:`Consumer`: couchdbkit's changes API on Twisted.
+
+This module checks each call and says what it does; running the requests is
+:mod:`txchanges.feed._runner`'s job, and handing changes to the callbacks
+:mod:`txchanges.feed._dispatch`'s.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from typing_extensions import Unpack
 
 from txchanges.feed._aiter import ChangeStream
-from txchanges.feed._body import Stopped
-from txchanges.feed._collect import BodyCollector
-from txchanges.feed._feed import FeedRun
-from txchanges.feed._normal import RowsProtocol
-from txchanges.feed._params import FeedRequest
-from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
+from txchanges.feed._dispatch import Callback, Dispatcher
+from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH
+from txchanges.feed._runner import FeedRunner
 from txchanges.feed._watchdog import Clock, idle_limit
 from txchanges.http.client import Database
-from txchanges.errors import UnexpectedResponse
 from txchanges.feed._feedparams import FeedParams, live_request, normal_request
 from txchanges._reactor import default_clock
 
 __all__ = ["Consumer"]
-
-#: A callback receives one change row, as the server sent it.
-Callback = Callable[[dict[str, Any]], Any]
 
 
 class Consumer:
@@ -66,12 +60,9 @@ class Consumer:
     ) -> None:
         if not isinstance(db, Database):
             raise TypeError(f"Consumer needs a Database, not {type(db).__name__}")
-        clock = default_clock(clock)
         self.db = db
-        self._clock: Clock = clock
-        self._max_line_length = max_line_length
         self._callbacks: list[Callback] = []
-        self._runs: set[FeedRun] = set()
+        self._runner = FeedRunner(db, default_clock(clock), max_line_length)
 
     def __repr__(self) -> str:
         return f"<Consumer of {self.db!r}>"
@@ -195,26 +186,7 @@ class Consumer:
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {callback!r}")
         request = normal_request(self.fetch_rows, since, filter_name, params, feed_params)
-        return Deferred.fromCoroutine(self._fetch_rows(request, callback))
-
-    async def _fetch_rows(self, request: FeedRequest, callback: Callback) -> dict[str, Any]:
-        def make_protocol(on_activity: Callable[[], None]) -> RowsProtocol:
-            return RowsProtocol(
-                callback, on_activity, self._max_line_length, pause=run.pause, resume=run.resume
-            )
-
-        run = FeedRun(
-            self.db.server,
-            self.db.path("_changes"),
-            request,
-            self._clock,
-            idle_limit(None, None),
-            make_protocol,
-        )
-        end = await self._track(run)
-        if isinstance(end, Stopped):
-            raise CancelledError("the consumer was stopped")
-        return end  # type: ignore[no-any-return]
+        return Deferred.fromCoroutine(self._runner.rows(request, callback))
 
     def wait_once(
         self,
@@ -254,35 +226,8 @@ class Consumer:
         """
         request = live_request(self.wait_once, "longpoll", since, heartbeat, timeout, filter_name, params, feed_params)
         limit = idle_limit(heartbeat, timeout)
-        return Deferred.fromCoroutine(self._wait_once(request, limit, cb))
-
-    async def _wait_once(
-        self, request: FeedRequest, limit: float, cb: Optional[Callback]
-    ) -> dict[str, Any]:
-        run = FeedRun(
-            self.db.server, self.db.path("_changes"), request, self._clock, limit, BodyCollector
-        )
-        raw = await self._track(run)
-        if isinstance(raw, Stopped):
-            raise CancelledError("the consumer was stopped")
-        try:
-            result = json.loads(raw)
-            rows = result["results"]
-        except (ValueError, TypeError, KeyError):
-            response = run.response
-            ctype = response.headers.getRawHeaders(b"content-type", [b""])[0] if response else b""
-            raise UnexpectedResponse(
-                response.code if response else 0,
-                request.method,
-                self.db.url + "/_changes",
-                ctype.decode("latin-1") or None,
-                raw.decode("utf-8", "replace"),
-            ) from None
-        dispatch = _Dispatcher(self._callbacks, cb)
-        for row in rows:
-            dispatch.row(row)
-        await dispatch.drain()
-        return result  # type: ignore[no-any-return]
+        dispatch = Dispatcher(self._callbacks, cb, Consumer.log)
+        return Deferred.fromCoroutine(self._runner.longpoll(request, limit, dispatch))
 
     def wait(
         self,
@@ -328,30 +273,8 @@ class Consumer:
         """
         request = live_request(self.wait, "continuous", since, heartbeat, timeout, filter_name, params, feed_params)
         limit = idle_limit(heartbeat, timeout)
-        return Deferred.fromCoroutine(self._wait(request, limit, since, cb))
-
-    async def _wait(
-        self, request: FeedRequest, limit: float, since: Any, cb: Optional[Callback]
-    ) -> Any:
-        dispatch = _Dispatcher(self._callbacks, cb)
-
-        def make_protocol(on_activity: Callable[[], None]) -> ChangesProtocol:
-            protocol = ChangesProtocol(dispatch.row, on_activity, self._max_line_length)
-            dispatch.on_failure = protocol.stop
-            return protocol
-
-        run = FeedRun(
-            self.db.server, self.db.path("_changes"), request, self._clock, limit, make_protocol
-        )
-        try:
-            end = await self._track(run)
-        finally:
-            # Callbacks still running hold the feed's result back, and their
-            # failure wins over a clean end: nothing is reported done early.
-            await dispatch.drain()
-        if isinstance(end, Stopped):
-            return since if end.last_seq is None else end.last_seq
-        return end.last_seq
+        dispatch = Dispatcher(self._callbacks, cb, Consumer.log)
+        return Deferred.fromCoroutine(self._runner.continuous(request, limit, since, dispatch))
 
     def changes(
         self,
@@ -382,16 +305,7 @@ class Consumer:
             once.
         """
         request = live_request(self.changes, "continuous", since, heartbeat, timeout, filter_name, params, feed_params)
-        return ChangeStream(
-            self.db, request, self._clock, idle_limit(heartbeat, timeout), self._max_line_length
-        )
-
-    async def _track(self, run: FeedRun) -> Any:
-        self._runs.add(run)
-        try:
-            return await run.run()
-        finally:
-            self._runs.discard(run)
+        return self._runner.stream(request, idle_limit(heartbeat, timeout))
 
     def stop(self) -> None:
         """
@@ -400,74 +314,4 @@ class Consumer:
         already received. :meth:`wait`'s Deferred fires with the place to
         resume from; :meth:`wait_once`'s fails with ``CancelledError``.
         """
-        for run in list(self._runs):
-            run.stop()
-
-
-class _Dispatcher:
-    """
-    Hands rows to a consumer's callbacks and keeps track of the Deferreds
-    they return, so that a late failure is not lost.
-
-    :param registered: The consumer's registered callbacks, read again for
-        every row: one registered or unregistered while a feed runs takes
-        effect from the next row.
-    :param cb: The feed's own callback, called after them.
-    """
-
-    def __init__(self, registered: Sequence[Callback], cb: Optional[Callback]) -> None:
-        self._registered = registered
-        self._cb = cb
-        self._outstanding: list[Deferred[Any]] = []
-        self._failure: Optional[Failure] = None
-        #: Called when a callback's Deferred fails, to end the feed.
-        self.on_failure: Callable[[], object] = lambda: None
-
-    def row(self, row: dict[str, Any]) -> None:
-        # A copy: a callback may unregister itself.
-        callbacks = list(self._registered)
-        if self._cb is not None:
-            callbacks.append(self._cb)
-        for callback in callbacks:
-            try:
-                result = callback(row)
-            except Exception:
-                self._log(Failure(), callback, row)
-                raise
-            # Most callbacks return None; isinstance on Deferred (an ABC) is
-            # not free.
-            if result is not None and isinstance(result, Deferred):
-                self._watch(result, callback, row)
-
-    def _watch(self, d: "Deferred[Any]", callback: Callback, row: dict[str, Any]) -> None:
-        def failed(f: Failure) -> None:
-            self._log(f, callback, row)
-            if self._failure is None:
-                self._failure = f
-                self.on_failure()
-
-        def done(_: object) -> None:
-            self._outstanding.remove(d)
-
-        d.addErrback(failed)
-        if not d.called:
-            self._outstanding.append(d)
-            d.addBoth(done)
-
-    def _log(self, f: Failure, callback: Callback, row: dict[str, Any]) -> None:
-        Consumer.log.failure(
-            "changes callback {callback!r} failed on change {id!r} at seq {seq!r}",
-            f,
-            callback=callback,
-            id=row.get("id", row.get("db_name")),
-            seq=row.get("seq"),
-        )
-
-    async def drain(self) -> None:
-        """
-        Wait for every callback's Deferred, then raise the first failure.
-        """
-        if self._outstanding:
-            await DeferredList(list(self._outstanding))
-        if self._failure is not None:
-            self._failure.raiseException()
+        self._runner.stop()

@@ -9,9 +9,10 @@ time spent. This module sends one request on a connection of its own and
 de-chunks each socket read as a whole, handing the body protocol one
 ``dataReceived`` per read.
 
-A body protocol that provides :class:`~txchanges.feed._body.ILineReceiver` is
-handed the lines of a run of one-line chunks already split, with
-``lines_received``; any other gets bytes.
+A body protocol that provides
+:class:`~txchanges.feed._linereceiver.ILineReceiver` is handed the lines of a
+run of one-line chunks already split, with ``lines_received``; any other gets
+bytes.
 
 Only feeds go through here (see :meth:`txchanges.Server.open_feed`); every
 other request still goes through treq. The response offers what
@@ -48,7 +49,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-from txchanges.feed._body import ILineReceiver
+from txchanges.feed._linereceiver import ILineReceiver
 from txchanges.feed._collect import BodyCollector
 from txchanges.http._wire import (
     MAX_HEAD,
@@ -294,7 +295,7 @@ class _ResponseReader(Protocol):
         Give decoded body data to the body protocol (or hold it until there
         is one): one ``dataReceived`` for each run of bytes, and the lines
         of one-line chunks to its ``lines_received`` if it provides
-        :class:`~txchanges.feed._body.ILineReceiver`.
+        :class:`~txchanges.feed._linereceiver.ILineReceiver`.
         """
         body = self._body
         lines = self._lines

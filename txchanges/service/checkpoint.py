@@ -12,24 +12,24 @@ What a checkpoint belongs to is its *identity* (:func:`checkpoint_identity`):
 a store made without one is given the identity of the feed by the
 :class:`~txchanges.ChangesService` that uses it, so the checkpoints of the
 library, the ``txchanges`` command and the twistd plugin are the same.
+
+This module holds what every store shares: the :class:`CheckpointStore`
+protocol, :class:`CheckpointError`, the rules for a sequence and a stored
+record, and :func:`parse_checkpoint_spec`. Each store has a module of its
+own and is re-exported here.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-import time
-from pathlib import Path
 from typing import Any, Optional, Protocol, runtime_checkable
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred
 
 from txchanges.service._identity import checkpoint_identity
-from txchanges.service._serialwriter import SerialWriter
-from txchanges.feed._watchdog import Clock
 from txchanges.http.client import Database
-from txchanges.errors import Conflict, NotFound, TxChangesError
+from txchanges.errors import TxChangesError
 
 __all__ = [
     "CheckpointStore",
@@ -95,7 +95,13 @@ class CheckpointStore(Protocol):
         """Where the checkpoint lives, for log lines; never with credentials."""
 
 
-def _check_seq(seq: Any) -> None:
+def check_seq(seq: Any) -> None:
+    """
+    Refuse, at the call, what no store may save.
+
+    :raises ValueError: when *seq* is ``None``.
+    :raises TypeError: when *seq* is not JSON-serialisable.
+    """
     # Misuse must surface at the call, not as a failed write much later;
     # NaN is refused because CouchDB and strict JSON parsers refuse it.
     if seq is None:
@@ -106,7 +112,17 @@ def _check_seq(seq: Any) -> None:
         raise TypeError(f"a checkpoint sequence must be JSON-serialisable: {e}") from None
 
 
-def _seq_from_record(record: Any, location: str, identity: Optional[str]) -> Any:
+def seq_from_record(record: Any, location: str, identity: Optional[str]) -> Any:
+    """
+    The sequence of a stored checkpoint record, checked.
+
+    :param record: The parsed file or document.
+    :param location: Where it was read, for the error.
+    :param identity: The identity it must have been written with; ``None``
+        accepts any.
+    :raises CheckpointError: when *record* is not an object with a ``seq``,
+        or was written for another identity or for none.
+    """
     if not isinstance(record, dict):
         raise CheckpointError(location, f"not a JSON object but {type(record).__name__}")
     if record.get("seq") is None:
@@ -125,274 +141,11 @@ def _seq_from_record(record: Any, location: str, identity: Optional[str]) -> Any
     return record["seq"]
 
 
-class MemoryCheckpoint:
-    """
-    A checkpoint kept in memory only: for tests, and for followers that
-    want no persistence at all.
-
-    :param seq: The sequence :meth:`load` fires with before any save.
-    :ivar seq: The current sequence.
-    :ivar saves: Every sequence saved, in order.
-    """
-
-    def __init__(self, seq: Any = None) -> None:
-        self.seq = seq
-        self.saves: list[Any] = []
-
-    def load(self) -> "Deferred[Any]":
-        return succeed(self.seq)
-
-    def save(self, seq: Any) -> "Deferred[None]":
-        _check_seq(seq)
-        self.seq = seq
-        self.saves.append(seq)
-        return succeed(None)
-
-    def describe(self) -> str:
-        return "memory (not kept across restarts)"
-
-    def check(self) -> "Deferred[None]":
-        return succeed(None)
-
-
-class FileCheckpoint:
-    """
-    A checkpoint in a JSON file, ``{"seq": ..., "identity": ..., "saved_at":
-    <unix time>}``, replaced atomically so that a crash leaves the old or the
-    new checkpoint, never a torn one.
-
-    :param path: The checkpoint file; its directory must exist.
-    :param identity: What the checkpoint belongs to; a file written for
-        another identity, or with none, fails :meth:`load`. ``None``, the
-        default, lets the :class:`~txchanges.ChangesService` using the store
-        give it the feed's :func:`checkpoint_identity`, as the command and
-        the plugin do; a store used on its own without one reads any file.
-        It is stored in clear: never put credentials in it.
-    :param missing_ok: ``False`` to make a missing file a
-        :class:`CheckpointError` instead of "no checkpoint yet".
-    :param clock: Gives ``saved_at``; the system time when omitted.
-    """
-
-    # The file is read and written in the reactor thread: it is a few hundred
-    # bytes, saved at the pace of checkpoints rather than of changes, and doing
-    # it inline keeps saves strictly ordered without a thread pool.
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        identity: Optional[str] = None,
-        missing_ok: bool = True,
-        clock: Optional[Clock] = None,
-    ) -> None:
-        self.path = Path(path)
-        self.identity = identity
-        self.missing_ok = missing_ok
-        self._seconds = clock.seconds if clock is not None else time.time
-        self._writer = SerialWriter(self._write)
-
-    def describe(self) -> str:
-        return f"file {self.path}"
-
-    def check(self) -> "Deferred[None]":
-        """
-        Check that the file can be written: its directory exists and a
-        temporary file can be created and removed there.
-
-        :return: A Deferred firing with ``None``, or failing with
-            :class:`CheckpointError` saying what is wrong.
-        """
-        return maybeDeferred(self._check)
-
-    def _check(self) -> None:
-        directory = self.path.parent
-        if not directory.is_dir():
-            raise CheckpointError(self.describe(), f"the directory {directory} does not exist")
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".check", dir=directory)
-            os.close(fd)
-            os.unlink(tmp)
-        except OSError as e:
-            raise CheckpointError(self.describe(), f"cannot write in {directory}: {e.strerror or e}") from None
-
-    def load(self) -> "Deferred[Any]":
-        """
-        :return: A Deferred firing with the saved sequence, or ``None`` when
-            the file is missing and *missing_ok*; failing with
-            :class:`CheckpointError` when it is missing otherwise, unreadable,
-            not a JSON object with a ``seq``, or of another identity.
-        """
-        return maybeDeferred(self._read)
-
-    def _read(self) -> Any:
-        where = self.describe()
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            if self.missing_ok:
-                return None
-            raise CheckpointError(where, "the file does not exist") from None
-        except OSError as e:
-            raise CheckpointError(where, f"cannot read it: {e.strerror or e}") from None
-        try:
-            record = json.loads(raw.decode("utf-8"))
-        except ValueError as e:
-            raise CheckpointError(where, f"corrupt, not JSON: {e}") from None
-        return _seq_from_record(record, where, self.identity)
-
-    def save(self, seq: Any) -> "Deferred[None]":
-        """
-        Replace the file with one holding *seq*.
-
-        :return: A Deferred firing with ``None`` once the file and its
-            directory entry are on disk; failing with :class:`CheckpointError`,
-            the previous file intact, when they cannot be written.
-        """
-        _check_seq(seq)
-        return self._writer.save(seq)
-
-    async def _write(self, seq: Any) -> None:
-        record = {"seq": seq, "identity": self.identity, "saved_at": self._seconds()}
-        data = json.dumps(record, ensure_ascii=False).encode("utf-8")
-        try:
-            self._replace(data)
-        except OSError as e:
-            raise CheckpointError(self.describe(), f"cannot write it: {e}") from None
-
-    def _replace(self, data: bytes) -> None:
-        # The temporary file must be in the same directory for the rename to
-        # be atomic; the data is fsynced before the rename so the new name
-        # never points at blocks not yet on disk.
-        directory = self.path.parent
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Until the directory is synced, the rename itself can be lost in a power
-    # cut. Windows cannot open a directory, and needs no such step.
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class LocalDocCheckpoint:
-    """
-    A checkpoint in a ``_local/<name>`` document, as CouchDB's replicator
-    keeps its own: ``{"_id": ..., "seq": ..., "identity": ..., "saved_at":
-    ...}``. Local documents never appear in ``_changes``, so saving one does
-    not feed the follower its own writes.
-
-    :param db: The database holding the document: the followed one, or another.
-    :param name: The document's name, without the ``_local/`` prefix.
-    :param identity: What the checkpoint belongs to; a document written
-        with another identity, or with none, fails :meth:`load`. ``None``
-        lets the service give it the feed's :func:`checkpoint_identity`, as
-        for :class:`FileCheckpoint`. Stored in clear.
-    :param clock: Gives ``saved_at``; the system time when omitted.
-    :raises ValueError: when *name* is empty or starts with ``_local/``.
-    """
-
-    def __init__(
-        self,
-        db: Database,
-        name: str,
-        *,
-        identity: Optional[str] = None,
-        clock: Optional[Clock] = None,
-    ) -> None:
-        if not name or name.startswith("_local/"):
-            raise ValueError(
-                f"invalid checkpoint document name {name!r}: give a non-empty "
-                "name without the _local/ prefix"
-            )
-        self.db = db
-        self.docid = "_local/" + name
-        self.identity = identity
-        self._seconds = clock.seconds if clock is not None else time.time
-        self._rev: Optional[str] = None
-        self._writer = SerialWriter(self._write)
-
-    def describe(self) -> str:
-        return f"{self.docid} in {self.db.url}"
-
-    def check(self) -> "Deferred[None]":
-        # Only a write would tell, and it would add a revision at every
-        # start; load() has reached the database already.
-        return succeed(None)
-
-    def load(self) -> "Deferred[Any]":
-        """
-        :return: A Deferred firing with the saved sequence, or ``None`` when
-            the document does not exist; failing with
-            :class:`~txchanges.errors.NotFound` when the database does not,
-            :class:`CheckpointError` when the document has no ``seq`` or
-            another identity, or another :class:`~txchanges.errors.CouchError`.
-        """
-        return Deferred.fromCoroutine(self._load())
-
-    async def _load(self) -> Any:
-        doc = await self._fetch()
-        if doc is None:
-            return None
-        self._rev = doc.get("_rev")
-        return _seq_from_record(doc, self.describe(), self.identity)
-
-    async def _fetch(self) -> Optional[dict[str, Any]]:
-        try:
-            doc: dict[str, Any] = await self.db.get(self.docid)
-            return doc
-        except NotFound:
-            # A missing database must not read as "no checkpoint yet", and
-            # the 404 reasons differ between CouchDB versions: ask the
-            # database itself, which raises NotFound when it is gone.
-            await self.db.info()
-            return None
-
-    def save(self, seq: Any) -> "Deferred[None]":
-        """
-        Write *seq* to the document; on a conflict with another writer, read
-        the document's current revision and try once more.
-
-        :return: A Deferred firing with ``None`` once the document is saved;
-            failing with :class:`~txchanges.errors.NotFound` when the database
-            does not exist, :class:`~txchanges.errors.Conflict` when the retry
-            conflicts too, or another :class:`~txchanges.errors.CouchError`.
-        """
-        _check_seq(seq)
-        return self._writer.save(seq)
-
-    async def _write(self, seq: Any) -> None:
-        try:
-            await self._put(seq)
-        except Conflict:
-            current = await self._fetch()
-            self._rev = current.get("_rev") if current is not None else None
-            await self._put(seq)
-
-    async def _put(self, seq: Any) -> None:
-        now = self._seconds()
-        doc = {"_id": self.docid, "seq": seq, "identity": self.identity, "saved_at": now}
-        if self._rev is not None:
-            doc["_rev"] = self._rev
-        result = await self.db.save_doc(doc)
-        self._rev = result["rev"]
+# The stores build on CheckpointError and the record rules above: they are
+# imported once those are defined, and re-exported from here.
+from txchanges.service._memorycheckpoint import MemoryCheckpoint  # noqa: E402
+from txchanges.service._filecheckpoint import FileCheckpoint  # noqa: E402
+from txchanges.service._localdoccheckpoint import LocalDocCheckpoint  # noqa: E402
 
 
 def parse_checkpoint_spec(
