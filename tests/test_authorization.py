@@ -21,7 +21,7 @@ from ._service_helpers import wait_for, write_docs
 from .couchserver import jwt
 from .fakecouch import Answer, result_of, stub
 from .test_service_unit import ScriptedFeed
-from .test_http11 import LINES, feed_server, ids_through
+from .test_http11 import LINES, feed_server, ids_through, listen
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl"
 
@@ -116,10 +116,19 @@ def test_a_failing_token_source_is_retried_by_the_service():
     assert stopped == [None]
 
 
-def test_txchanges_token_becomes_a_bearer_header():
+@pytest_twisted.ensureDeferred
+async def test_txchanges_token_becomes_a_bearer_header() -> None:
     """TXCHANGES_TOKEN gives the command and the plugin a Server sending 'Bearer <token>'."""
-    db = open_database("http://127.0.0.1:5984/", "mydb", {"TXCHANGES_TOKEN": f" {TOKEN}\n"})
-    assert db.server._request_headers().getRawHeaders(b"Authorization") == [f"Bearer {TOKEN}".encode()]
+    server = feed_server(*LINES, b'{"last_seq":"5-g1AAAA","pending":0}\n')
+    port, listening = listen(server)
+    db = open_database(f"http://127.0.0.1:{port}/", "mydb", {"TXCHANGES_TOKEN": f" {TOKEN}\n"})
+    try:
+        await Consumer(db).wait(since=0)
+    finally:
+        await db.server.close()
+        await listening.stopListening()
+    head = server.requests[0].partition(b"\r\n\r\n")[0]
+    assert f"Authorization: Bearer {TOKEN}".encode() in head.split(b"\r\n")
     assert authorization_from("http://127.0.0.1:5984/", {}) is None
 
 

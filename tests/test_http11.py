@@ -29,9 +29,12 @@ from zope.interface import implementer
 from twisted.web.iweb import IPolicyForHTTPS
 
 from txchanges import ConnectionFailed, Consumer, NotFound, ServerError, Server, Stalled, Unauthorized
-from txchanges.http._wire import BadResponse, ChunkedDecoder, LengthDecoder, UntilClose, body_framing, host_header, render_request
+from txchanges.http._chunked import ChunkedDecoder
+from txchanges.http._framing import LengthDecoder, UntilClose, body_framing
+from txchanges.http._wire import BadResponse, host_header, render_request
 from txchanges.feed._feed import FeedRun, Stopped
-from txchanges.http._http11 import FeedResponse, open_response
+from txchanges.http._http11 import open_response
+from txchanges.http._response import FeedResponse
 from txchanges.feed._params import feed_request
 from txchanges.feed._protocol import ChangesProtocol
 

@@ -3,7 +3,7 @@ Conformance of txchanges' own HTTP/1.1 feed reader, next to Twisted's client.
 
 Every case puts exact bytes on a loopback socket (:mod:`tests.rawserver`) and
 reads them twice: through ``Server(fast_feeds=True)``, txchanges' reader
-(``_http11`` and ``_wire``), and through ``Server(fast_feeds=False)``, treq
+(``txchanges.http._http11`` and the modules it uses), and through ``Server(fast_feeds=False)``, treq
 and Twisted's client. Each case states what each path must do; where the two
 differ on purpose, the case says so and why.
 

@@ -5,29 +5,17 @@ Twisted's HTTP client hands a chunked body up one chunk at a time. A CouchDB
 continuous feed sends every row as its own chunk, so a 64 KiB socket read
 holds hundreds of chunks and becomes hundreds of ``dataReceived`` calls, each
 through several layers of Python: on a fast feed that is about half of the
-time spent. This module sends one request on a connection of its own and
-de-chunks each socket read as a whole, handing the body protocol one
-``dataReceived`` per read.
-
-A body protocol that provides
-:class:`~txchanges.feed._linereceiver.ILineReceiver` is handed the lines of a
-run of one-line chunks already split, with ``lines_received``; any other gets
-bytes.
+time spent. This module sends one request on a connection of its own, reads
+the response head, and de-chunks each socket read as a whole, handing the
+body protocol one ``dataReceived`` per read (through
+:mod:`txchanges.http._response`, which describes what the response offers).
 
 Only feeds go through here (see :meth:`txchanges.Server.open_feed`); every
-other request still goes through treq. The response offers what
-:class:`~txchanges.feed._feed.FeedRun` needs of an
-:class:`~twisted.web.iweb.IResponse`: ``code``, ``phrase``, ``headers``,
-``length`` and :meth:`FeedResponse.deliverBody`, whose protocol gets a
-transport with ``pauseProducing``/``resumeProducing``/``stopProducing`` and
-is told how the body ended with ``ResponseDone``, ``PotentialDataLoss`` (a
-body ended by the server closing the connection) or ``ResponseFailed``, as
-Twisted's client does.
+other request still goes through treq.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any, Optional, Union
 from urllib.parse import urlsplit
 
@@ -40,124 +28,27 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
-from zope.interface import implementer  # type: ignore[import-untyped]
 
-from txchanges.feed._linereceiver import ILineReceiver
 from txchanges.feed._collect import BodyCollector
+from txchanges.http._framing import Decoder, LengthDecoder, UntilClose, body_framing
+from txchanges.http._response import BodyHandOff, FeedResponse
 from txchanges.http._wire import (
+    END_OF_HEAD,
     MAX_HEAD,
     BadResponse,
-    Decoder,
-    LengthDecoder,
-    UntilClose,
-    body_framing,
+    check_unfinished_head,
     host_header,
     parse_head,
     render_request,
 )
 
-__all__ = ["FeedResponse", "send", "open_response", "read_body"]
-
-_END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
-
-
-@implementer(IPushProducer)
-class _BodyTransport:
-    """
-    What a body protocol gets as its transport: flow control over the
-    response's connection.
-    """
-
-    def __init__(self, client: "_ResponseReader") -> None:
-        self._client = client
-
-    def pauseProducing(self) -> None:
-        self._client.pause_body(True)
-
-    def resumeProducing(self) -> None:
-        self._client.pause_body(False)
-
-    def stopProducing(self) -> None:
-        self._client.stop_body()
-
-    def loseConnection(self) -> None:
-        self._client.stop_body()
-
-    def getPeer(self) -> Any:
-        return self._client.transport.getPeer()
-
-    def getHost(self) -> Any:
-        return self._client.transport.getHost()
-
-
-@implementer(IResponse)
-class FeedResponse:
-    """
-    A response whose body is read as it arrives.
-
-    :ivar code: The status code.
-    :ivar phrase: The reason phrase.
-    :ivar headers: The response headers.
-    :ivar length: The ``Content-Length``, or ``UNKNOWN_LENGTH``.
-    """
-
-    request: Any = None
-    previousResponse: Any = None
-
-    def __init__(
-        self, reader: "_ResponseReader", version: tuple[bytes, int, int], code: int, phrase: bytes,
-        headers: Headers, length: Any,
-    ) -> None:
-        self._reader = reader
-        self.version = version
-        self.code = code
-        self.phrase = phrase
-        self.headers = headers
-        self.length = length
-
-    def deliverBody(self, protocol: Any) -> None:
-        """
-        Hand the body to *protocol*: ``makeConnection`` with a transport
-        that pauses, resumes and stops the response, then ``dataReceived``
-        once per socket read, then ``connectionLost``.
-
-        :raises RuntimeError: when called twice.
-        """
-        self._reader.deliver_to(protocol)
-
-    def setPreviousResponse(self, response: Any) -> None:
-        self.previousResponse = response
-
-    def __repr__(self) -> str:
-        return f"<FeedResponse {self.code} {self.phrase.decode('latin-1')!r}>"
-
-
-def _check_unfinished_head(buffer: bytes) -> None:
-    """
-    Fail early on the start of a head that can no longer become a valid
-    one, rather than wait for more from a server that is not answering in
-    HTTP/1.x.
-
-    :raises BadResponse: when *buffer*, still without its blank line, is
-        longer than :data:`MAX_HEAD` plus the 3 bytes of an unfinished blank
-        line, or when its first bytes or first line are not an HTTP/1.x
-        status line.
-    """
-    if len(buffer) > MAX_HEAD + 3:
-        raise BadResponse(f"response head longer than {MAX_HEAD} bytes")
-    line, newline, _ = buffer.lstrip(b"\r\n").partition(b"\n")
-    if newline:
-        parse_head(line)
-    elif line[:7] != b"HTTP/1."[: len(line)]:
-        raise BadResponse(f"bad status line {line[:80]!r}")
-
+__all__ = ["send", "open_response", "read_body"]
 
 _HEAD, _BODY, _END = range(3)
 
@@ -165,7 +56,9 @@ _HEAD, _BODY, _END = range(3)
 class _ResponseReader(Protocol):
     """
     Send one request, parse the response head, fire *ready* with the
-    response, then decode its body for whoever :meth:`deliver_to` names.
+    response, then decode its body and hand it over.
+
+    :ivar is_open: Whether the connection is open.
     """
 
     transport: Any
@@ -176,22 +69,14 @@ class _ResponseReader(Protocol):
         self._state = _HEAD
         self._head = b""
         self._decoder: Optional[Decoder] = None
-        self._body: Any = None
-        # The body protocol again when it takes lines (ILineReceiver).
-        self._lines: Any = None
-        self._held: list[bytes] = []
-        self._ending: Optional[Failure] = None
-        self._told = False
-        self._stopped = False
-        self._body_paused = False
-        self._awaiting_body = False
+        self._handoff = BodyHandOff(self)
         self._reading_paused = False
-        self._connected = False
+        self.is_open = False
 
     # -- the connection ------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._connected = True
+        self.is_open = True
         if self._ready.called:
             # Cancelled while connecting.
             self.transport.abortConnection()
@@ -205,26 +90,26 @@ class _ResponseReader(Protocol):
             self._head_data(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._connected = False
+        self.is_open = False
         state, self._state = self._state, _END
         if state == _HEAD:
             if not self._ready.called:
                 self._ready.errback(ResponseFailed([reason]))
         elif state == _BODY:
             if isinstance(self._decoder, UntilClose) and reason.check(ConnectionDone):
-                self._end_body(Failure(PotentialDataLoss()))
+                self._handoff.end_body(Failure(PotentialDataLoss()))
             else:
-                self._end_body(Failure(ResponseFailed([reason])))
+                self._handoff.end_body(Failure(ResponseFailed([reason])))
 
     # -- the head --------------------------------------------------------------
 
     def _head_data(self, data: bytes) -> None:
         buffer = self._head + data
         while True:
-            match = _END_OF_HEAD.search(buffer)
+            match = END_OF_HEAD.search(buffer)
             if match is None:
                 try:
-                    _check_unfinished_head(buffer)
+                    check_unfinished_head(buffer)
                 except BadResponse as e:
                     self._bad_head(e)
                 else:
@@ -247,14 +132,12 @@ class _ResponseReader(Protocol):
         self._state = _BODY
         self._decoder = decoder
         length = decoder.length if isinstance(decoder, LengthDecoder) else UNKNOWN_LENGTH
-        response = FeedResponse(self, version, code, phrase, headers, length)
+        response = FeedResponse(self._handoff, version, code, phrase, headers, length)
         if self._ready.called:
             return
         self._ready.callback(response)
-        if self._body is None and self._state == _BODY:
-            # Nobody took the body yet: read no more until someone does.
-            self._awaiting_body = True
-            self._update_reading()
+        if self._state == _BODY:
+            self._handoff.await_protocol()
         if buffer or decoder.done:
             self._body_data(buffer)
 
@@ -267,7 +150,8 @@ class _ResponseReader(Protocol):
     # -- the body --------------------------------------------------------------
 
     def _body_data(self, data: bytes) -> None:
-        if self._stopped:
+        handoff = self._handoff
+        if handoff.stopped:
             return
         decoder = self._decoder
         assert decoder is not None
@@ -277,98 +161,25 @@ class _ResponseReader(Protocol):
             self._state = _END
             if e.decoded:
                 # The body before the broken framing, as Twisted hands it over.
-                self._hand_over(e.decoded)
-            self._end_body(Failure(ResponseFailed([Failure(e)])))
+                handoff.hand_over(e.decoded)
+            handoff.end_body(Failure(ResponseFailed([Failure(e)])))
             self.transport.abortConnection()
             return
         if pieces:
-            self._hand_over(pieces)
+            handoff.hand_over(pieces)
         if decoder.done and self._state == _BODY:
             self._state = _END
-            self._end_body(Failure(ResponseDone()))
+            handoff.end_body(Failure(ResponseDone()))
             # One request per connection: nothing else will come on it.
-            if self._connected:
+            if self.is_open:
                 self.transport.loseConnection()
 
-    def _hand_over(self, pieces: list[Union[bytes, list[bytes]]]) -> None:
+    def pause_reading(self, paused: bool) -> None:
         """
-        Give decoded body data to the body protocol (or hold it until there
-        is one): one ``dataReceived`` for each run of bytes, and the lines
-        of one-line chunks to its ``lines_received`` if it provides
-        :class:`~txchanges.feed._linereceiver.ILineReceiver`.
+        Stop or go on reading the socket, for the body's
+        :class:`~txchanges.http._response.BodyHandOff`.
         """
-        body = self._body
-        lines = self._lines
-        data: list[bytes] = []
-        for piece in pieces:
-            if type(piece) is list:
-                if lines is None:
-                    data.append(b"\n".join(piece) + b"\n")
-                    continue
-                if data:
-                    body.dataReceived(b"".join(data))
-                    data = []
-                if self._stopped:
-                    return
-                lines.lines_received(piece)
-                if self._stopped:
-                    return
-            else:
-                data.append(piece)  # type: ignore[arg-type]
-        if not data:
-            return
-        joined = data[0] if len(data) == 1 else b"".join(data)
-        if body is not None:
-            body.dataReceived(joined)
-        else:
-            self._held.append(joined)
-
-    def _end_body(self, reason: Failure) -> None:
-        if self._told:
-            return
-        if self._body is None:
-            self._ending = reason
-            return
-        self._told = True
-        self._body.connectionLost(reason)
-
-    def deliver_to(self, protocol: Any) -> None:
-        if self._body is not None:
-            raise RuntimeError("the body of this response was already delivered")
-        self._body = protocol
-        self._lines = protocol if ILineReceiver.providedBy(protocol) else None
-        self._awaiting_body = False
-        protocol.makeConnection(_BodyTransport(self))
-        held, self._held = self._held, []
-        if held and not self._stopped:
-            protocol.dataReceived(b"".join(held))
-        if self._ending is not None:
-            ending, self._ending = self._ending, None
-            self._end_body(ending)
-        else:
-            self._update_reading()
-
-    def pause_body(self, paused: bool) -> None:
-        self._body_paused = paused
-        self._update_reading()
-
-    def stop_body(self) -> None:
-        """
-        The body protocol wants no more: drop the connection. It is told
-        ``ResponseFailed`` when the connection is gone, as Twisted does.
-        """
-        if self._stopped:
-            return
-        self._stopped = True
-        self._held = []
-        if self._connected:
-            self.transport.abortConnection()
-        elif self._ending is None and not self._told:
-            self._end_body(Failure(ResponseFailed([Failure(ConnectionDone())])))
-
-    def _update_reading(self) -> None:
-        paused = self._body_paused or self._awaiting_body
-        if paused == self._reading_paused or not self._connected or self._state != _BODY:
+        if paused == self._reading_paused or not self.is_open or self._state != _BODY:
             return
         self._reading_paused = paused
         if paused:
@@ -429,7 +240,7 @@ def open_response(endpoint: Any, request: bytes) -> "Deferred[FeedResponse]":
     def cancel(d: Deferred[FeedResponse]) -> None:
         connecting.cancel()
         for reader in readers:
-            if reader._connected:
+            if reader.is_open:
                 reader.transport.abortConnection()
 
     ready: Deferred[FeedResponse] = Deferred(cancel)

@@ -1,5 +1,6 @@
 """
-A small CouchDB client over treq: :class:`Server` and :class:`Database`.
+A small CouchDB client over treq: :class:`Server`, and :class:`Database`
+from :mod:`txchanges.http._database`.
 
 Every I/O method returns a :class:`~twisted.internet.defer.Deferred`. HTTP
 errors fail it with a :class:`~txchanges.errors.CouchError` subclass chosen by
@@ -11,26 +12,24 @@ auth on every request and never appear in a URL, error or ``repr``.
 from __future__ import annotations
 
 import json
-from base64 import b64encode
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, Callable, Optional, cast
 
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
 
 from txchanges.http import _http11, _urls
+from txchanges.http._database import Database
 from txchanges.http._httperrors import CONNECTION_ERRORS, couch_error, describe
-from txchanges.feed._params import encode_params
+from txchanges.http._request import NO_BODY, RequestPreparer
 from txchanges.errors import ConnectionFailed, CouchError, UncleanEnd, UnexpectedResponse
 from txchanges._reactor import default_reactor
 
 __all__ = ["Server", "Database"]
 
-_NO_BODY: Any = object()
 
 class Server:
     """
@@ -80,11 +79,7 @@ class Server:
         authorization: Optional[Callable[[], str]] = None,
     ) -> None:
         self._url = _urls.parse_server_url(url, credentials)
-        if authorization is not None:
-            if not callable(authorization):
-                raise TypeError(f"authorization must be a function returning the header's value, not {authorization!r}")
-            if self._url.credentials is not None:
-                raise ValueError("give either credentials (in the URL or as an argument) or authorization, not both")
+        self._requests = RequestPreparer(self._url, authorization)
         self._authorization = authorization
         self._pool: Optional[HTTPConnectionPool] = None
         if http is not None and (tls_policy is not None or fast_feeds):
@@ -101,11 +96,6 @@ class Server:
             http = HTTPClient(cast(IAgent, agent))
         self._reactor = reactor
         self._http = http
-        self._headers = {b"Accept": [b"application/json"]}
-        if self._url.credentials is not None:
-            user, password = self._url.credentials
-            token = b64encode(f"{user}:{password}".encode("utf-8"))
-            self._headers[b"Authorization"] = [b"Basic " + token]
 
     @property
     def url(self) -> str:
@@ -127,37 +117,6 @@ class Server:
         user = self._url.credentials[0] if self._url.credentials else None
         return f"<Server {self._url.base} user={user!r}>"
 
-    def _prepare(
-        self, path: str, query: list[tuple[str, str]], json_body: Any
-    ) -> tuple[str, Headers, Optional[bytes]]:
-        """
-        What every request sends, whichever client sends it: the full URL,
-        the headers, and the encoded JSON body (``None`` without one).
-        """
-        url = self._url.base + path
-        if query:
-            url += "?" + _urls.query_string(query)
-        headers = self._request_headers()
-        if json_body is _NO_BODY:
-            return url, headers, None
-        headers.setRawHeaders(b"Content-Type", [b"application/json"])
-        return url, headers, json.dumps(json_body).encode("utf-8")
-
-    def _request_headers(self) -> Headers:
-        # A new header set per request: the authorization function may
-        # give a renewed token every time.
-        headers = Headers(dict(self._headers))
-        if self._authorization is not None:
-            value = self._authorization()
-            if not isinstance(value, str) or not value.strip() or "\r" in value or "\n" in value:
-                raise ValueError("the authorization function must return a one-line, non-empty str")
-            try:
-                raw = value.encode("latin-1")
-            except UnicodeEncodeError:
-                raise ValueError("the authorization function returned characters HTTP headers cannot carry") from None
-            headers.setRawHeaders(b"Authorization", [raw])
-        return headers
-
     def close(self) -> "Deferred[None]":
         """
         Close the connection pool the server created (a no-op with an
@@ -178,7 +137,7 @@ class Server:
         method: str,
         path: str,
         query: Iterable[tuple[str, str]] = (),
-        json_body: Any = _NO_BODY,
+        json_body: Any = NO_BODY,
         unbuffered: bool = False,
     ) -> "Deferred[IResponse]":
         """
@@ -205,7 +164,7 @@ class Server:
         json_body: Any,
         unbuffered: bool,
     ) -> IResponse:
-        url, headers, body = self._prepare(path, query, json_body)
+        url, headers, body = self._requests.prepare(path, query, json_body)
         kwargs: dict[str, Any] = {} if body is None else {"data": body}
         try:
             response = await self._http.request(
@@ -234,7 +193,7 @@ class Server:
         method: str,
         path: str,
         query: Iterable[tuple[str, str]] = (),
-        json_body: Any = _NO_BODY,
+        json_body: Any = NO_BODY,
     ) -> "Deferred[IResponse]":
         """
         Send a feed request and fire once the response headers arrive, its
@@ -255,7 +214,7 @@ class Server:
     async def _open_feed(
         self, method: str, path: str, query: list[tuple[str, str]], json_body: Any
     ) -> IResponse:
-        url, headers, body = self._prepare(path, query, json_body)
+        url, headers, body = self._requests.prepare(path, query, json_body)
         try:
             response = await _http11.send(self._reactor, self._tls_policy, method, url, headers, body)
             if response.code < 400:
@@ -273,7 +232,7 @@ class Server:
         method: str,
         path: str,
         query: Iterable[tuple[str, str]] = (),
-        json_body: Any = _NO_BODY,
+        json_body: Any = NO_BODY,
     ) -> "Deferred[Any]":
         """
         Send a request and parse its JSON response body.
@@ -360,138 +319,3 @@ class Server:
         :raises ValueError: for an invalid name.
         """
         return Database(self, name)
-
-
-class Database:
-    """
-    A CouchDB database on a :class:`Server`.
-
-    :param server: The server it lives on.
-    :param name: Its name.
-    :raises ValueError: for a name CouchDB would reject.
-    """
-
-    def __init__(self, server: Server, name: str) -> None:
-        self.server = server
-        self.name = _urls.validate_db_name(name)
-        self._path = _urls.quote_db_name(name)
-
-    @property
-    def url(self) -> str:
-        """
-        The database's URL, without credentials.
-        """
-        return self.server.url + self._path
-
-    def __repr__(self) -> str:
-        return f"<Database {self.name!r} on {self.server!r}>"
-
-    def path(self, *segments: str) -> str:
-        """
-        The encoded path of something inside the database.
-
-        :param segments: Already-encoded path segments, e.g. ``"_changes"``.
-        """
-        return "/".join((self._path,) + segments)
-
-    def info(self) -> "Deferred[dict[str, Any]]":
-        """
-        :return: A Deferred firing with the database's info document.
-        """
-        return self.server.request_json("GET", self._path)
-
-    def get(self, docid: str, **params: Any) -> "Deferred[dict[str, Any]]":
-        """
-        Fetch a document.
-
-        :param docid: The document id, e.g. ``"apple"`` or ``"_design/app"``.
-        :param params: Query parameters (``rev``, ``conflicts=True``, ...).
-        :return: A Deferred firing with the document, or failing with
-            :class:`~txchanges.errors.NotFound`.
-        """
-        return self.server.request_json(
-            "GET", self.path(_urls.quote_doc_id(docid)), encode_params(params)
-        )
-
-    def save_doc(self, doc: dict[str, Any], **params: Any) -> "Deferred[dict[str, Any]]":
-        """
-        Create or update a document, as couchdbkit does: a POST when it has no
-        ``_id``, else a PUT.
-
-        :param doc: The document; its ``_id`` and ``_rev`` are set from the
-            server's answer.
-        :param params: Query parameters (``batch="ok"``, ...).
-        :return: A Deferred firing with ``{"ok": True, "id": ..., "rev": ...}``,
-            or failing with :class:`~txchanges.errors.Conflict`.
-        """
-        if not isinstance(doc, dict):
-            raise TypeError(f"a document must be a dict, not {type(doc).__name__}")
-        query = encode_params(params)
-        if "_id" in doc:
-            d = self.server.request_json(
-                "PUT", self.path(_urls.quote_doc_id(doc["_id"])), query, doc
-            )
-        else:
-            d = self.server.request_json("POST", self._path, query, doc)
-
-        def saved(result: dict[str, Any]) -> dict[str, Any]:
-            doc["_id"] = result["id"]
-            doc["_rev"] = result["rev"]
-            return result
-
-        return d.addCallback(saved)
-
-    def save_docs(
-        self, docs: list[dict[str, Any]], **params: Any
-    ) -> "Deferred[list[dict[str, Any]]]":
-        """
-        Save several documents in one ``_bulk_docs`` request.
-
-        :param docs: The documents; each one saved gets its ``_id`` and
-            ``_rev`` set.
-        :param params: Fields of the request body, e.g. ``new_edits=False``.
-        :return: A Deferred firing with CouchDB's per-document results, in
-            order: ``{"ok": True, "id", "rev"}`` or ``{"id", "error",
-            "reason"}`` for each document that was not saved (nothing is
-            raised for those: check each result).
-        """
-        body = dict(params, docs=docs)
-
-        def saved(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            for doc, result in zip(docs, results):
-                if "rev" in result and "error" not in result:
-                    doc["_id"] = result["id"]
-                    doc["_rev"] = result["rev"]
-            return results
-
-        d = self.server.request_json("POST", self.path("_bulk_docs"), (), body)
-        return d.addCallback(saved)
-
-    def delete_doc(
-        self, doc_or_id: Mapping[str, Any] | str, rev: Optional[str] = None
-    ) -> "Deferred[dict[str, Any]]":
-        """
-        Delete a document.
-
-        :param doc_or_id: The document (its ``_id`` and ``_rev`` are used) or
-            its id.
-        :param rev: The revision to delete; when neither it nor the document
-            gives one, the current revision is fetched first.
-        :return: A Deferred firing with ``{"ok": True, "id", "rev"}``.
-        """
-        if isinstance(doc_or_id, str):
-            docid = doc_or_id
-        else:
-            docid = doc_or_id["_id"]
-            rev = rev or doc_or_id.get("_rev")
-        path = self.path(_urls.quote_doc_id(docid))
-        return Deferred.fromCoroutine(self._delete(path, docid, rev))
-
-    async def _delete(self, path: str, docid: str, rev: Optional[str]) -> dict[str, Any]:
-        if rev is None:
-            rev = (await self.get(docid))["_rev"]
-        result: dict[str, Any] = await self.server.request_json(
-            "DELETE", path, [("rev", rev)]
-        )
-        return result
-
