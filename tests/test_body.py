@@ -29,7 +29,7 @@ from zope.interface import implementer
 from txchanges import NotFound, Server, UncleanEnd
 from txchanges.feed._body import BodyReader
 from txchanges.feed._ends import Stopped
-from txchanges.feed._linereceiver import ILineReceiver
+from txchanges.http._linereceiver import ILineReceiver
 from txchanges.feed._collect import BodyCollector
 from txchanges.http._http11 import open_response
 from txchanges.feed._normal import RowsProtocol

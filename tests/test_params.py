@@ -2,7 +2,8 @@
 
 import pytest
 
-from txchanges.feed._params import encode_value, feed_request
+from txchanges.feed._params import feed_request
+from txchanges.http._query import encode_value
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """
-The global reactor, for callers that did not inject one.
+Time and the reactor: :class:`Clock`, what txchanges needs of a clock, and
+the global reactor for callers that did not inject one.
 
 Importing :mod:`twisted.internet.reactor` installs the default reactor as a
 side effect, so txchanges never does it at import time: an application may
@@ -10,11 +11,23 @@ back on these functions, which import the global reactor only when called.
 
 from __future__ import annotations
 
-from typing import Any, Optional, cast
+from typing import Any, Callable, Optional, Protocol, cast
 
-from txchanges.feed._watchdog import Clock
+__all__ = ["Clock", "default_reactor", "default_clock"]
 
-__all__ = ["default_reactor", "default_clock"]
+
+class Clock(Protocol):
+    """
+    What txchanges needs of a clock: the ``callLater`` of
+    :class:`~twisted.internet.interfaces.IReactorTime` (any reactor, or
+    :class:`twisted.internet.task.Clock` in tests).
+    """
+
+    def callLater(
+        self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any
+    ) -> Any: ...
+
+    def seconds(self) -> float: ...
 
 
 def default_reactor(reactor: Any = None) -> Any:

@@ -58,7 +58,7 @@ from twisted.web.server import Request, Site
 
 from txchanges.service._lifecycle import State
 from txchanges.service._stats import ServiceStats
-from txchanges.feed._watchdog import Clock
+from txchanges._reactor import Clock
 from txchanges._reactor import default_clock, default_reactor
 
 __all__ = ["ServiceCollector", "render_metrics", "metrics_registry", "MetricsResource", "MetricsServer"]

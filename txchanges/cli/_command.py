@@ -25,7 +25,7 @@ from txchanges.cli._options import open_database
 from txchanges.service._pending import PendingProbe
 from txchanges.service._retry import Backoff, next_try
 from txchanges.service._startup import Step, Steps, start_up
-from txchanges.feed._watchdog import Clock
+from txchanges._reactor import Clock
 from txchanges.service.checkpoint import CheckpointStore
 from txchanges.http.client import Database
 from txchanges.feed.consumer import Consumer

@@ -20,7 +20,7 @@ from txchanges.feed._feed import FeedRun
 from txchanges.feed._params import FeedRequest
 from txchanges.feed._protocol import ChangesProtocol
 from txchanges.feed._rows import LastSeq
-from txchanges.feed._watchdog import Clock
+from txchanges._reactor import Clock
 
 if TYPE_CHECKING:
     from txchanges.http.client import Database

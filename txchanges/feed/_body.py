@@ -21,7 +21,7 @@ to a callable in order and owns the rest:
 
 The HTTP layer hands over bytes with ``dataReceived``; a subclass that takes
 lines already split provides
-:class:`~txchanges.feed._linereceiver.ILineReceiver`.
+:class:`~txchanges.http._linereceiver.ILineReceiver`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from txchanges.feed._body import BodyReader
 from txchanges.feed._ends import Stopped
 from txchanges.feed._collect import BodyCollector
 from txchanges.feed._params import FeedRequest
-from txchanges.feed._watchdog import Clock, Watchdog
+from txchanges._reactor import Clock
+from txchanges.feed._watchdog import Watchdog
 from txchanges.http.client import Server
 from txchanges.errors import Stalled
 

@@ -18,7 +18,8 @@ from typing import Any, Literal, Optional, get_args, get_origin
 
 from typing_extensions import TypedDict, get_type_hints
 
-from txchanges.feed._params import FeedRequest, encode_value, feed_request
+from txchanges.feed._params import FeedRequest, feed_request
+from txchanges.http._query import encode_value
 
 __all__ = [
     "FeedParams",

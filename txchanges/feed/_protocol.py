@@ -25,7 +25,7 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 
 from txchanges.feed._body import BodyReader
 from txchanges.feed._ends import Stopped, describe_end
-from txchanges.feed._linereceiver import ILineReceiver
+from txchanges.http._linereceiver import ILineReceiver
 from txchanges.feed._rows import Row, iter_lines
 from txchanges.errors import LineTooLong, UncleanEnd
 
@@ -106,7 +106,7 @@ class ChangesProtocol(BodyReader):
         """
         Like :meth:`dataReceived`, for a transport that has split the body
         into lines already; see
-        :class:`~txchanges.feed._linereceiver.ILineReceiver`.
+        :class:`~txchanges.http._linereceiver.ILineReceiver`.
         """
         if not self._arrived(lines):
             return

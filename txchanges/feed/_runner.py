@@ -21,7 +21,8 @@ from txchanges.feed._feed import FeedRun
 from txchanges.feed._normal import RowsProtocol
 from txchanges.feed._params import FeedRequest
 from txchanges.feed._protocol import ChangesProtocol
-from txchanges.feed._watchdog import Clock, idle_limit
+from txchanges._reactor import Clock
+from txchanges.feed._watchdog import idle_limit
 from txchanges.http.client import Database
 
 __all__ = ["FeedRunner"]

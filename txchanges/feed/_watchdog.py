@@ -8,9 +8,11 @@ dead even if TCP has not noticed. Every received chunk calls :meth:`reset`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol
 
-__all__ = ["Clock", "Watchdog", "idle_limit"]
+from txchanges._reactor import Clock
+
+__all__ = ["Watchdog", "idle_limit"]
 
 
 class _DelayedCall(Protocol):
@@ -20,19 +22,6 @@ class _DelayedCall(Protocol):
 
     def reset(self, seconds: float) -> None: ...
 
-
-class Clock(Protocol):
-    """
-    What txchanges needs of a clock: the ``callLater`` of
-    :class:`~twisted.internet.interfaces.IReactorTime` (any reactor, or
-    :class:`twisted.internet.task.Clock` in tests).
-    """
-
-    def callLater(
-        self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any
-    ) -> Any: ...
-
-    def seconds(self) -> float: ...
 
 #: Added to every limit so that scheduling jitter and a slow first byte
 #: (CouchDB may hold response headers back for a whole heartbeat interval)

@@ -19,7 +19,8 @@ from txchanges.feed._aiter import ChangeStream
 from txchanges.feed._dispatch import Callback, Dispatcher
 from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH
 from txchanges.feed._runner import FeedRunner
-from txchanges.feed._watchdog import Clock, idle_limit
+from txchanges._reactor import Clock
+from txchanges.feed._watchdog import idle_limit
 from txchanges.http.client import Database
 from txchanges.feed._feedparams import FeedParams, live_request, normal_request
 from txchanges._reactor import default_clock

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet.defer import Deferred
 
-from txchanges.feed._params import encode_params
+from txchanges.http._query import encode_params
 from txchanges.http import _urls
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ gets a transport with ``pauseProducing``/``resumeProducing``/``stopProducing``
 and is told how the body ended with ``ResponseDone``, ``PotentialDataLoss``
 (a body ended by the server closing the connection) or ``ResponseFailed``,
 as Twisted's client does. A body protocol that provides
-:class:`~txchanges.feed._body.ILineReceiver` is handed the lines of a run of
+:class:`~txchanges.http._linereceiver.ILineReceiver` is handed the lines of a run of
 one-line chunks already split, with ``lines_received``; any other gets bytes.
 """
 
@@ -25,7 +25,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-from txchanges.feed._body import ILineReceiver
+from txchanges.http._linereceiver import ILineReceiver
 
 __all__ = ["FeedResponse", "BodyHandOff", "Connection"]
 
@@ -153,7 +153,7 @@ class BodyHandOff:
         Give decoded body data to the body protocol (or hold it until there
         is one): one ``dataReceived`` for each run of bytes, and the lines
         of one-line chunks to its ``lines_received`` if it provides
-        :class:`~txchanges.feed._body.ILineReceiver`.
+        :class:`~txchanges.http._linereceiver.ILineReceiver`.
         """
         body = self._body
         lines = self._lines

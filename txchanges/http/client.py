@@ -145,7 +145,7 @@ class Server:
 
         :param method: The HTTP method.
         :param path: The already-encoded path below the server's URL.
-        :param query: Query pairs (see :func:`txchanges.feed._params.encode_params`).
+        :param query: Query pairs (see :func:`txchanges.http._query.encode_params`).
         :param json_body: A value sent as a JSON body, if given.
         :param unbuffered: ``True`` to read the body as it arrives (feeds).
         :return: A Deferred that fires with the response when its status is

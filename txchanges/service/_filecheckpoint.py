@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, maybeDeferred
 
-from txchanges.feed._watchdog import Clock
+from txchanges._reactor import Clock
 from txchanges.service._serialwriter import SerialWriter
 from txchanges.service.checkpoint import CheckpointError, check_seq, seq_from_record
 

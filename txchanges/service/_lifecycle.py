@@ -23,7 +23,7 @@ from automat import TypeMachineBuilder
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from txchanges.feed._watchdog import Clock
+from txchanges._reactor import Clock
 
 __all__ = ["State", "Inputs", "Core", "Lifecycle", "Request", "Cancellable"]
 

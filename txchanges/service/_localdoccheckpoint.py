@@ -11,7 +11,7 @@ from typing import Any, Optional
 from twisted.internet.defer import Deferred, succeed
 
 from txchanges.errors import Conflict, NotFound
-from txchanges.feed._watchdog import Clock
+from txchanges._reactor import Clock
 from txchanges.http.client import Database
 from txchanges.service._serialwriter import SerialWriter
 from txchanges.service.checkpoint import check_seq, seq_from_record

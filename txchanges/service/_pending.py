@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 from twisted.internet.task import LoopingCall
 
 from txchanges.feed._params import encode_since
-from txchanges.feed._watchdog import Clock
+from txchanges._reactor import Clock
 from txchanges.http.client import Database
 
 __all__ = ["PendingProbe"]

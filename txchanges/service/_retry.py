@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 from twisted.logger import Logger
 
-from txchanges.feed._watchdog import Clock
+from txchanges._reactor import Clock
 from txchanges.service.checkpoint import CheckpointError
 from txchanges.errors import CouchError, LineTooLong
 

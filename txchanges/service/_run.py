@@ -17,7 +17,7 @@ from txchanges.service._lifecycle import Inputs
 from txchanges.service._progress import DedupWindow, Progress
 from txchanges.service._saver import CheckpointSaver
 from txchanges.service._scheduler import Handler, Scheduler
-from txchanges.feed._watchdog import Clock
+from txchanges._reactor import Clock
 from txchanges.service.checkpoint import CheckpointStore
 
 __all__ = ["Attempt", "Run"]

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txchanges.service._retry import is_terminal
-from txchanges.feed._watchdog import Clock
+from txchanges._reactor import Clock
 from txchanges.service.checkpoint import CheckpointError, CheckpointStore, FileCheckpoint, LocalDocCheckpoint
 from txchanges.errors import TxChangesError
 

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txchanges.service._progress import Progress
-from txchanges.feed._watchdog import Clock
+from txchanges._reactor import Clock
 
 __all__ = ["Scheduler", "SchedulerListener", "ON_ERROR", "buffer_bounds", "check_options"]
 

@@ -27,7 +27,8 @@ from txchanges.service._run import Attempt, Run
 from txchanges.service._scheduler import buffer_bounds
 from txchanges.service._startup import Step, Steps, start_up
 from txchanges.service._stats import ServiceStats
-from txchanges.feed._watchdog import Clock, idle_limit
+from txchanges._reactor import Clock
+from txchanges.feed._watchdog import idle_limit
 from txchanges.service.checkpoint import CheckpointStore, MemoryCheckpoint
 from txchanges.http.client import Database
 from txchanges.service.shard import Shard

@@ -22,7 +22,7 @@ from txchanges.testing._http import (
 )
 from txchanges.testing._store import ErrorResponse, FakeDatabase, check_db_name
 from txchanges._reactor import default_clock
-from txchanges.feed._watchdog import Clock
+from txchanges._reactor import Clock
 from txchanges.http.client import Server
 from txchanges.errors import CouchError, error_for_status
 

@@ -21,7 +21,7 @@ from typing import Any, Optional, Protocol
 
 from txchanges.testing._filters import ChangeFilter
 from txchanges.testing._store import DocRecord, ErrorResponse, FakeDatabase, dumps
-from txchanges.feed._watchdog import Clock
+from txchanges._reactor import Clock
 
 __all__ = ["ChangesParams", "Feed", "ResponseWriter", "parse_params"]
 

@@ -23,7 +23,7 @@ from txchanges.testing._client import Pump
 from txchanges.testing._feeds import Feed, parse_params
 from txchanges.testing._filters import Functions, build_filter
 from txchanges.testing._store import ErrorResponse, FakeDatabase, check_db_name, dumps
-from txchanges.feed._watchdog import Clock
+from txchanges._reactor import Clock
 
 __all__ = ["CouchResource", "InjectedFailure", "RecordedRequest", "ServerState"]
 
