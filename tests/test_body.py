@@ -379,26 +379,25 @@ async def test_an_undeclared_lines_received_is_not_called() -> None:
 async def test_an_error_body_ended_by_the_close_is_read_whole() -> None:
     """An error response without framing, ended by the server's close, still gives its typed error and reason."""
     body = b'{"error":"not_found","reason":"Database does not exist."}'
-    port, listening = listen(ScriptedServer(b"HTTP/1.0 404 Object Not Found\r\nContent-Type: application/json\r\n\r\n" + body))
-    couch = Server(f"http://127.0.0.1:{port}/")
-    try:
-        with pytest.raises(NotFound) as caught:
-            await couch.open_feed("GET", "db/_changes", [("feed", "continuous")])
-    finally:
-        await couch.close()
-        await listening.stopListening()
-    assert caught.value.reason == "Database does not exist."
+    error = await feed_error(b"HTTP/1.0 404 Object Not Found\r\nContent-Type: application/json\r\n\r\n" + body)
+    assert isinstance(error, NotFound) and error.reason == "Database does not exist."
 
 
 @pytest_twisted.ensureDeferred
 async def test_an_error_body_cut_short_still_gives_the_typed_error() -> None:
     """An error response whose body is cut short gives the typed error for its status, with its phrase."""
-    port, listening = listen(ScriptedServer(HEAD.replace(b"200 OK", b"404 Object Not Found") + b"40\r\n{\"error\":"))
+    error = await feed_error(HEAD.replace(b"200 OK", b"404 Object Not Found") + b"40\r\n{\"error\":")
+    assert isinstance(error, NotFound) and error.reason == "Object Not Found"
+
+
+async def feed_error(response: bytes) -> Exception:
+    """What opening a feed fails with when a server sends *response* and closes."""
+    port, listening = listen(ScriptedServer(response))
     couch = Server(f"http://127.0.0.1:{port}/")
     try:
-        with pytest.raises(NotFound) as caught:
+        with pytest.raises(Exception) as caught:
             await couch.open_feed("GET", "db/_changes", [("feed", "continuous")])
     finally:
         await couch.close()
         await listening.stopListening()
-    assert caught.value.reason == "Object Not Found"
+    return caught.value

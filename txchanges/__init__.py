@@ -43,23 +43,13 @@ The command line follower is ``txchanges follow URL/DB`` (or ``python -m
 txchanges``); the twistd plugin is ``twistd -n txchanges``.
 """
 
-from txchanges import errors
+from txchanges import errors, service
 from txchanges.errors import *  # noqa: F403
 from txchanges.feed._aiter import ChangeStream
 from txchanges.feed._feedparams import FeedParams
 from txchanges.feed.consumer import Consumer
 from txchanges.http.client import Database, Server
-from txchanges.service._service import ChangesService, ServiceStats, State
-from txchanges.service._signals import run_until_signal
-from txchanges.service.checkpoint import (
-    CheckpointError,
-    CheckpointStore,
-    FileCheckpoint,
-    LocalDocCheckpoint,
-    MemoryCheckpoint,
-    checkpoint_identity,
-)
-from txchanges.service.shard import Shard
+from txchanges.service import *  # noqa: F403
 
 #: The version, read by the packaging tools too (pyproject.toml has none).
 __version__ = "0.1.0.dev0"
@@ -70,16 +60,6 @@ __all__ = [
     "Consumer",
     "ChangeStream",
     "FeedParams",
-    "ChangesService",
-    "ServiceStats",
-    "run_until_signal",
-    "State",
-    "Shard",
-    "CheckpointStore",
-    "MemoryCheckpoint",
-    "FileCheckpoint",
-    "LocalDocCheckpoint",
-    "CheckpointError",
-    "checkpoint_identity",
 ]
+__all__ += service.__all__
 __all__ += errors.__all__
