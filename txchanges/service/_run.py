@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txchanges.feed._feed import FeedRun
-from txchanges.service._lifecycle import Inputs
+from txchanges.service._lifecycle_types import Inputs
 from txchanges.service._progress import DedupWindow, Progress
 from txchanges.service._saver import CheckpointSaver
 from txchanges.service._scheduler import Handler, Scheduler

@@ -16,7 +16,8 @@ from twisted.python.failure import Failure
 from typing_extensions import Unpack
 
 from txchanges.feed._feed import FeedRun
-from txchanges.service._lifecycle import Core, Inputs, Lifecycle, State
+from txchanges.service._lifecycle import Lifecycle
+from txchanges.service._lifecycle_types import Core, Inputs, State
 from txchanges.feed._params import feed_request
 from txchanges.service._pending import PendingProbe
 from txchanges.service._progress import DedupWindow

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txchanges.service._lifecycle import Cancellable, Inputs
+from txchanges.service._lifecycle_types import Cancellable, Inputs
 from txchanges.service._retry import Backoff, next_try
 
 __all__ = ["Step", "Steps", "StartUp", "start_up"]
