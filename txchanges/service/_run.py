@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -20,39 +20,7 @@ from txchanges.service._scheduler import Handler, Scheduler
 from txchanges.feed._watchdog import Clock
 from txchanges.service.checkpoint import CheckpointStore
 
-__all__ = ["Attempt", "Run"]
-
-
-class Attempt:
-    """
-    One request of the continuous feed: the lifecycle's data while
-    connecting and streaming.
-
-    :ivar started: Clock time it was sent.
-    :ivar stopped: Whether a stop ended it.
-    """
-
-    feed: FeedRun
-    #: Fires with what the feed ended with, or fails with its error.
-    done: "Deferred[Any]"
-
-    def __init__(self, started: float) -> None:
-        self.started = started
-        self.stopped = False
-
-    def run(self, feed: FeedRun) -> "Deferred[Any]":
-        """
-        Send it.
-
-        :return: :attr:`done`.
-        """
-        self.feed = feed
-        self.done = Deferred.fromCoroutine(feed.run())
-        return self.done
-
-    def stop(self) -> None:
-        self.stopped = True
-        self.feed.stop()
+__all__ = ["Run"]
 
 
 class Run:
