@@ -16,7 +16,8 @@ from txchanges.feed._feed import FeedRun
 from txchanges.service._lifecycle_types import Inputs
 from txchanges.service._progress import DedupWindow, Progress
 from txchanges.service._saver import CheckpointSaver
-from txchanges.service._scheduler import Handler, Scheduler
+from txchanges.service._scheduler import Scheduler
+from txchanges.service._scheduler_types import Handler
 from txchanges.feed._watchdog import Clock
 from txchanges.service.checkpoint import CheckpointStore
 
@@ -26,7 +27,7 @@ __all__ = ["Run"]
 class Run:
     """
     One run: it is what the scheduler reports to (a
-    :class:`~txchanges.service._scheduler.SchedulerListener`).
+    :class:`~txchanges.service._scheduler_types.SchedulerListener`).
 
     :param since: Where it starts.
     :param saved: What the checkpoint store holds.

@@ -24,7 +24,7 @@ from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH
 from txchanges.service._retry import Backoff
 from txchanges.service._requests import Attempt, FeedRequests
 from txchanges.service._run import Run
-from txchanges.service._scheduler import buffer_bounds
+from txchanges.service._options import buffer_bounds
 from txchanges.service._startup import Steps, resume_steps, start_up
 from txchanges.service._stats import ServiceStats
 from txchanges.feed._watchdog import Clock
