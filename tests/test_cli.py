@@ -18,7 +18,8 @@ import pytest_twisted
 from twisted.internet.task import Clock
 
 from txchanges import ConnectionFailed, MemoryCheckpoint, Server, ServiceStats
-from txchanges.cli._command import LongpollFollower, _ProgressLine
+from txchanges.cli._longpoll import LongpollFollower
+from txchanges.cli._progressline import ProgressLine
 from txchanges.cli._main import run
 
 from ._service_helpers import wait_for
@@ -249,7 +250,7 @@ def test_progress_line_shows_handled_pending_and_rate_then_clears():
     """The progress line reports changes handled, pending (asked with limit=0 from the resume point) and the rate, and is cleared once caught up."""
     clock, stream, server = Clock(), io.StringIO(), _FakeServer(pending=40)
     follower = _FakeFollower(server)
-    progress = _ProgressLine(stream, clock, follower)
+    progress = ProgressLine(stream, clock, follower)
     follower.stats.handled = 60
     clock.advance(1.0)
     assert stream.getvalue().endswith("\r60 changes, 40 pending, 60/s\x1b[K")

@@ -16,7 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from txchanges import ChangesService, LocalDocCheckpoint, MemoryCheckpoint, Server, State
-from txchanges.cli._command import LongpollFollower
+from txchanges.cli._longpoll import LongpollFollower
 from txchanges.testing import FakeCouchDB
 
 

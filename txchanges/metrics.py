@@ -56,7 +56,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-from txchanges.service._lifecycle import State
+from txchanges.service._lifecycle_types import State
 from txchanges.service._stats import ServiceStats
 from txchanges._reactor import Clock
 from txchanges._reactor import default_clock, default_reactor

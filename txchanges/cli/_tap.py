@@ -51,7 +51,8 @@ from txchanges.cli._options import (
     credentials_from,
     open_database,
 )
-from txchanges.service._scheduler import ON_ERROR, buffer_bounds
+from txchanges.service._onerror import ON_ERROR
+from txchanges.service._options import buffer_bounds
 from txchanges._reactor import default_reactor
 from txchanges.http.client import Database
 from txchanges.service._service import ChangesService

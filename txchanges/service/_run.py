@@ -8,57 +8,26 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txchanges.feed._feed import FeedRun
-from txchanges.service._lifecycle import Inputs
+from txchanges.service._lifecycle_types import Inputs
 from txchanges.service._progress import DedupWindow, Progress
 from txchanges.service._saver import CheckpointSaver
-from txchanges.service._scheduler import Handler, Scheduler
+from txchanges.service._scheduler import Scheduler
+from txchanges.service._scheduler_types import Handler
 from txchanges._reactor import Clock
 from txchanges.service.checkpoint import CheckpointStore
 
-__all__ = ["Attempt", "Run"]
-
-
-class Attempt:
-    """
-    One request of the continuous feed: the lifecycle's data while
-    connecting and streaming.
-
-    :ivar started: Clock time it was sent.
-    :ivar stopped: Whether a stop ended it.
-    """
-
-    feed: FeedRun
-    #: Fires with what the feed ended with, or fails with its error.
-    done: "Deferred[Any]"
-
-    def __init__(self, started: float) -> None:
-        self.started = started
-        self.stopped = False
-
-    def run(self, feed: FeedRun) -> "Deferred[Any]":
-        """
-        Send it.
-
-        :return: :attr:`done`.
-        """
-        self.feed = feed
-        self.done = Deferred.fromCoroutine(feed.run())
-        return self.done
-
-    def stop(self) -> None:
-        self.stopped = True
-        self.feed.stop()
+__all__ = ["Run"]
 
 
 class Run:
     """
     One run: it is what the scheduler reports to (a
-    :class:`~txchanges.service._scheduler.SchedulerListener`).
+    :class:`~txchanges.service._scheduler_types.SchedulerListener`).
 
     :param since: Where it starts.
     :param saved: What the checkpoint store holds.

@@ -7,95 +7,19 @@ from __future__ import annotations
 
 from collections import deque
 from types import CoroutineType
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txchanges.service._progress import Progress
 from txchanges._reactor import Clock
+from txchanges.service._onerror import OnError
+from txchanges.service._options import check_options, default_max_ahead
+from txchanges.service._progress import Progress
+from txchanges.service._scheduler_types import Handler, Job, SchedulerListener, key_of
 
-__all__ = ["Scheduler", "SchedulerListener", "ON_ERROR", "buffer_bounds", "check_options"]
-
-#: What to do when the handler fails on a change.
-ON_ERROR = ("stop", "retry", "skip")
-
-Handler = Callable[[dict[str, Any]], Any]
-
-
-def default_max_ahead(max_buffered: int) -> int:
-    """
-    The default bound on rows past the resume point: generous enough that
-    out-of-order completion never pauses a healthy feed.
-    """
-    return max(1000, 50 * max_buffered)
-
-
-def buffer_bounds(
-    concurrency: int, max_buffered: int | None, max_ahead: int | None, on_error: str
-) -> tuple[int, int]:
-    """
-    Check a follower's scheduling options and fill in the defaults.
-
-    :return: ``(max_buffered, max_ahead)``: ``2 * concurrency`` and
-        :func:`default_max_ahead` where not given.
-    :raises ValueError: for options a :class:`Scheduler` cannot work with.
-    """
-    buffered = 2 * concurrency if max_buffered is None else max_buffered
-    check_options(concurrency, buffered, on_error)
-    ahead = default_max_ahead(buffered) if max_ahead is None else max_ahead
-    if not isinstance(ahead, int):
-        raise ValueError(f"max_ahead must be an int, not {ahead!r}")
-    if ahead < buffered:
-        raise ValueError(f"max_ahead ({ahead}) must be at least max_buffered ({buffered})")
-    return buffered, ahead
-
-
-def check_options(concurrency: int, max_buffered: int, on_error: str) -> None:
-    """
-    :raises ValueError: for options a :class:`Scheduler` cannot work with.
-    """
-    if not isinstance(concurrency, int) or concurrency < 1:
-        raise ValueError(f"concurrency must be an int of at least 1, not {concurrency!r}")
-    if not isinstance(max_buffered, int) or max_buffered < concurrency:
-        raise ValueError(f"max_buffered ({max_buffered!r}) must be an int of at least concurrency ({concurrency})")
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
-
-
-class SchedulerListener(Protocol):
-    """
-    What a :class:`Scheduler` tells its owner.
-    """
-
-    def pause(self) -> None:
-        """The buffer is full: read no more changes for now."""
-
-    def resume(self) -> None:
-        """Half the buffer is free again: read on."""
-
-    def failed(self, failure: Failure) -> None:
-        """The handler failed with ``on_error="stop"``: nothing more starts."""
-
-    def dropped(self, row: dict[str, Any]) -> None:
-        """A change taken will never be done: dropped by
-        :meth:`Scheduler.halt`, or its handler failed with
-        ``on_error="stop"``."""
-
-    def checkpoint(self) -> None:
-        """The resume point moved and *checkpoint_every* changes are done
-        (handled, skipped or discarded) since the last call."""
-
-
-@dataclass(eq=False, slots=True)
-class _Job:
-    row: dict[str, Any]
-    ticket: int
-    key: Any
-    attempts: int = 0
-    retry: Any = field(default=None, repr=False)
+__all__ = ["Scheduler"]
 
 
 class Scheduler:
@@ -105,7 +29,7 @@ class Scheduler:
     :param handler: Called with each change row; may return a Deferred.
     :param progress: Told when each change is done.
     :param listener: Told what the owner must act on (see
-        :class:`SchedulerListener`).
+        :class:`~txchanges.service._scheduler_types.SchedulerListener`).
     :param concurrency: The most handler calls running at once.
     :param max_buffered: The most changes held (running or waiting) before
         the listener's ``pause()`` is called; ``resume()`` is called when
@@ -147,12 +71,10 @@ class Scheduler:
         self._concurrency = concurrency
         self._max_buffered = max_buffered
         self._max_ahead = max_ahead if max_ahead is not None else default_max_ahead(max_buffered)
-        self._on_error = on_error
-        self._clock = clock
-        self._retry_delay = retry_delay
-        self._waiting: deque[_Job] = deque()
+        self._on_error = OnError(on_error, retry_delay, clock, self.log)
+        self._waiting: deque[Job] = deque()
         # Keys of the changes running, to their job record if they have one.
-        self._running: dict[Any, _Job | None] = {}
+        self._running: dict[Any, Job | None] = {}
         self._drained: list[Deferred[None]] = []
         self._halted = False
         self._pumping = False
@@ -226,11 +148,11 @@ class Scheduler:
         a coroutine), just as if :meth:`_start` had made it.
         """
         ticket = self._progress.begin(row["seq"])
-        key = self._key(row)
+        key = key_of(row)
         self._watch(self._job(row, ticket, key, None), outcome)
         self._check_buffer()
 
-    def _watch(self, job: _Job, outcome: Any) -> None:
+    def _watch(self, job: Job, outcome: Any) -> None:
         # A handler call that raised (outcome is its Failure), or that goes
         # on (a Deferred, or a coroutine to run as one).
         if isinstance(outcome, Failure):
@@ -240,21 +162,12 @@ class Scheduler:
             outcome = Deferred.fromCoroutine(outcome)
         outcome.addCallbacks(self._succeeded, self._failed, callbackArgs=(job,), errbackArgs=(job,))
 
-    @staticmethod
-    def _key(row: dict[str, Any]) -> Any:
-        # What serialises changes: the document id (the database name for
-        # _db_updates rows).
-        key = row.get("id")
-        if key is None:
-            key = row.get("db_name")
-        return key
-
     def submit(self, row: dict[str, Any], ticket: int) -> None:
         """
         Take a change; it runs when a slot is free and no earlier change of
         the same document is running.
         """
-        key = self._key(row)
+        key = key_of(row)
         running = self._running
         if (
             self._waiting
@@ -263,7 +176,7 @@ class Scheduler:
             or key in running
             or len(running) >= self._concurrency
         ):
-            self._waiting.append(_Job(row, ticket, key))
+            self._waiting.append(Job(row, ticket, key))
             self._pump()
         else:
             # The common case, a free slot and no queue: no pass over it.
@@ -306,7 +219,7 @@ class Scheduler:
         finally:
             self._pumping = False
 
-    def _start(self, row: dict[str, Any], ticket: int, key: Any, job: _Job | None) -> None:
+    def _start(self, row: dict[str, Any], ticket: int, key: Any, job: Job | None) -> None:
         # Most handlers are synchronous, and this runs once per change: the
         # job record is made only for a call that fails or returns a
         # Deferred, and a plain return value is done at once.
@@ -324,50 +237,35 @@ class Scheduler:
         self.handled += 1
         self._complete(row, ticket, key)
 
-    def _job(self, row: dict[str, Any], ticket: int, key: Any, job: _Job | None) -> _Job:
+    def _job(self, row: dict[str, Any], ticket: int, key: Any, job: Job | None) -> Job:
         if job is None:
-            job = self._running[key] = _Job(row, ticket, key, attempts=1)
+            job = self._running[key] = Job(row, ticket, key, attempts=1)
         return job
 
-    def _succeeded(self, _: object, job: _Job) -> None:
+    def _succeeded(self, _: object, job: Job) -> None:
         self.handled += 1
         self._finish(job)
 
-    def _failed(self, failure: Failure, job: _Job) -> None:
+    def _failed(self, failure: Failure, job: Job) -> None:
         self.failures += 1
-        row = job.row
-        docid = row.get("id", row.get("db_name"))
         if self._halted:
-            self._listener.dropped(row)
+            self._listener.dropped(job.row)
             self._release(job)
             return
-        if self._on_error == "skip":
-            self.log.failure(
-                "handler failed on change {id!r} at seq {seq!r}; skipping it",
-                failure, id=docid, seq=row.get("seq"),
-            )
+        policy = self._on_error.failed(failure, job, self._retry)
+        if policy == "skip":
             self._finish(job)
-        elif self._on_error == "retry":
-            delay = self._retry_delay(job.attempts)
-            self.log.failure(
-                "handler failed on change {id!r} at seq {seq!r} (attempt {attempt}); "
-                "retrying in {delay:.1f}s",
-                failure, id=docid, seq=row.get("seq"), attempt=job.attempts, delay=delay,
-            )
-            job.retry = self._clock.callLater(delay, self._retry, job)
-        else:
-            # No traceback here: the service logs the failure that stops it.
-            self.log.critical("handler failed on change {id!r} at seq {seq!r}; stopping", id=docid, seq=row.get("seq"))
+        elif policy == "stop":
             self._halted = True
-            self._listener.dropped(row)
+            self._listener.dropped(job.row)
             self._release(job)
             self._listener.failed(failure)
 
-    def _retry(self, job: _Job) -> None:
+    def _retry(self, job: Job) -> None:
         job.retry = None
         self._start(job.row, job.ticket, job.key, job)
 
-    def _finish(self, job: _Job) -> None:
+    def _finish(self, job: Job) -> None:
         self._complete(job.row, job.ticket, job.key)
 
     def _complete(self, row: dict[str, Any], ticket: int, key: Any) -> None:
@@ -394,7 +292,7 @@ class Scheduler:
             for d in drained:
                 d.callback(None)
 
-    def _release(self, job: _Job) -> None:
+    def _release(self, job: Job) -> None:
         del self._running[job.key]
         if self._waiting:
             self._pump()

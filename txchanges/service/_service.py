@@ -15,24 +15,22 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import Unpack
 
-from txchanges.feed._feed import FeedRun
-from txchanges.service._lifecycle import Core, Inputs, Lifecycle, State
+from txchanges.service._lifecycle import Lifecycle
+from txchanges.service._lifecycle_types import Core, Inputs, State
 from txchanges.feed._params import feed_request
 from txchanges.service._pending import PendingProbe
 from txchanges.service._progress import DedupWindow
-from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
-from txchanges.service._retry import Backoff, next_try
-from txchanges.feed._rows import LastSeq
-from txchanges.service._run import Attempt, Run
-from txchanges.service._scheduler import buffer_bounds
-from txchanges.service._startup import Step, Steps, start_up
+from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH
+from txchanges.service._retry import Backoff
+from txchanges.service._requests import Attempt, FeedRequests
+from txchanges.service._run import Run
+from txchanges.service._options import buffer_bounds
+from txchanges.service._startup import Steps, resume_steps, start_up
 from txchanges.service._stats import ServiceStats
 from txchanges._reactor import Clock
-from txchanges.feed._watchdog import idle_limit
 from txchanges.service.checkpoint import CheckpointStore, MemoryCheckpoint
 from txchanges.http.client import Database
 from txchanges.service.shard import Shard
-from txchanges.service._saver import prepare_store
 from txchanges.service._identity import identity_of
 from txchanges.feed._feedparams import SET_BY_METHOD, FeedParams, check_feed_params
 from txchanges._reactor import default_clock
@@ -173,8 +171,6 @@ class ChangesService(Service):
         self._shard = shard
         self._pending_interval = pending_interval
         self._probe: Optional[PendingProbe] = None
-        # Whether a change may be passed over before the scheduler sees it.
-        self._sifting = shard is not None or dedup_window > 0
         buffered, ahead = buffer_bounds(concurrency, max_buffered, max_ahead, on_error)
         self._concurrency = concurrency
         self._max_buffered = buffered
@@ -182,9 +178,8 @@ class ChangesService(Service):
         self._on_error = on_error
         self._stats = ServiceStats()
         self._saved: Any = None
-        # Where the next request starts: the newest position the feed reached.
-        self._position: Any = None
         self._run: Optional[Run] = None
+        self._requests: Optional[FeedRequests] = None
         self._backoff = Backoff(self._retry, give_up_after, clock)
         self._lifecycle = Lifecycle(
             Core(
@@ -267,43 +262,21 @@ class ChangesService(Service):
     # -- what the lifecycle asks of the service -----------------------------
 
     def _start_steps(self) -> Steps:
-        # Start-up requests are retried like feed requests: a passing 503 or
-        # a refused connection must not end the service.
-        where = self._store.describe()
         identity = identity_of(self.db, self._params, self._shard)
-        yield Step(f"checking {where}", lambda: prepare_store(self._store, identity))
-        saved = yield Step(f"loading the checkpoint from {where}", self._store.load)
-        since = self._saved = saved
-        if saved is not None:
-            self.log.info("resuming from checkpoint {seq} in {where}", seq=saved, where=where)
-        else:
-            since = self._since
-            if since in (None, 0, "0"):
-                self.log.info("no checkpoint in {where}; starting from the beginning", where=where)
-            else:
-                self.log.info("no checkpoint in {where}; starting from {seq}", where=where, seq=since)
-        if since == "now":
-            # A concrete position, so that every checkpoint is a real seq.
-            body = yield Step(
-                "asking for the current seq",
-                lambda: self.db.server.request_json(
-                    "GET", self.db.path("_changes"), [("since", "now"), ("limit", "0")]
-                ),
-            )
-            now = body["last_seq"]
-            # Saved at once: after a crash before the first checkpoint, a
-            # restart must not take a later "now" and skip what came between.
-            yield Step("saving the first checkpoint", lambda: self._store.save(now))
-            since = self._saved = now
+        self._saved, since = yield from resume_steps(self.db, self._store, identity, self._since, self.log)
         self._begin(since)
 
     def _begin(self, since: Any) -> None:
-        self._position = since
-        self._run = Run(
+        run = self._run = Run(
             since, self._handler, self._store, self._saved, self._lifecycle.machine, self._dedup,
             interval=self._interval, clock=self._clock, concurrency=self._concurrency,
             max_buffered=self._max_buffered, max_ahead=self._max_ahead, on_error=self._on_error,
             retry_delay=self._retry, checkpoint_every=self._every,
+        )
+        self._requests = FeedRequests(
+            self.db, run, since, self._params, heartbeat=self._heartbeat, max_line_length=self._max_line_length,
+            shard=self._shard, dedup=self._dedup, stats=self._stats, backoff=self._backoff, clock=self._clock,
+            log=self.log,
         )
         if self._pending_interval is not None:
             self._probe = PendingProbe(
@@ -312,83 +285,8 @@ class ChangesService(Service):
             self._probe.start(self._pending_interval)
 
     def _connect(self, machine: Inputs) -> Attempt:
-        run = self._run
-        assert run is not None
-        since = self._position
-        self.log.info("requesting changes of {db} since {since}", db=self.db.url, since=since)
-        attempt = Attempt(self._clock.seconds())
-        feed = FeedRun(
-            self.db.server,
-            self.db.path("_changes"),
-            feed_request("continuous", since, dict(self._params, heartbeat=self._heartbeat)),
-            self._clock,
-            idle_limit(self._heartbeat, None),
-            lambda on_activity: self._make_protocol(machine, attempt, on_activity),
-        )
-        run.feed = feed
-        if run.scheduler.paused:
-            feed.pause()
-        attempt.run(feed).addBoth(self._feed_over, machine, attempt)
-        return attempt
-
-    def _make_protocol(self, machine: Inputs, attempt: Attempt, on_activity: Callable[[], None]) -> ChangesProtocol:
-        stats, clock = self._stats, self._clock
-
-        def activity() -> None:
-            stats.last_activity = clock.seconds()
-            on_activity()
-
-        if not attempt.stopped:
-            machine.opened(attempt)
-        assert self._run is not None
-        # Once per change: straight to the scheduler, unless some changes
-        # are passed over.
-        on_change = self._sift if self._sifting else self._run.scheduler.take
-        return ChangesProtocol(on_change, activity, self._max_line_length)
-
-    def _sift(self, row: dict[str, Any]) -> None:
-        # Pass over another shard's change, or a replay.
-        scheduler = self._run.scheduler  # type: ignore[union-attr]
-        if self._shard is not None and not self._shard.owns(row["id"]):
-            self._stats.other_shards += 1
-            scheduler.discard(row)
-        elif self._dedup.seen(row):
-            self._stats.duplicates += 1
-            scheduler.discard(row)
-        else:
-            scheduler.take(row)
-
-    def _feed_over(self, result: Any, machine: Inputs, attempt: Attempt) -> None:
-        # Tell the lifecycle how the request ended, unless a stop ended it.
-        run = self._run
-        assert run is not None
-        if run.feed is attempt.feed:
-            run.feed = None
-        protocol = attempt.feed.protocol
-        moved = isinstance(protocol, ChangesProtocol) and protocol.last_seq is not None
-        if moved:
-            self._position = protocol.last_seq  # type: ignore[union-attr]
-        if attempt.stopped:
-            return
-        if isinstance(result, LastSeq):
-            self._stats.pending = result.pending
-            run.passed(result.last_seq)
-            self.log.info("feed ended at {seq}; reconnecting", seq=result.last_seq)
-            self._backoff.reset()
-            self._stats.reconnects += 1
-            machine.ended()
-            return
-        assert isinstance(result, Failure), result
-        # A response that moved the feed on, or lasted, was a good one.
-        if moved or self._clock.seconds() - attempt.started >= self._heartbeat / 1000:
-            self._backoff.reset()
-        error = result.value
-        assert error is not None
-        delay = next_try(self._backoff, error, f"changes feed from {self._position}", self.log)
-        if delay is None:
-            machine.crash(result)
-        else:
-            machine.lost(delay)
+        assert self._requests is not None
+        return self._requests.connect(machine)
 
     def _retrying(self) -> None:
         self._stats.reconnects += 1

@@ -1,6 +1,7 @@
 """
-A follower's start-up: steps run one after the other (load the checkpoint,
-resolve ``since="now"`` and save it), each retried on its own when it fails.
+A follower's start-up: steps run one after the other, each retried on its
+own when it fails; and the service's steps (check and load the checkpoint,
+resolve ``since="now"`` and save it).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txchanges.service._lifecycle import Cancellable, Inputs
+from txchanges.http.client import Database
+from txchanges.service._lifecycle_types import Cancellable, Inputs
 from txchanges.service._retry import Backoff, next_try
+from txchanges.service._saver import prepare_store
+from txchanges.service.checkpoint import CheckpointStore
 
-__all__ = ["Step", "Steps", "StartUp", "start_up"]
+__all__ = ["Step", "Steps", "StartUp", "start_up", "resume_steps"]
 
 
 @dataclass(frozen=True)
@@ -126,3 +130,41 @@ def start_up(
         startup = StartUp(steps(), backoff, log)
     assert isinstance(startup, StartUp)
     return startup.run(machine)
+
+
+def resume_steps(
+    db: Database, store: CheckpointStore, identity: str, since: Any, log: Logger
+) -> Generator[Step, Any, tuple[Any, Any]]:
+    """
+    A :class:`~txchanges.ChangesService`'s steps: check that *store* is the
+    one of the feed *identity* names, load its checkpoint (it wins over
+    *since*), and turn ``since="now"`` into the database's current seq,
+    saved at once.
+
+    Its requests are retried like feed requests: a passing 503 or a refused
+    connection must not end the service.
+
+    :return: ``(saved, since)``: what the store holds, and where to start.
+    """
+    where = store.describe()
+    yield Step(f"checking {where}", lambda: prepare_store(store, identity))
+    saved = yield Step(f"loading the checkpoint from {where}", store.load)
+    if saved is not None:
+        log.info("resuming from checkpoint {seq} in {where}", seq=saved, where=where)
+        since = saved
+    elif since in (None, 0, "0"):
+        log.info("no checkpoint in {where}; starting from the beginning", where=where)
+    else:
+        log.info("no checkpoint in {where}; starting from {seq}", where=where, seq=since)
+    if since == "now":
+        # A concrete position, so that every checkpoint is a real seq.
+        body = yield Step(
+            "asking for the current seq",
+            lambda: db.server.request_json("GET", db.path("_changes"), [("since", "now"), ("limit", "0")]),
+        )
+        now = body["last_seq"]
+        # Saved at once: after a crash before the first checkpoint, a
+        # restart must not take a later "now" and skip what came between.
+        yield Step("saving the first checkpoint", lambda: store.save(now))
+        return now, now
+    return saved, since
