@@ -9,6 +9,7 @@ import sys
 import tempfile
 from typing import Any
 
+import pytest
 from twisted.internet.task import Clock
 
 from txchanges import ChangesService, CheckpointError, FileCheckpoint, LocalDocCheckpoint, MemoryCheckpoint
@@ -207,13 +208,15 @@ def test_final_save_failing_on_stop_fails_when_stopped(tmp_path):
     assert isinstance(err, CheckpointError) and "the last save, on stop, failed" in err.reason
 
 
-def test_command_with_an_unwritable_checkpoint_exits_1_with_one_line(couch_server, db_name, tmp_path):
-    """txchanges follow with a checkpoint in a missing directory prints one error line and exits 1, printing no change."""
+@pytest.mark.parametrize("feed", ["continuous", "longpoll"])
+def test_command_with_an_unwritable_checkpoint_exits_1_with_one_line(couch_server, db_name, tmp_path, feed):
+    """txchanges follow (either feed) with a checkpoint in a missing directory prints one error line and exits 1, printing no change."""
     couch_server.create_db(db_name)
     couch_server.request("PUT", f"{db_name}/a", {})
     path = tmp_path / "no-such-dir" / "x.ckpt"
     done = subprocess.run(
-        [sys.executable, "-m", "txchanges", "follow", couch_server.admin_url + db_name, "--checkpoint", f"file:{path}"],
+        [sys.executable, "-m", "txchanges", "follow", couch_server.admin_url + db_name, "--checkpoint", f"file:{path}",
+         "--feed", feed],
         capture_output=True, text=True, timeout=30,
     )
     assert done.returncode == 1 and done.stdout == ""

@@ -84,3 +84,18 @@ async def test_a_reconnect_says_what_it_does_once_and_no_factory_noise() -> None
     assert said(events, "feed ended at") == ["feed ended at 5-g1AAAA; reconnecting"] * 2
     noise = [formatEvent(e) for e in events if "factory" in str(e.get("log_format", "")).lower()]
     assert noise == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_through_the_connection_pool_log_no_factory_noise(couch_server: Any, db_name: str) -> None:
+    """Plain requests (not feeds) on new pooled connections log no 'Starting factory' or 'Stopping factory' line."""
+    couch = Server(couch_server.admin_url)
+    try:
+        with capturedLogs() as events:
+            db = await couch.create_db(db_name)
+            await db.save_doc({"_id": "a"})
+            await couch.close()  # closes the pooled connections: a new one next
+            await db.info()
+    finally:
+        await couch.close()
+    assert said(events, "Starting factory") == [] and said(events, "Stopping factory") == []

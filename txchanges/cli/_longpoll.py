@@ -20,6 +20,7 @@ from txchanges.http.client import Database
 from txchanges.service._lifecycle import Lifecycle
 from txchanges.service._lifecycle_types import Core, Inputs, State
 from txchanges.service._retry import Backoff, next_try
+from txchanges.service._saver import prepare_store
 from txchanges.service._startup import Step, Steps, start_up
 from txchanges.service._stats import ServiceStats
 from txchanges.service.checkpoint import CheckpointStore
@@ -103,7 +104,10 @@ class LongpollFollower:
         return self._lifecycle.stop()
 
     def _start_steps(self) -> Steps:
-        saved = yield Step(f"loading the checkpoint from {self._store.describe()}", self._store.load)
+        where = self._store.describe()
+        # The command made the store with the feed's identity already.
+        yield Step(f"checking {where}", lambda: prepare_store(self._store, None))
+        saved = yield Step(f"loading the checkpoint from {where}", self._store.load)
         self.resume_seq = saved if saved is not None else self._since
 
     def _connect(self, machine: Inputs) -> _Batch:

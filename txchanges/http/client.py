@@ -19,6 +19,7 @@ from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import _HTTP11ClientFactory  # the pool's own factory, made quiet below
 from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
 
 from txchanges.http import _http11, _urls
@@ -29,6 +30,20 @@ from txchanges.errors import ConnectionFailed, CouchError, UncleanEnd, Unexpecte
 from txchanges._reactor import default_reactor
 
 __all__ = ["Server", "Database"]
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
+class _QuietPool(HTTPConnectionPool):
+    """
+    A connection pool whose connections are not announced: Twisted's factory
+    logs "Starting factory" and "Stopping factory" for every connection, on
+    every reconnect of a long-lived follower.
+    """
+
+    _factory = _QuietFactory
 
 
 class Server:
@@ -91,7 +106,7 @@ class Server:
         self._tls_policy: Any = tls_policy or BrowserLikePolicyForHTTPS()
         if http is None:
             reactor = default_reactor(reactor)
-            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            self._pool = _QuietPool(reactor, persistent=True)
             agent = Agent(reactor, contextFactory=self._tls_policy, pool=self._pool)
             http = HTTPClient(cast(IAgent, agent))
         self._reactor = reactor

@@ -31,18 +31,19 @@ GIVE_UP_FAILURES = 3
 GIVE_UP_SECONDS = 30.0
 
 
-def prepare_store(store: CheckpointStore, identity: str) -> "Deferred[None]":
+def prepare_store(store: CheckpointStore, identity: Optional[str]) -> "Deferred[None]":
     """
     Make *store* ready for the follower of a feed, before it is loaded: a
     :class:`~txchanges.FileCheckpoint` or
     :class:`~txchanges.LocalDocCheckpoint` made without an identity takes
     *identity*, and the store's ``check()``, when it has one, runs.
 
-    :param identity: The feed's :func:`~txchanges.checkpoint_identity`.
+    :param identity: The feed's :func:`~txchanges.checkpoint_identity`, or
+        ``None`` when the store was given its own.
     :return: A Deferred firing with ``None``, or failing with
         :class:`~txchanges.CheckpointError` when the store cannot be written.
     """
-    if isinstance(store, (FileCheckpoint, LocalDocCheckpoint)) and store.identity is None:
+    if identity is not None and isinstance(store, (FileCheckpoint, LocalDocCheckpoint)) and store.identity is None:
         store.identity = identity
     check = getattr(store, "check", None)
     if check is None:
