@@ -162,15 +162,20 @@ def test_make_service_builds_the_follower_with_the_options(monkeypatch, tmp_path
     assert store.identity == "http://127.0.0.1:5984/prefix/orders/_changes?filter=app/important&level=2"
 
 
-def test_handler_factory_is_called_once_with_the_database_and_handler_args():
+def test_handler_factory_is_called_once_with_the_database_and_handler_args(monkeypatch, tmp_path):
     """--handler-factory is called with the Database and the --handler-arg pairs; a local: checkpoint lives in that database."""
+    monkeypatch.setattr(_tap, "ChangesService", RecordingService)
+    monkeypatch.setenv(handlers_for_tests.OUTPUT_VARIABLE, str(tmp_path / "out.jsonl"))
+    RecordingService.made.clear()
     options = parse(*BASE, "--handler-factory", f"{HANDLERS}:make_recorder", "--handler-arg", "tag=blue",
                     "--checkpoint", "local:indexer")
-    follower = makeService(options).getServiceNamed("follower")
-    assert follower._handler.__qualname__ == "make_recorder.<locals>.handle"
-    assert follower._handler.__closure__ is not None
-    assert "blue" in [c.cell_contents for c in follower._handler.__closure__ if isinstance(c.cell_contents, str)]
-    assert isinstance(follower._store, LocalDocCheckpoint)
+    makeService(options)
+    [made] = RecordingService.made
+    made["handler"]({"id": "doc-1", "seq": "1-a"})
+    [line] = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert json.loads(line) == {"id": "doc-1", "seq": "1-a", "db": made["db"].url, "tag": "blue"}
+    store = made["checkpoint"]
+    assert isinstance(store, LocalDocCheckpoint) and store.describe() == f"_local/indexer in {made['db'].url}"
 
 
 def test_handler_factory_returning_nothing_fails_clearly():
@@ -378,9 +383,12 @@ def test_twistd_exits_1_when_the_handler_fails_with_on_error_stop(couch_server, 
     assert not ckpt.exists()
 
 
-def test_make_service_with_a_shard_names_it_in_the_checkpoint_identity(tmp_path):
+def test_make_service_with_a_shard_names_it_in_the_checkpoint_identity(monkeypatch, tmp_path):
     """--shard reaches the service, and the checkpoint's identity carries it, so shards cannot share one."""
+    monkeypatch.setattr(_tap, "ChangesService", RecordingService)
+    RecordingService.made.clear()
     options = parse(*BASE, "--handler", f"{HANDLERS}:record", "--shard", "1/4", "--checkpoint", f"file:{tmp_path / 'c.json'}")
-    follower = makeService(options).getServiceNamed("follower")
-    assert follower._shard == Shard(1, 4)
-    assert follower._store.identity.endswith("/_changes shard 1/4")
+    makeService(options)
+    [made] = RecordingService.made
+    assert made["shard"] == Shard(1, 4)
+    assert made["checkpoint"].identity.endswith("/_changes shard 1/4")
