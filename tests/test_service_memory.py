@@ -130,10 +130,14 @@ async def test_changes_held_never_exceed_max_buffered(report_summary):
                    f"{len(feed.rows)} changes; the service paused the feed {pipe.client_pauses} times")
 
 
-@pytest.mark.parametrize("max_ahead, bound", [(None, 1000), (200, 200)])
+@pytest.mark.parametrize("max_buffered, max_ahead, bound", [
+    (MAX_BUFFERED, None, 1000),  # the default: at least 1000...
+    (40, None, 2000),  # ...or 50 x max_buffered
+    (MAX_BUFFERED, 200, 200),
+])
 @pytest_twisted.ensureDeferred
-async def test_one_stuck_handler_call_keeps_rows_past_the_resume_point_bounded(max_ahead, bound, report_summary):
-    """While the first handler call hangs, the service takes exactly max_ahead rows (the default, 1000, or the one configured) and then reads no more; released, it handles the rest."""
+async def test_one_stuck_handler_call_keeps_rows_past_the_resume_point_bounded(max_buffered, max_ahead, bound, report_summary):
+    """While the first handler call hangs, the service takes exactly max_ahead rows (the default, the larger of 1000 and 50 x max_buffered, or the one configured) and then reads no more; released, it handles the rest."""
     feed = build_feed(3000)
     stuck: defer.Deferred[None] = defer.Deferred()
     handler = SlowHandler()
@@ -148,7 +152,7 @@ async def test_one_stuck_handler_call_keeps_rows_past_the_resume_point_bounded(m
     net = MemoryNet(server, reactor, window=1, tap=tap)
     options: dict[str, Any] = {} if max_ahead is None else {"max_ahead": max_ahead}
     svc = ChangesService(Server("http://127.0.0.1:5984/", reactor=net)["db"], handle,
-                         concurrency=CONCURRENCY, max_buffered=MAX_BUFFERED, **options)
+                         concurrency=CONCURRENCY, max_buffered=max_buffered, **options)
     svc.startService()
     try:
         await wait_for(lambda: bool(net.pipes), 5, "the connection")
