@@ -26,7 +26,7 @@ from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
-from txchanges import NotFound, Server, UncleanEnd
+from txchanges import NotFound, UncleanEnd
 from txchanges.feed._body import BodyReader
 from txchanges.feed._ends import Stopped
 from txchanges.http._linereceiver import ILineReceiver
@@ -36,7 +36,7 @@ from txchanges.feed._normal import RowsProtocol
 from txchanges.feed._protocol import ChangesProtocol
 from txchanges.feed._rows import LastSeq
 
-from .test_http11 import HEAD, LINES, ScriptedServer, chunked, endpoint_for, listen, request_bytes
+from .test_http11 import HEAD, LINES, ScriptedServer, chunked, endpoint_for, feed_error, listen, request_bytes
 
 
 def seq(doc_id: str) -> str:
@@ -379,25 +379,13 @@ async def test_an_undeclared_lines_received_is_not_called() -> None:
 async def test_an_error_body_ended_by_the_close_is_read_whole() -> None:
     """An error response without framing, ended by the server's close, still gives its typed error and reason."""
     body = b'{"error":"not_found","reason":"Database does not exist."}'
-    error = await feed_error(b"HTTP/1.0 404 Object Not Found\r\nContent-Type: application/json\r\n\r\n" + body)
+    error = await feed_error(ScriptedServer(b"HTTP/1.0 404 Object Not Found\r\nContent-Type: application/json\r\n\r\n" + body))
     assert isinstance(error, NotFound) and error.reason == "Database does not exist."
 
 
 @pytest_twisted.ensureDeferred
 async def test_an_error_body_cut_short_still_gives_the_typed_error() -> None:
     """An error response whose body is cut short gives the typed error for its status, with its phrase."""
-    error = await feed_error(HEAD.replace(b"200 OK", b"404 Object Not Found") + b"40\r\n{\"error\":")
+    error = await feed_error(ScriptedServer(HEAD.replace(b"200 OK", b"404 Object Not Found") + b"40\r\n{\"error\":"))
     assert isinstance(error, NotFound) and error.reason == "Object Not Found"
 
-
-async def feed_error(response: bytes) -> Exception:
-    """What opening a feed fails with when a server sends *response* and closes."""
-    port, listening = listen(ScriptedServer(response))
-    couch = Server(f"http://127.0.0.1:{port}/")
-    try:
-        with pytest.raises(Exception) as caught:
-            await couch.open_feed("GET", "db/_changes", [("feed", "continuous")])
-    finally:
-        await couch.close()
-        await listening.stopListening()
-    return caught.value
