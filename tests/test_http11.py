@@ -32,7 +32,8 @@ from txchanges import ConnectionFailed, Consumer, NotFound, ServerError, Server,
 from txchanges.http._chunked import ChunkedDecoder
 from txchanges.http._framing import LengthDecoder, UntilClose, body_framing
 from txchanges.http._wire import BadResponse, host_header, render_request
-from txchanges.feed._feed import FeedRun, Stopped
+from txchanges.feed._ends import Stopped
+from txchanges.feed._feed import FeedRun
 from txchanges.http._http11 import open_response
 from txchanges.http._response import FeedResponse
 from txchanges.feed._params import feed_request

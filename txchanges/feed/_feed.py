@@ -13,14 +13,13 @@ from twisted.web.iweb import IResponse
 
 from txchanges.feed._body import BodyReader
 from txchanges.feed._ends import Stopped
-from txchanges.feed._collect import BodyCollector
 from txchanges.feed._params import FeedRequest
 from txchanges._reactor import Clock
 from txchanges.feed._watchdog import Watchdog
 from txchanges.http.client import Server
 from txchanges.errors import Stalled
 
-__all__ = ["FeedRun", "BodyCollector", "Stopped"]
+__all__ = ["FeedRun"]
 
 
 class FeedRun:
