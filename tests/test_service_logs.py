@@ -38,12 +38,7 @@ def test_no_checkpoint_starts_from_the_beginning(since: Any) -> None:
     clock = Clock()
     fake = FakeCouchDB(clock=clock)
     fake.create_db("db")
-    store = MemoryCheckpoint()
-    service = ChangesService(fake.server()["db"], lambda row: None, since=since, checkpoint=store, clock=clock)
-    with capturedLogs() as events:
-        service.startService()
-        service.stopService()
-    assert said(events, "no checkpoint") == [f"no checkpoint in {store.describe()}; starting from the beginning"]
+    assert start_and_stop(fake, clock, since) == [f"no checkpoint in {MEMORY}; starting from the beginning"]
 
 
 def test_no_checkpoint_starts_from_since() -> None:
@@ -53,12 +48,21 @@ def test_no_checkpoint_starts_from_since() -> None:
     fake.create_db("db")
     fake.save("db", {"_id": "a"})
     since = fake.update_seq("db")
-    store = MemoryCheckpoint()
-    service = ChangesService(fake.server()["db"], lambda row: None, since=since, checkpoint=store, clock=clock)
+    assert start_and_stop(fake, clock, since) == [f"no checkpoint in {MEMORY}; starting from {since}"]
+
+
+#: How a MemoryCheckpoint describes itself.
+MEMORY = MemoryCheckpoint().describe()
+
+
+def start_and_stop(fake: FakeCouchDB, clock: Clock, since: Any) -> list[str]:
+    """What a service on *fake*'s "db" from *since*, with an empty checkpoint, says of where it starts."""
+    service = ChangesService(fake.server()["db"], lambda row: None, since=since, checkpoint=MemoryCheckpoint(),
+                             clock=clock)
     with capturedLogs() as events:
         service.startService()
         service.stopService()
-    assert said(events, "no checkpoint") == [f"no checkpoint in {store.describe()}; starting from {since}"]
+    return said(events, "no checkpoint")
 
 
 @pytest_twisted.ensureDeferred
