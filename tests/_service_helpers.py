@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -120,3 +121,23 @@ async def start_feed(couch_server: Any, open_feed: Callable[[], T]) -> T:
     result = open_feed()
     await wait_for(lambda: started_feeds(couch_server) > before, 5, "the feed to start")
     return result
+
+
+def lines_then_signal(
+    process: "subprocess.Popen[str]", count: int, signum: int, timeout: float
+) -> tuple[list[str], str, str]:
+    """Read *count* lines of *process*'s stdout, send it *signum*, and wait for it to end.
+
+    :return: The lines read, then the rest of its stdout and its stderr; the
+        process is killed if it has not ended by *timeout* seconds.
+    """
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(count)]
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            process.communicate()
+    return lines, out, err

@@ -6,6 +6,7 @@ import urllib.parse
 
 import pytest
 
+from ._service_helpers import lines_then_signal
 from .examplerun import run_example, start_example
 
 
@@ -91,14 +92,7 @@ def test_follow_example_errors_are_one_line_and_status_1(couch_server, db_name, 
 def test_service_example(couch_server, db_name):
     """service.py follows until SIGTERM, then goes on: it reports every document handled and the checkpoint it saved in its _local document."""
     process = start_example("service.py", couch_server.admin_url, db_name)
-    try:
-        handled = [process.stdout.readline() for _ in range(20)]
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            process.communicate()
+    handled, out, err = lines_then_signal(process, 20, signal.SIGTERM, 60)
     assert process.returncode == 0, err
     assert sorted(handled) == sorted(f"handled doc-{i}\n" for i in range(20))
     status, saved = couch_server.request("GET", f"{db_name}/_local/example-follower")

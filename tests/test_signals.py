@@ -19,6 +19,8 @@ from txchanges import ChangesService, FileCheckpoint, NotFound, Server, run_unti
 from txchanges.service._signals import AGAIN, ECHO, FIRST, StopSignals
 from txchanges.testing import FakeCouchDB
 
+from ._service_helpers import lines_then_signal
+
 
 def test_a_signal_within_a_second_of_the_first_is_its_echo_and_a_later_one_a_new_request():
     """The first signal asks to stop, one less than a second after it is an echo, one a second after it or later is a second request."""
@@ -163,15 +165,8 @@ def test_a_script_runs_its_own_code_after_sigterm_with_the_checkpoint_saved(couc
         [sys.executable, str(SCRIPT), couch_server.admin_url, db_name, str(path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline() == "a\n"
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=30)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            process.communicate()
+    first, out, err = lines_then_signal(process, 1, signal.SIGTERM, 30)
+    assert first == ["a\n"]
     assert process.returncode == 0, err
     seq = json.loads(path.read_text())["seq"]
     assert out == f"stopped by signal {signal.SIGTERM.value} at {seq}\n"
