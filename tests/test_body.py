@@ -37,6 +37,7 @@ from txchanges.feed._protocol import ChangesProtocol
 from txchanges.feed._rows import LastSeq
 
 from .test_http11 import HEAD, LINES, ScriptedServer, chunked, endpoint_for, feed_error, listen, request_bytes
+from .test_streaming_normal import fired_with
 
 
 def seq(doc_id: str) -> str:
@@ -119,9 +120,7 @@ class Reader:
 
     @property
     def result(self) -> Any:
-        assert len(self.outcome) == 1, "finished has not fired"
-        value = self.outcome[0]
-        return value.value if isinstance(value, Failure) else value
+        return fired_with(self.outcome)
 
 
 def pause_at(*ids: str) -> Callable[[Reader, str], None]:

@@ -45,6 +45,13 @@ def pouchdb_body(items: list[dict[str, Any]], last: Any = 9) -> bytes:
     return json.dumps({"results": items, "last_seq": last}).encode()
 
 
+def fired_with(outcome: list[Any]) -> Any:
+    """What a Deferred whose results were appended to *outcome* fired with: its value, or its failure's exception."""
+    assert len(outcome) == 1, "finished has not fired"
+    value = outcome[0]
+    return value.value if isinstance(value, Failure) else value
+
+
 class Fed:
     """A RowsProtocol on a fake transport, recording what it hands over."""
 
@@ -65,9 +72,7 @@ class Fed:
 
     @property
     def result(self) -> Any:
-        assert len(self.outcome) == 1, "finished has not fired"
-        value = self.outcome[0]
-        return value.value if isinstance(value, Failure) else value
+        return fired_with(self.outcome)
 
 
 def test_couchdb_layout_all_at_once() -> None:
