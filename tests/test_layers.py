@@ -11,9 +11,10 @@ ALLOWED = {
     "http": {"base"},
     "feed": {"base", "http"},
     "service": {"base", "http", "feed"},
+    "many": {"base", "http", "feed", "service"},
     "testing": {"base", "http", "feed"},
-    "cli": {"base", "http", "feed", "service", "metrics"},
-    "metrics": {"base", "feed", "service"},
+    "cli": {"base", "http", "feed", "service", "many", "metrics"},
+    "metrics": {"base", "feed", "service", "many"},
 }
 
 #: The one import against the direction, with its reason.
