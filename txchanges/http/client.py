@@ -288,11 +288,20 @@ class Server:
         """
         return self.request_json("GET", "")
 
-    def all_dbs(self) -> "Deferred[list[str]]":
+    def all_dbs(self, start_key: Any = None, limit: Any = None) -> "Deferred[list[str]]":
         """
-        :return: A Deferred firing with the list of database names.
+        TEMPORARY
         """
-        return self.request_json("GET", "_all_dbs")
+        q = []
+        if start_key is not None:
+            q.append(("start_key", json.dumps(start_key)))
+        if limit is not None:
+            q.append(("limit", str(limit)))
+        return self.request_json("GET", "_all_dbs", q)
+
+    def dbs_info(self, names: Any) -> "Deferred[list[dict[str, Any]]]":
+        """TEMPORARY"""
+        return self.request_json("POST", "_dbs_info", json_body={"keys": list(names)})
 
     def create_db(self, name: str) -> "Deferred[Database]":
         """

@@ -19,7 +19,7 @@ from txchanges.http._urls import query_string
 from txchanges.http.client import Database
 from txchanges.service.shard import Shard
 
-__all__ = ["checkpoint_identity", "identity_of"]
+__all__ = ["checkpoint_identity", "identity_of", "feed_identity"]
 
 # Feed parameters that change what is delivered, not which changes: a
 # checkpoint stays valid when they change.
@@ -73,10 +73,18 @@ def identity_of(db: Database, request_params: Mapping[str, Any], shard: Optional
     (feed parameters and ``params`` in one mapping, as the service keeps
     them).
     """
+    return feed_identity(db.url, request_params, shard)
+
+
+def feed_identity(url: str, request_params: Mapping[str, Any], shard: Optional[Shard] = None) -> str:
+    """
+    :func:`identity_of` a feed named by the URL of its database, or by a
+    pattern for many (``http://host:5984/*``).
+    """
     chosen = {k: v for k, v in request_params.items() if k not in _PRESENTATION}
     request = feed_request("normal", None, chosen)
     query = [(k, v) for k, v in request.query if k != "feed"]
-    identity = db.url + "/_changes"
+    identity = url + "/_changes"
     if query:
         identity += "?" + query_string(sorted(query))
     if request.body is not None:

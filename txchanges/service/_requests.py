@@ -67,6 +67,8 @@ class FeedRequests:
     The feed requests of one run (the lifecycle's ``connect`` hook).
 
     :param run: Where the changes go.
+    :param path: The feed's encoded path: the database's ``_changes``, or
+        ``_db_updates``.
     :param since: Where the first request starts.
     :param params: The requests' parameters, but ``heartbeat``.
     :param heartbeat: Milliseconds between the server's keep-alive
@@ -82,6 +84,7 @@ class FeedRequests:
         self,
         db: Database,
         run: Run,
+        path: str,
         since: Any,
         params: dict[str, Any],
         *,
@@ -96,6 +99,7 @@ class FeedRequests:
     ) -> None:
         self._db = db
         self._run = run
+        self._path = path
         self._scheduler = run.scheduler
         self._params = params
         self._heartbeat = heartbeat
@@ -125,7 +129,7 @@ class FeedRequests:
         attempt = Attempt(self._clock.seconds())
         feed = FeedRun(
             self._db.server,
-            self._db.path("_changes"),
+            self._path,
             feed_request("continuous", since, dict(self._params, heartbeat=self._heartbeat)),
             self._clock,
             idle_limit(self._heartbeat, None),

@@ -7,7 +7,7 @@ keeps failing stops the follower.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, cast
+from typing import Any, Callable, Optional, Protocol, cast
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
@@ -19,7 +19,7 @@ from txchanges._reactor import Clock
 from txchanges.service.checkpoint import CheckpointError, CheckpointStore, FileCheckpoint, LocalDocCheckpoint
 from txchanges.errors import TxChangesError
 
-__all__ = ["CheckpointSaver", "prepare_store", "GIVE_UP_FAILURES", "GIVE_UP_SECONDS"]
+__all__ = ["CheckpointSaver", "SavesTo", "prepare_store", "GIVE_UP_FAILURES", "GIVE_UP_SECONDS"]
 
 #: A save that fails for a reason waiting does not fix by itself (a file
 #: that cannot be written, a refused document) is tried again at the next
@@ -29,6 +29,18 @@ __all__ = ["CheckpointSaver", "prepare_store", "GIVE_UP_FAILURES", "GIVE_UP_SECO
 #: longer moves.
 GIVE_UP_FAILURES = 3
 GIVE_UP_SECONDS = 30.0
+
+
+class SavesTo(Protocol):
+    """
+    What a :class:`CheckpointSaver` needs of a store: a
+    :class:`~txchanges.CheckpointStore`, or anything else that saves a value
+    that moves.
+    """
+
+    def save(self, seq: Any) -> "Deferred[None]": ...
+
+    def describe(self) -> str: ...
 
 
 def prepare_store(store: CheckpointStore, identity: Optional[str]) -> "Deferred[None]":
@@ -77,7 +89,7 @@ class CheckpointSaver:
 
     def __init__(
         self,
-        store: CheckpointStore,
+        store: SavesTo,
         resume: Callable[[], Any],
         interval: float,
         clock: Clock,

@@ -274,7 +274,7 @@ class ChangesService(Service):
             retry_delay=self._retry, checkpoint_every=self._every,
         )
         self._requests = FeedRequests(
-            self.db, run, since, self._params, heartbeat=self._heartbeat, max_line_length=self._max_line_length,
+            self.db, run, self._feed_path(), since, self._params, heartbeat=self._heartbeat, max_line_length=self._max_line_length,
             shard=self._shard, dedup=self._dedup, stats=self._stats, backoff=self._backoff, clock=self._clock,
             log=self.log,
         )
@@ -283,6 +283,10 @@ class ChangesService(Service):
                 self.db, lambda: self.resume_seq, lambda: self.stats.handled, self._set_pending, self._clock
             )
             self._probe.start(self._pending_interval)
+
+    def _feed_path(self) -> str:
+        # The feed followed: the database's changes.
+        return self.db.path("_changes")
 
     def _connect(self, machine: Inputs) -> Attempt:
         assert self._requests is not None
