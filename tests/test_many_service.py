@@ -74,8 +74,16 @@ def service(server: Server, seen: Seen, tenants: Tenants, **kwargs: Any) -> Data
     return DatabasesService(server, seen, match=tenants.match, on_deleted=seen.on_deleted, **kwargs)
 
 
-async def handled_all(seen: Seen, tenants: Tenants, timeout: float = 20.0) -> None:
+def idle(s: DatabasesService) -> bool:
+    stats = s.stats
+    return s.state == "following" and stats.open_feeds == 0 and stats.waiting == 0
+
+
+async def handled_all(seen: Seen, tenants: Tenants, timeout: float = 20.0, since: Seen | None = None) -> None:
+    """Wait until every final revision is handled (but those *since* handled already)."""
     wanted = await tenants.final_revisions()
+    if since is not None:
+        wanted -= since.pairs()
     await wait_for(lambda: wanted <= seen.pairs(), timeout, f"{len(wanted)} final revisions handled")
 
 
@@ -124,8 +132,9 @@ async def test_a_restart_resumes_every_database_where_it_was(server: Server, ten
     s = service(server, second, tenants, checkpoint=store)
     s.startService()
     try:
-        await handled_all(second, tenants)
+        await handled_all(second, tenants, since=first)
         await wait_for(lambda: dbs[3].name in second.deleted, 10, "the deletion seen by the scan")
+        await wait_for(lambda: idle(s), 10, "every catch-up over")
         assert len(second.calls) == 4
         assert {(db, doc) for db, doc, _ in second.calls} == {
             (dbs[0].name, "d"), (dbs[2].name, "e"), (dbs[2].name, "f"), (tenants.name(7), "g")
