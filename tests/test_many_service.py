@@ -10,6 +10,7 @@ import pytest_twisted
 
 from txchanges import Database, DatabasesService, MemoryCheckpoints, Server
 from tests._service_helpers import testserver_counts, wait_for, write_docs
+from tests.faultproxy import FaultProxy
 
 
 class Seen:
@@ -221,3 +222,35 @@ async def test_a_quiet_database_is_served_while_a_busy_one_has_a_backlog(server:
         await handled_all(seen, tenants)
     finally:
         await s.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_db_updates_feed_cut_then_stalled_loses_nothing(
+    couch_server: Any, server: Server, proxy: FaultProxy, tenants: Tenants
+) -> None:
+    """Every connection cut, then every byte held back: the service reconnects, scans again and misses nothing."""
+    dbs = [await tenants.create(n) for n in range(3)]
+    seen = Seen()
+    through = Server(proxy.url_for(couch_server.admin_url))
+    s = DatabasesService(
+        through, seen, match=tenants.match, heartbeat=300, retry_policy=lambda attempt: 0.1, checkpoint_interval=0.2
+    )
+    s.startService()
+    try:
+        await wait_for(lambda: s.state == "following", 10, "the first scan")
+        assert s.stats.scans == 1
+        await write_docs(dbs[0], ["a"])
+        await handled_all(seen, tenants)
+        assert proxy.cut_all() >= 1
+        await write_docs(dbs[1], ["b"])
+        await handled_all(seen, tenants)
+        await wait_for(lambda: s.stats.scans >= 2, 10, "a scan after the feed was lost")
+        proxy.stall()
+        await write_docs(dbs[2], ["c"])
+        await wait_for(lambda: s.stats.reconnects >= 2, 10, "the stalled feed given up")
+        proxy.unstall()
+        await handled_all(seen, tenants)
+        assert len(seen.calls) == 3
+    finally:
+        await s.stopService()
+        await through.close()

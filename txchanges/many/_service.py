@@ -396,11 +396,17 @@ class DatabasesService(Service):
         finally:
             self._scanning = False
 
-    def _found(self, name: str, update_seq: Any, first: bool) -> None:
+    def _found(self, name: str, info: dict[str, Any], first: bool) -> None:
+        update_seq = info.get("update_seq")
         known = self._seqs.get(name)
-        if known is None and self._store.complete and first and self._since == "now":
+        if known is not None or not self._store.complete:
+            if known != update_seq:
+                self._pool.dirty(name)
+        elif (first and self._since == "now") or (info.get("doc_count") == 0 and info.get("doc_del_count") == 0):
+            # Nothing to read (or nothing wanted): its checkpoint is where
+            # it is, with no request.
             self._record(name, update_seq)
-        elif known is None or known != update_seq:
+        else:
             self._pool.dirty(name)
 
     # -- what _db_updates tells -----------------------------------------------
