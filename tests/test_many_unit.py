@@ -260,3 +260,22 @@ def test_an_unknown_feed_parameter_names_the_closest() -> None:
     fake, clock, server = setup()
     with pytest.raises(TypeError, match="include_docs"):
         DatabasesService(server, lambda db, change: None, clock=clock, include_doc=True)  # type: ignore[call-arg]
+
+
+def test_a_filter_that_matches_nothing_still_moves_the_checkpoint_to_the_end() -> None:
+    """The normal feed's last_seq passes the changes the filter left out: the next scan reads nothing."""
+    fake, clock, server = setup()
+    fake.create_db("a")
+    for i in range(3):
+        fake.save("a", {"_id": f"d{i}", "wanted": i == 1})
+    fake.register_filter("app/wanted", lambda doc, req: doc.get("wanted"))
+    store = Recording()
+    seen: list[str] = []
+    make(server, lambda db, change: seen.append(change["id"]), clock, checkpoint=store, filter_name="app/wanted").startService()
+    fake.flush()
+    clock.advance(1.0)
+    assert seen == ["d1"]
+    assert store.seqs["a"] == fake.update_seq("a")
+    clock.advance(RESCAN)
+    fake.flush()
+    assert sum(1 for r in fake.requests if r.path[-1:] == ["_changes"]) == 1
