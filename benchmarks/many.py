@@ -89,7 +89,7 @@ def percentile(values: list[float], p: float) -> float:
 # -- the follower: handled changes, and CPU over the measured window ------------
 
 
-def follow(url: str, prefix: str, start: float, seconds: float, drain: float, out: str) -> int:
+def follow(url: str, prefix: str, start: float, seconds: float, written_path: str, out: str) -> int:
     from twisted.internet import reactor, task
 
     from txchanges import DatabasesService, Server
@@ -106,15 +106,22 @@ def follow(url: str, prefix: str, start: float, seconds: float, drain: float, ou
         marks[name] = cpu_seconds()
         marks[name + "_handled"] = len(handled)
 
-    def finish() -> None:
-        Path(out).write_text(json.dumps({"handled": handled, "marks": marks}))
-        service.stopService().addBoth(lambda _: reactor.stop())  # type: ignore[attr-defined]
+    def until_written_are_handled() -> None:
+        # Once the writer is done (its file exists), until every write it
+        # made is handled, or a minute has passed.
+        path = Path(written_path)
+        deadline = time.time() + 60
+        if path.exists() and (all(key in handled for key in json.loads(path.read_text())) or time.time() > deadline):
+            Path(out).write_text(json.dumps({"handled": handled, "marks": marks}))
+            service.stopService().addBoth(lambda _: reactor.stop())  # type: ignore[attr-defined]
+        else:
+            task.deferLater(reactor, 0.2, until_written_are_handled)
 
     service.startService()
     now = time.time()
     task.deferLater(reactor, max(0.0, start - now), mark, "begin")
     task.deferLater(reactor, max(0.0, start + seconds - now), mark, "end")
-    task.deferLater(reactor, max(0.0, start + seconds + drain - now), finish)
+    task.deferLater(reactor, max(0.0, start + seconds - now), until_written_are_handled)
     reactor.run()  # type: ignore[attr-defined]
     return 0
 
@@ -124,19 +131,23 @@ def follow(url: str, prefix: str, start: float, seconds: float, drain: float, ou
 
 def write(url: str, prefix: str, databases: int, rate: int, start: float, seconds: float, out: str) -> int:
     names = [f"{prefix}{n:05d}" for n in range(databases)]
-    written: dict[str, float] = {}
     rng = random.Random()
-    time.sleep(max(0.0, start - time.time()))
-    second = 0
-    while second < seconds:
-        tick = start + second
-        for i, name in enumerate(rng.sample(names, rate)):
-            # Spread over the second, as independent clients would write.
-            time.sleep(max(0.0, tick + i / rate - time.time()))
-            doc_id = f"w{second:04d}-{i:03d}"
-            request(f"{url}{name}/{doc_id}", "PUT", {"n": i})
-            written[f"{name}/{doc_id}"] = time.time()
-        second += 1
+    # A random *rate* databases each second, their writes spread over it,
+    # as independent clients would make them; several in flight at once, so
+    # that a slow response does not hold the next write back.
+    planned = [
+        (start + second + i / rate, name, f"w{second:04d}-{i:03d}")
+        for second in range(int(seconds))
+        for i, name in enumerate(rng.sample(names, rate))
+    ]
+
+    def one(at: float, name: str, doc_id: str) -> tuple[str, float]:
+        time.sleep(max(0.0, at - time.time()))
+        request(f"{url}{name}/{doc_id}", "PUT", {"at": at})
+        return f"{name}/{doc_id}", time.time()
+
+    with ThreadPoolExecutor(16) as pool:
+        written = dict(pool.map(lambda plan: one(*plan), planned))
     Path(out).write_text(json.dumps(written))
     return 0
 
@@ -197,9 +208,9 @@ def sub(*args: str) -> subprocess.Popen[bytes]:
 def measure_active(url: str, databases: int, rate: int, seconds: float, tmp: Path) -> dict[str, Any]:
     prefix = f"active{random.randrange(10**6):06d}-"
     create_databases(url, [f"{prefix}{n:05d}" for n in range(databases)])
-    warm_up, drain = 5.0, 5.0
+    warm_up = 5.0
     start = time.time() + warm_up
-    follower = sub("follow", url, prefix, str(start), str(seconds), str(drain), str(tmp / "follow.json"))
+    follower = sub("follow", url, prefix, str(start), str(seconds), str(tmp / "write.json"), str(tmp / "follow.json"))
     writer = sub("write", url, prefix, str(databases), str(rate), str(start), str(seconds), str(tmp / "write.json"))
     if writer.wait() != 0 or follower.wait() != 0:
         raise RuntimeError("a benchmark process failed")
@@ -210,9 +221,11 @@ def measure_active(url: str, databases: int, rate: int, seconds: float, tmp: Pat
     if missing:
         raise RuntimeError(f"{len(missing)} writes never reached the handler, e.g. {missing[:3]}")
     delays = [handled[key] - at for key, at in written.items()]
+    last_write = max(written.values())
     changes = marks["end_handled"] - marks["begin_handled"]
     return {
         "databases": databases, "rate": rate, "writes": len(written),
+        "writes_per_second": len(written) / (last_write - start),
         "median_ms": statistics.median(delays) * 1000, "p99_ms": percentile(delays, 99) * 1000,
         "max_ms": max(delays) * 1000,
         "cpu_us_per_change": (marks["end"] - marks["begin"]) / max(1, changes) * 1e6,
@@ -252,7 +265,8 @@ def section(active: dict[str, Any], idle_: dict[str, Any], command: str) -> str:
         f" | {'met' if memory_ok else 'missed'} |",
         "",
         f"{active['databases']:,} databases, a random {active['rate']} written each second for"
-        f" {active['writes'] // active['rate']} s ({active['writes']:,} writes): write-to-handler median"
+        f" {active['writes'] // active['rate']} s ({active['writes']:,} writes; the server took"
+        f" {active['writes_per_second']:.0f} a second): write-to-handler median"
         f" {active['median_ms']:.0f} ms, p99 {active['p99_ms']:.0f} ms, max {active['max_ms']:.0f} ms;"
         f" the follower's CPU {active['cpu_us_per_change']:.0f} µs per change (one catch-up request each).",
         "",
@@ -279,8 +293,8 @@ def write_section(text: str) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "follow":
-        url, prefix, start, seconds, drain, out = argv[1:]
-        return follow(url, prefix, float(start), float(seconds), float(drain), out)
+        url, prefix, start, seconds, written, out = argv[1:]
+        return follow(url, prefix, float(start), float(seconds), written, out)
     if argv and argv[0] == "write":
         url, prefix, databases, rate, start, seconds, out = argv[1:]
         return write(url, prefix, int(databases), int(rate), float(start), float(seconds), out)
