@@ -430,7 +430,8 @@ class DatabasesService(Service):
         name = row.get("db_name")
         if not isinstance(name, str) or not self._match(name):
             return
-        self._touched.add(name)
+        if self._scanning:
+            self._touched.add(name)
         if row.get("type") == "deleted":
             self._deleted(name)
         else:
