@@ -8,7 +8,7 @@ test server in test_many_service.py.
 
 from __future__ import annotations
 
-from typing import Any, Collection, Mapping
+from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
@@ -19,18 +19,6 @@ from txchanges.many._match import predicate
 from txchanges.testing import FakeCouchDB
 
 RESCAN = 10.0
-
-
-class Recording(MemoryCheckpoints):
-    """A memory store that keeps every batch it was asked to save."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.batches: list[tuple[dict[str, Any], set[str]]] = []
-
-    def save(self, seqs: Mapping[str, Any], removed: Collection[str]) -> "Deferred[None]":
-        self.batches.append((dict(seqs), set(removed)))
-        return super().save(seqs, removed)
 
 
 class Held:
@@ -118,7 +106,7 @@ def test_a_page_at_a_time_and_only_what_is_done_is_checkpointed() -> None:
     for i in range(5):
         fake.save("a", {"_id": f"d{i}"})
         after.append(fake.update_seq("a"))
-    store = Recording()
+    store = MemoryCheckpoints()
     held = Held()
     s = make(server, held, clock, checkpoint=store, page_size=2, concurrency=1)
     s.startService()
@@ -151,7 +139,7 @@ def test_a_stop_waits_for_running_calls_then_saves_what_is_done() -> None:
         fake.save(name, {"_id": f"{name}1"})
         first_done[name] = fake.update_seq(name)
         fake.save(name, {"_id": f"{name}2"})
-    store = Recording()
+    store = MemoryCheckpoints()
     held = Held()
     s = make(server, held, clock, checkpoint=store, stop_timeout=5.0)
     s.startService()
@@ -176,7 +164,7 @@ def test_the_handler_failing_with_on_error_stop_stops_the_service() -> None:
     fake.create_db("a")
     fake.save("a", {"_id": "good"})
     fake.save("a", {"_id": "bad"})
-    store = Recording()
+    store = MemoryCheckpoints()
 
     def handler(db: str, change: dict[str, Any]) -> None:
         if change["id"] == "bad":
@@ -199,7 +187,7 @@ def test_a_database_deleted_is_told_and_its_checkpoint_dropped() -> None:
     fake.save("a", {"_id": "a1"})
     fake.create_db("b")
     fake.save("b", {"_id": "b1"})
-    store = Recording()
+    store = MemoryCheckpoints()
     told: list[str] = []
     s = make(server, lambda db, change: None, clock, checkpoint=store, on_deleted=told.append)
     s.startService()
@@ -219,7 +207,7 @@ def test_an_empty_database_needs_no_request() -> None:
     fake, clock, server = setup()
     for n in range(50):
         fake.create_db(f"empty{n}")
-    store = Recording()
+    store = MemoryCheckpoints()
     s = make(server, lambda db, change: None, clock, checkpoint=store)
     s.startService()
     fake.flush()
@@ -237,12 +225,12 @@ def test_checkpoints_of_many_databases_are_saved_in_one_batch() -> None:
     for n in range(30):
         fake.create_db(f"db{n}")
         fake.save(f"db{n}", {"_id": "x"})
-    store = Recording()
+    store = MemoryCheckpoints()
     s = make(server, lambda db, change: None, clock, checkpoint=store)
     s.startService()
     fake.flush()
     clock.advance(1.0)
-    assert len(store.batches) == 1 and len(store.batches[0][0]) == 30
+    assert len(store.saves) == 1 and len(store.saves[0][0]) == 30
     assert s.stats.checkpoints == 1
 
 
@@ -269,7 +257,7 @@ def test_a_filter_that_matches_nothing_still_moves_the_checkpoint_to_the_end() -
     for i in range(3):
         fake.save("a", {"_id": f"d{i}", "wanted": i == 1})
     fake.register_filter("app/wanted", lambda doc, req: doc.get("wanted"))
-    store = Recording()
+    store = MemoryCheckpoints()
     seen: list[str] = []
     make(server, lambda db, change: seen.append(change["id"]), clock, checkpoint=store, filter_name="app/wanted").startService()
     fake.flush()

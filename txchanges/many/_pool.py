@@ -133,7 +133,8 @@ class Pool:
                 del queue[name]
                 # Known as running before it starts: a catch-up may get far
                 # (even stop the owner) before its first pause.
-                running[name] = done = Deferred()
+                done: Deferred[Outcome] = Deferred()
+                running[name] = done
                 done.addBoth(self._ended, name)
                 Deferred.fromCoroutine(self._catch_up(name)).chainDeferred(done)
         finally:
