@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
 import pytest_twisted
 
-from txchanges import Database, DatabasesService, MemoryCheckpoints, Server
+from txchanges import (
+    CouchCheckpoints,
+    Database,
+    DatabasesService,
+    FileCheckpoints,
+    LocalDocCheckpoints,
+    MemoryCheckpoints,
+    Server,
+)
 from tests._service_helpers import testserver_counts, wait_for, write_docs
 from tests.faultproxy import FaultProxy
 
@@ -113,14 +122,30 @@ async def test_existing_and_new_databases_are_followed(server: Server, tenants: 
         await server.delete_db(other.name)
 
 
+@pytest.mark.parametrize("kind", ["memory", "file", "couch", "local"])
 @pytest_twisted.ensureDeferred
-async def test_a_restart_resumes_every_database_where_it_was(server: Server, tenants: Tenants) -> None:
-    store = MemoryCheckpoints()
+async def test_a_restart_resumes_every_database_where_it_was(
+    server: Server, tenants: Tenants, tmp_path: Path, kind: str
+) -> None:
+    """With each store: what changed while stopped is read, nothing else; a database deleted meanwhile is told
+    (but with _local checkpoints, which go with their database)."""
+    coordination = f"coord{uuid.uuid4().hex[:8]}"
+    memory = MemoryCheckpoints()
+
+    def store() -> Any:
+        # A new store each time, as after a restart (but in memory).
+        return {
+            "memory": lambda: memory,
+            "file": lambda: FileCheckpoints(tmp_path / "checkpoints.json"),
+            "couch": lambda: CouchCheckpoints(server[coordination]),
+            "local": lambda: LocalDocCheckpoints(server),
+        }[kind]()
+
     dbs = [await tenants.create(n) for n in range(4)]
     for db in dbs:
         await write_docs(db, ["a", "b", "c"])
     first = Seen()
-    s = service(server, first, tenants, checkpoint=store)
+    s = service(server, first, tenants, checkpoint=store())
     s.startService()
     await handled_all(first, tenants)
     await s.stopService()
@@ -130,11 +155,14 @@ async def test_a_restart_resumes_every_database_where_it_was(server: Server, ten
     await server.delete_db(dbs[3].name)
     await write_docs(await tenants.create(7), ["g"])
     second = Seen()
-    s = service(server, second, tenants, checkpoint=store)
+    s = service(server, second, tenants, checkpoint=store())
     s.startService()
     try:
         await handled_all(second, tenants, since=first)
-        await wait_for(lambda: dbs[3].name in second.deleted, 10, "the deletion seen by the scan")
+        if kind != "local":
+            # A _local checkpoint goes with its database: that store cannot
+            # tell which databases were followed before.
+            await wait_for(lambda: dbs[3].name in second.deleted, 10, "the deletion seen by the scan")
         await wait_for(lambda: idle(s), 10, "every catch-up over")
         assert len(second.calls) == 4
         assert {(db, doc) for db, doc, _ in second.calls} == {
@@ -142,6 +170,8 @@ async def test_a_restart_resumes_every_database_where_it_was(server: Server, ten
         }
     finally:
         await s.stopService()
+        if kind == "couch":
+            await server.delete_db(coordination)
 
 
 @pytest_twisted.ensureDeferred
