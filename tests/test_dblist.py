@@ -151,10 +151,12 @@ async def test_dbs_info_refuses_more_than_100_keys(place: Place) -> None:
     with pytest.raises(BadRequest) as caught:
         await place.server.request_json("POST", "_dbs_info", json_body={"keys": names})
     assert caught.value.reason == "`keys` member must be less than or equal to 100"
-    with pytest.raises(BadRequest):
+    with pytest.raises(BadRequest) as caught:
         await place.server.request_json("POST", "_dbs_info", json_body={"names": names[:1]})
-    with pytest.raises(BadRequest):
+    assert caught.value.reason == "`keys` member must exist."
+    with pytest.raises(BadRequest) as caught:
         await place.server.request_json("POST", "_dbs_info", json_body={"keys": names[0]})
+    assert caught.value.reason == "`keys` member must be an array."
 
 
 @pytest_twisted.ensureDeferred
@@ -164,6 +166,21 @@ async def test_listing_is_for_the_admin(place: Place) -> None:
         await place.anonymous.all_dbs(limit=1)
     with pytest.raises(Unauthorized):
         await place.anonymous.dbs_info(["x"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_lists_global_changes_but_not_view_indexes(server: Server, db_name: str) -> None:
+    """The test server lists _global_changes (present from its start) and never PouchDB's view-index databases."""
+    db = await server.create_db(db_name)
+    await db.save_doc({"_id": "_design/v", "views": {"all": {"map": "function(doc) { emit(doc._id, null); }"}}})
+    await db.save_doc({"_id": "d"})
+    rows = await server.request_json("GET", f"{db_name}/_design/v/_view/all")
+    assert [r["id"] for r in rows["rows"]] == ["d"]
+    names = await server.all_dbs()
+    assert "_global_changes" in names and db_name in names
+    assert [n for n in names if n.startswith(db_name)] == [db_name]
+    rows = await server.dbs_info(["_global_changes"])
+    assert rows[0]["info"]["db_name"] == "_global_changes"
 
 
 def test_dbs_info_takes_only_names() -> None:
