@@ -79,19 +79,17 @@ def last_key(prefix: str) -> str:
 async def test_pages_list_every_name_once_in_raw_order(place: Place) -> None:
     """Pages of 3 from start_key, each next one starting just after the last name, list every name once, in byte order."""
     names = await place.create(ORDERED)
-    seen: list[str] = []
-    pages = 0
+    pages: list[list[str]] = []
     start = place.prefix
-    while True:
+    # Four pages and an empty one end it; a page that does not move on stops here.
+    for _ in range(5):
         page = await place.server.all_dbs(start_key=start, end_key=last_key(place.prefix), limit=3)
-        assert len(page) <= 3
+        pages.append(page)
         if not page:
             break
-        pages += 1
-        seen += page
         start = page[-1] + "\x00"
-    assert seen == names
-    assert pages == 4
+    assert [n for page in pages for n in page] == names
+    assert [len(page) for page in pages] == [3, 3, 3, 1, 0]
 
 
 @pytest_twisted.ensureDeferred
@@ -153,10 +151,12 @@ async def test_dbs_info_refuses_more_than_100_keys(place: Place) -> None:
     with pytest.raises(BadRequest) as caught:
         await place.server.request_json("POST", "_dbs_info", json_body={"keys": names})
     assert caught.value.reason == "`keys` member must be less than or equal to 100"
-    with pytest.raises(BadRequest):
+    with pytest.raises(BadRequest) as caught:
         await place.server.request_json("POST", "_dbs_info", json_body={"names": names[:1]})
-    with pytest.raises(BadRequest):
+    assert caught.value.reason == "`keys` member must exist."
+    with pytest.raises(BadRequest) as caught:
         await place.server.request_json("POST", "_dbs_info", json_body={"keys": names[0]})
+    assert caught.value.reason == "`keys` member must be an array."
 
 
 @pytest_twisted.ensureDeferred
@@ -166,6 +166,21 @@ async def test_listing_is_for_the_admin(place: Place) -> None:
         await place.anonymous.all_dbs(limit=1)
     with pytest.raises(Unauthorized):
         await place.anonymous.dbs_info(["x"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_lists_global_changes_but_not_view_indexes(server: Server, db_name: str) -> None:
+    """The test server lists _global_changes (present from its start) and never PouchDB's view-index databases."""
+    db = await server.create_db(db_name)
+    await db.save_doc({"_id": "_design/v", "views": {"all": {"map": "function(doc) { emit(doc._id, null); }"}}})
+    await db.save_doc({"_id": "d"})
+    rows = await server.request_json("GET", f"{db_name}/_design/v/_view/all")
+    assert [r["id"] for r in rows["rows"]] == ["d"]
+    names = await server.all_dbs()
+    assert "_global_changes" in names and db_name in names
+    assert [n for n in names if n.startswith(db_name)] == [db_name]
+    rows = await server.dbs_info(["_global_changes"])
+    assert rows[0]["info"]["db_name"] == "_global_changes"
 
 
 def test_dbs_info_takes_only_names() -> None:

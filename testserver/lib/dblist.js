@@ -2,14 +2,14 @@
 // The server's list of databases as CouchDB 3 pages it: GET /_all_dbs with
 // start_key / end_key / inclusive_end / limit / skip / descending, and
 // POST /_dbs_info, which answers GET /{db} for up to 100 names at once.
-// Both read the registry, which knows synchronously which databases exist.
+// Both read the registry, which knows synchronously which databases exist
+// and leaves out PouchDB's own helper databases (view indexes, its list of
+// databases), as express-pouchdb's _all_dbs did.
 
 const {CouchError, badRequest, sendJSON, readJSONBody, rawQuery} = require('./http');
 
 // CouchDB's [chttpd] max_db_number_for_dbs_info_req default.
 const MAX_DBS_INFO_KEYS = 100;
-// express-pouchdb left this one out of its _all_dbs; so does this list.
-const HIDDEN = new Set(['pouch__auth_sessions__']);
 
 // The body of GET /{db} for a database the registry knows.
 async function dbInfo(entry) {
@@ -102,7 +102,7 @@ function parseAllDbsParams(q) {
 // The names from start_key to end_key in the order asked, then skip and limit.
 function pageOfNames(names, p) {
   const dir = p.descending ? -1 : 1;
-  const sorted = names.filter((n) => !HIDDEN.has(n)).sort((a, b) => dir * compareNames(a, b));
+  const sorted = names.slice().sort((a, b) => dir * compareNames(a, b));
   const page = sorted.filter((name) => {
     if (p.startKey !== undefined && dir * compareToKey(name, p.startKey) < 0) {
       return false;
