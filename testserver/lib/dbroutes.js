@@ -44,6 +44,7 @@ module.exports = function mountDbRoutes(app, registry, wrap) {
       open_feeds: {changes: stats.changes, db_updates: stats.dbUpdates},
       started_feeds: {changes: stats.changesStarted},
       heartbeats: {changes: Object.fromEntries(stats.heartbeats)},
+      rows_scanned: Object.fromEntries(stats.rowsScanned),
       databases: registry.entries.size
     });
   });

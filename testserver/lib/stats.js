@@ -7,4 +7,8 @@
 // "heartbeats" counts, by database name, the heartbeat newlines _changes
 // feeds have written when their heartbeat timer fired, so a test can see
 // that a client really got some.
-module.exports = {changes: 0, dbUpdates: 0, changesStarted: 0, heartbeats: new Map()};
+// "rowsScanned" counts, by database name, the changes _changes feeds have
+// gone through (each read and, with a filter, tested, whether or not it was
+// sent), so a test can see how much of a database a follower made the
+// server read again.
+module.exports = {changes: 0, dbUpdates: 0, changesStarted: 0, heartbeats: new Map(), rowsScanned: new Map()};
