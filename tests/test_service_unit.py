@@ -398,7 +398,8 @@ BAD_OPTIONS = [
                  "invalid filter name 'nofilter': use 'designname/filtername' or one of _design, _doc_ids, "
                  "_selector, _view", id="filter_name"),
     pytest.param({"timeout": 1000}, ValueError,
-                 "ChangesService(): timeout= is not allowed: the service sets timeout itself (it sends heartbeat)", id="timeout"),
+                 "ChangesService(): timeout= is not allowed: the service sends heartbeat, which makes CouchDB "
+                 "ignore timeout; see feed_max_duration", id="timeout"),
 ]
 
 

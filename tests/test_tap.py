@@ -48,15 +48,22 @@ def test_good_options_become_service_arguments(tmp_path):
         "--on-error", "retry",
         "--checkpoint", f"file:{tmp_path / 'ckpt.json'}", "--checkpoint-every", "7",
         "--dedup-window", "100", "--give-up-after", "60", "--shard", "2/3",
-        "--pending-interval", "15",
+        "--pending-interval", "15", "--feed-max-duration", "90",
     )
     assert options["handler-object"] is handlers_for_tests.record
     assert options.service_kwargs() == {
         "since": "now", "heartbeat": 5000, "checkpoint_every": 7, "dedup_window": 100, "give_up_after": 60.0,
-        "shard": Shard(2, 3), "pending_interval": 15.0, "selector": {"type": "order"}, "include_docs": True,
+        "shard": Shard(2, 3), "pending_interval": 15.0, "feed_max_duration": 90.0, "selector": {"type": "order"}, "include_docs": True,
         "params": {"region": "eu"},
     }
     assert (options["concurrency"], options["max-buffered"], options["max-ahead"], options["on-error"]) == (4, 16, 500, "retry")
+
+
+@pytest.mark.parametrize("args, expected", [([], 300.0), (["--feed-max-duration", "0"], None)], ids=["default", "zero"])
+def test_feed_max_duration(args, expected):
+    """--feed-max-duration is 300 s unless given; 0 turns the renewals off."""
+    options = parse(*BASE, "--handler", f"{HANDLERS}:record", *args)
+    assert options.service_kwargs()["feed_max_duration"] == expected
 
 
 def test_param_sorts_feed_parameters_from_the_filters_own():
@@ -108,6 +115,7 @@ def test_doc_ids_accumulate_from_commas_and_repeats():
         ([*BASE, "--handler", f"{HANDLERS}:record", "--shard", "3/3"], "shard index 3 is not in 0..2"),
         ([*BASE, "--handler", f"{HANDLERS}:record", "--shard", "half"], "expected a shard as I/N"),
         ([*BASE, "--handler", f"{HANDLERS}:record", "--pending-interval", "0"], "a number of seconds above 0"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--feed-max-duration", "-1"], "a number of seconds, 0 or more"),
         (["--url", "nope://x/", "--db", "mydb", "--handler", f"{HANDLERS}:record"], "--url: server URL must start"),
         (["--url", "http://127.0.0.1:5984/", "--db", "MyDb", "--handler", f"{HANDLERS}:record"], "invalid database name"),
     ],

@@ -46,6 +46,7 @@ module.exports = function mountDbRoutes(app, registry, wrap) {
       peak_open_feeds: {changes: stats.peakChanges},
       started_feeds: {changes: stats.changesStarted},
       heartbeats: {changes: Object.fromEntries(stats.heartbeats)},
+      rows_scanned: Object.fromEntries(stats.rowsScanned),
       databases: registry.entries.size
     });
   });

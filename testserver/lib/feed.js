@@ -149,11 +149,13 @@ class Feed {
     let visited = 0;
     let stopped = false;
     let lastRow = null;
+    let scanned = 0;
     for (const change of changes) {
       if (this.limitLeft <= 0) {
         stopped = true;
         break;
       }
+      scanned += 1;
       const doc = formatDoc(change);
       const pass = !this.filter || this.filter.test(doc);
       if (pass || !this.filter.fastPath) {
@@ -169,10 +171,12 @@ class Feed {
       if (this.res.writableNeedDrain) {
         await drained(this.res);
         if (this.done) {
+          this.scanned(scanned);
           return false;
         }
       }
     }
+    this.scanned(scanned);
     // CouchDB's pending: changes after the point the enumeration reached.
     // _doc_ids and _design only visit the documents they return.
     this.pending = changes.length - visited;
@@ -188,6 +192,12 @@ class Feed {
       this.endSeq = this.position;
     }
     return true;
+  }
+
+  // For GET /_testserver: how many changes this database's feeds went through.
+  scanned(count) {
+    const name = this.entry.name;
+    stats.rowsScanned.set(name, (stats.rowsScanned.get(name) || 0) + count);
   }
 
   emitRow(change, doc) {

@@ -9,5 +9,9 @@
 // "heartbeats" counts, by database name, the heartbeat newlines _changes
 // feeds have written when their heartbeat timer fired, so a test can see
 // that a client really got some.
+// "rowsScanned" counts, by database name, the changes _changes feeds have
+// gone through (each read and, with a filter, tested, whether or not it was
+// sent), so a test can see how much of a database a follower made the
+// server read again.
 module.exports = {changes: 0, dbUpdates: 0, changesStarted: 0, peakChanges: 0,
-  heartbeats: new Map()};
+  heartbeats: new Map(), rowsScanned: new Map()};

@@ -24,6 +24,7 @@ from txchanges.http._urls import parse_server_url, redact, validate_db_name
 from txchanges.service.checkpoint import CheckpointStore, checkpoint_identity, parse_checkpoint_spec
 from txchanges.http.client import Database, Server
 from txchanges.service.shard import Shard
+from txchanges.service._service import FEED_MAX_DURATION
 from txchanges.feed._feedparams import KNOWN, check_feed_params, feed_param_from_text
 from txchanges.feed.consumer import Consumer
 
@@ -76,6 +77,7 @@ def _coercer(kind: Callable[[str], Any], check: Callable[[Any], bool], what: str
 positive_int = _coercer(int, lambda n: n > 0, "a whole number above 0")
 non_negative_int = _coercer(int, lambda n: n >= 0, "a whole number, 0 or more")
 positive_float = _coercer(float, lambda n: n > 0, "a number of seconds above 0")
+seconds_or_zero = _coercer(float, lambda n: n >= 0, "a number of seconds, 0 or more")
 port_number = _coercer(int, lambda n: 0 <= n <= 65535, "a port number from 0 to 65535")
 
 
@@ -216,6 +218,10 @@ class FollowerOptions(FeedOptions):
         ["shard", None, None,
          "I/N: hand over only the changes of the documents shard I (from 0) of N owns; run one "
          "follower per shard, each with its own checkpoint, to share the work.", shard_spec],
+        ["feed-max-duration", None, FEED_MAX_DURATION,
+         "End a continuous request after this many seconds and ask once for a normal feed from "
+         "where it was, so that the checkpoint moves past the changes a filter leaves out; "
+         "0: never.", seconds_or_zero],
         ["pending-interval", None, None,
          "Ask the server every this many seconds how many changes lie past the resume point, "
          "for the pending count in stats and metrics; default: only when a feed ends.", positive_float],
@@ -245,8 +251,9 @@ class FollowerOptions(FeedOptions):
         """
         :return: Keyword arguments for :class:`~txchanges.ChangesService`:
             ``since``, ``heartbeat``, ``checkpoint_every``, ``dedup_window``,
-            ``give_up_after``, ``shard``, ``pending_interval``, the feed
-            parameters and ``params``, the filter's own.
+            ``give_up_after``, ``shard``, ``pending_interval``,
+            ``feed_max_duration`` (``None`` for 0), the feed parameters and
+            ``params``, the filter's own.
         """
         return dict(
             self["feed_params"],
@@ -258,6 +265,7 @@ class FollowerOptions(FeedOptions):
             give_up_after=self["give-up-after"],
             shard=self["shard"],
             pending_interval=self["pending-interval"],
+            feed_max_duration=self["feed-max-duration"] or None,
         )
 
     def checkpoint_store(self, db: Database) -> CheckpointStore:

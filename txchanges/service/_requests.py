@@ -1,8 +1,15 @@
 """
-The continuous feed requests of a :class:`~txchanges.ChangesService`, one at
-a time: each sent from the newest position the feed reached, its changes
-handed to the scheduler (or passed over), and how it ended told to the
-lifecycle.
+The feed requests of a :class:`~txchanges.ChangesService`, one at a time:
+each sent from the newest position the feed reached, its changes handed to
+the scheduler (or passed over), and how it ended told to the lifecycle.
+
+They are continuous requests, but for one kind: a continuous request that
+has run for *max_duration* seconds is ended by the service, and the next
+request is a normal feed from the same position (a catch-up), which hands
+over the changes that came since and ends with the server's ``last_seq``.
+With a filter that position lies past every change the filter left out, so
+the resume point moves with the database even when no row matches for
+hours; then the continuous requests go on from it.
 """
 
 from __future__ import annotations
@@ -13,14 +20,16 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txchanges.feed._body import BodyReader
 from txchanges.feed._feed import FeedRun
+from txchanges.feed._normal import RowsProtocol
 from txchanges.feed._params import feed_request
 from txchanges.feed._protocol import ChangesProtocol
 from txchanges.feed._rows import LastSeq
 from txchanges._reactor import Clock
 from txchanges.feed._watchdog import idle_limit
 from txchanges.http.client import Database
-from txchanges.service._lifecycle_types import Inputs
+from txchanges.service._lifecycle_types import Cancellable, Inputs
 from txchanges.service._progress import DedupWindow
 from txchanges.service._retry import Backoff, next_try
 from txchanges.service._run import Run
@@ -36,16 +45,22 @@ class Attempt:
     connecting and streaming.
 
     :ivar started: Clock time it was sent.
+    :ivar catch_up: Whether it is the normal feed that follows a renewal.
     :ivar stopped: Whether a stop ended it.
+    :ivar renewed: Whether the service ended it after *max_duration*.
     """
 
     feed: FeedRun
     #: Fires with what the feed ended with, or fails with its error.
     done: "Deferred[Any]"
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, started: float, catch_up: bool = False) -> None:
         self.started = started
+        self.catch_up = catch_up
         self.stopped = False
+        self.renewed = False
+        #: The clock's call that will end it after *max_duration*.
+        self.renewal: Optional[Cancellable] = None
 
     def run(self, feed: FeedRun) -> "Deferred[Any]":
         """
@@ -73,6 +88,8 @@ class FeedRequests:
     :param params: The requests' parameters, but ``heartbeat``.
     :param heartbeat: Milliseconds between the server's keep-alive
         newlines; a response that lasted that long was a good one.
+    :param max_duration: Seconds after which a continuous request's response
+        is ended and a catch-up asked for; ``None``: never.
     :param shard: Pass over the changes of the documents it does not own.
     :param dedup: Pass over the changes seen before (when its size is not 0).
     :param stats: Where what the requests see is counted.
@@ -89,6 +106,7 @@ class FeedRequests:
         params: dict[str, Any],
         *,
         heartbeat: int,
+        max_duration: Optional[float],
         max_line_length: int,
         shard: Optional[Shard],
         dedup: DedupWindow,
@@ -103,6 +121,7 @@ class FeedRequests:
         self._scheduler = run.scheduler
         self._params = params
         self._heartbeat = heartbeat
+        self._max_duration = max_duration
         self._max_line_length = max_line_length
         self._shard = shard
         self._dedup = dedup
@@ -114,6 +133,8 @@ class FeedRequests:
         self._log = log
         # Where the next request starts: the newest position the feed reached.
         self._position = since
+        # Whether the next request is a catch-up.
+        self._catch_up = False
 
     def connect(self, machine: Inputs) -> Attempt:
         """
@@ -125,14 +146,23 @@ class FeedRequests:
         """
         run = self._run
         since = self._position
-        self._log.info("requesting changes of {db} since {since}", db=self._db.url, since=since)
-        attempt = Attempt(self._clock.seconds())
+        # A catch-up that fails is not tried again: the retry is continuous.
+        catch_up, self._catch_up = self._catch_up, False
+        attempt = Attempt(self._clock.seconds(), catch_up)
+        if catch_up:
+            self._log.info("asking for the changes of {db} since {since} once", db=self._db.url, since=since)
+            request = feed_request("normal", since, self._params)
+            limit = idle_limit(None, None)
+        else:
+            self._log.info("requesting changes of {db} since {since}", db=self._db.url, since=since)
+            request = feed_request("continuous", since, dict(self._params, heartbeat=self._heartbeat))
+            limit = idle_limit(self._heartbeat, None)
         feed = FeedRun(
             self._db.server,
             self._path,
-            feed_request("continuous", since, dict(self._params, heartbeat=self._heartbeat)),
+            request,
             self._clock,
-            idle_limit(self._heartbeat, None),
+            limit,
             lambda on_activity: self._make_protocol(machine, attempt, on_activity),
         )
         run.feed = feed
@@ -141,7 +171,7 @@ class FeedRequests:
         attempt.run(feed).addBoth(self._feed_over, machine, attempt)
         return attempt
 
-    def _make_protocol(self, machine: Inputs, attempt: Attempt, on_activity: Callable[[], None]) -> ChangesProtocol:
+    def _make_protocol(self, machine: Inputs, attempt: Attempt, on_activity: Callable[[], None]) -> BodyReader:
         stats, clock = self._stats, self._clock
 
         def activity() -> None:
@@ -150,10 +180,21 @@ class FeedRequests:
 
         if not attempt.stopped:
             machine.opened(attempt)
+            if self._max_duration is not None and not attempt.catch_up:
+                attempt.renewal = clock.callLater(self._max_duration, self._renew, attempt)
         # Once per change: straight to the scheduler, unless some changes
         # are passed over.
         on_change = self._sift if self._sifting else self._scheduler.take
+        if attempt.catch_up:
+            return RowsProtocol(on_change, activity, self._max_line_length)
         return ChangesProtocol(on_change, activity, self._max_line_length)
+
+    def _renew(self, attempt: Attempt) -> None:
+        # The response has run for max_duration: end it here, and let a
+        # catch-up find out how far the feed is.
+        attempt.renewal = None
+        attempt.renewed = True
+        attempt.feed.stop()
 
     def _sift(self, row: dict[str, Any]) -> None:
         # Pass over another shard's change, or a replay.
@@ -172,12 +213,28 @@ class FeedRequests:
         run = self._run
         if run.feed is attempt.feed:
             run.feed = None
+        if attempt.renewal is not None:
+            attempt.renewal.cancel()
+            attempt.renewal = None
         protocol = attempt.feed.protocol
-        moved = isinstance(protocol, ChangesProtocol) and protocol.last_seq is not None
+        moved = isinstance(protocol, BodyReader) and protocol.last_seq is not None
         if moved:
             self._position = protocol.last_seq  # type: ignore[union-attr]
         if attempt.stopped:
             return
+        if attempt.renewed:
+            self._catch_up = True
+            self._log.info(
+                "renewing the feed of {db} after {duration}s, from {since}",
+                db=self._db.url, duration=self._max_duration, since=self._position,
+            )
+            self._backoff.reset()
+            self._stats.reconnects += 1
+            machine.ended()
+            return
+        if attempt.catch_up and isinstance(result, dict):
+            # A normal feed's end: the rest of its body.
+            result = LastSeq(result.get("last_seq"), result.get("pending"), result)
         if isinstance(result, LastSeq):
             self._stats.pending = result.pending
             run.passed(result.last_seq)

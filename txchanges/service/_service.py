@@ -40,7 +40,13 @@ __all__ = ["ChangesService", "ServiceStats", "State"]
 Handler = Callable[[dict[str, Any]], Any]
 
 # Parameters the service sets itself.
-_REFUSED = dict(SET_BY_METHOD, timeout="the service sets timeout itself (it sends heartbeat)")
+_REFUSED = dict(
+    SET_BY_METHOD,
+    timeout="the service sends heartbeat, which makes CouchDB ignore timeout; see feed_max_duration",
+)
+
+#: The default *feed_max_duration*, in seconds.
+FEED_MAX_DURATION = 300.0
 
 
 class ChangesService(Service):
@@ -85,6 +91,26 @@ class ChangesService(Service):
         :class:`~txchanges.Shard` owns, and pass over the rest: run one
         service per shard, each with a checkpoint of its own, to share a
         feed's work between processes.
+    :param feed_max_duration: Seconds after which the service ends a
+        continuous request itself and asks once for a normal feed from where
+        it was, whose ``last_seq`` is then checkpointed; ``None`` never
+        does. With a filter (``filter_name``, ``selector``, ``doc_ids``,
+        ``view``) that rarely matches, no row may come for hours while the
+        database moves on, and a continuous feed tells nothing of it: its
+        heartbeats are bare newlines, ``seq_interval`` only thins the seqs
+        of rows that are sent, and CouchDB ignores ``timeout`` when
+        ``heartbeat`` is given (without it, ``timeout`` counts from the last
+        write to the database, filtered or not, and is capped at 60 s, so a
+        busy database never ends the request). The normal feed's
+        ``last_seq`` lies past every change the filter left out, so the
+        resume point moves with the database and a restart reads again at
+        most the changes of the last *feed_max_duration* seconds. Each
+        renewal costs two requests (the normal one and the next continuous
+        one) and the server reads again the changes since the last row
+        handed over: nothing for a feed whose rows keep coming, at most
+        those of one period for one that rarely matches, whatever the
+        period. The default, 300 s, is 24 requests an hour, next to 120
+        heartbeats.
     :param pending_interval: Ask the server every this many seconds how
         many of the database's changes lie past the resume point, for
         :attr:`ServiceStats.pending` (a continuous feed tells only when it
@@ -128,6 +154,7 @@ class ChangesService(Service):
         dedup_window: int = 0,
         shard: Optional[Shard] = None,
         pending_interval: Optional[float] = None,
+        feed_max_duration: Optional[float] = FEED_MAX_DURATION,
         stop_timeout: float = 30.0,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
         clock: Optional[Clock] = None,
@@ -147,6 +174,14 @@ class ChangesService(Service):
             not isinstance(pending_interval, (int, float)) or isinstance(pending_interval, bool) or not pending_interval > 0
         ):
             raise ValueError(f"pending_interval must be a positive number of seconds or None, not {pending_interval!r}")
+        if feed_max_duration is not None and (
+            not isinstance(feed_max_duration, (int, float))
+            or isinstance(feed_max_duration, bool)
+            or not feed_max_duration > 0
+        ):
+            raise ValueError(
+                f"feed_max_duration must be a positive number of seconds or None, not {feed_max_duration!r}"
+            )
         if shard is not None and not isinstance(shard, Shard):
             raise TypeError(f"shard must be a Shard, not {shard!r}")
         merged = check_feed_params(ChangesService, feed_params, params, _REFUSED)
@@ -170,6 +205,7 @@ class ChangesService(Service):
         self._dedup = DedupWindow(dedup_window)
         self._shard = shard
         self._pending_interval = pending_interval
+        self._feed_max_duration = feed_max_duration
         self._probe: Optional[PendingProbe] = None
         buffered, ahead = buffer_bounds(concurrency, max_buffered, max_ahead, on_error)
         self._concurrency = concurrency
@@ -274,7 +310,8 @@ class ChangesService(Service):
             retry_delay=self._retry, checkpoint_every=self._every,
         )
         self._requests = FeedRequests(
-            self.db, run, self._feed_path(), since, self._params, heartbeat=self._heartbeat, max_line_length=self._max_line_length,
+            self.db, run, self._feed_path(), since, self._params, heartbeat=self._heartbeat,
+            max_duration=self._feed_max_duration, max_line_length=self._max_line_length,
             shard=self._shard, dedup=self._dedup, stats=self._stats, backoff=self._backoff, clock=self._clock,
             log=self.log,
         )
