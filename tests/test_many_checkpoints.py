@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import pytest_twisted
 from treq.testing import StubTreq
-from twisted.internet.defer import gatherResults
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 

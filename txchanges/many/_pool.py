@@ -7,7 +7,7 @@ starves the quiet ones.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Coroutine, Optional
+from typing import Any, Callable, Coroutine
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
