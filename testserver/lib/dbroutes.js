@@ -44,6 +44,13 @@ module.exports = function mountDbRoutes(app, registry, wrap) {
       open_feeds: {changes: stats.changes, db_updates: stats.dbUpdates},
       started_feeds: {changes: stats.changesStarted},
       heartbeats: {changes: Object.fromEntries(stats.heartbeats)},
+      sessions: {
+        logins: stats.sessions.logins,
+        refused_logins: stats.sessions.refusedLogins,
+        renewals: stats.sessions.renewals,
+        expired: stats.sessions.expired,
+        last_issued: stats.sessions.lastIssued
+      },
       databases: registry.entries.size
     });
   });

@@ -7,4 +7,10 @@
 // "heartbeats" counts, by database name, the heartbeat newlines _changes
 // feeds have written when their heartbeat timer fired, so a test can see
 // that a client really got some.
-module.exports = {changes: 0, dbUpdates: 0, changesStarted: 0, heartbeats: new Map()};
+// "sessions" counts the cookie sessions: logins (and refused ones), renewed
+// cookies sent, requests whose cookie had expired, and when (whole seconds,
+// the cookie's own time) the newest cookie was made.
+module.exports = {
+  changes: 0, dbUpdates: 0, changesStarted: 0, heartbeats: new Map(),
+  sessions: {logins: 0, refusedLogins: 0, renewals: 0, expired: 0, lastIssued: null}
+};
