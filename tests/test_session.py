@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 
 import pytest
 import pytest_twisted
+from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
+from treq.testing import RequestTraversalAgent, _SynchronousProducer
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.web.server import NOT_DONE_YET
 
 from txchanges import Consumer, Server, Unauthorized
 
-from .fakecouch import Answer, result_of, stub
+from .fakecouch import Answer, ScriptedCouch, result_of
 from .rawserver import RawServer, serving
 
 PASSWORD = "pa55-w0rd-never-shown"
@@ -31,13 +36,21 @@ WRONG_PASSWORD = Answer(status=401, body={"error": "unauthorized", "reason": "Na
 WELCOME = Answer(body={"couchdb": "Welcome"})
 
 
-def sent(couch: Any) -> list[tuple[str, str, str | None]]:
-    """Each request as (method, path, cookie sent); a login's cookie is left out (treq's own cookie jar may
-    send the one the last login set, which CouchDB ignores there)."""
-    return [
-        (s.method, s.uri.split("?")[0], None if s.uri == "/_session" else s.headers.get("cookie"))
-        for s in couch.seen
-    ]
+def stub(*answers: Answer, couch: type[ScriptedCouch] = ScriptedCouch) -> tuple[Any, Any]:
+    """A treq client talking to a fresh ScriptedCouch, whose cookie jar keeps nothing (treq's own jar would
+    send back what Set-Cookie set): every cookie a request carries is the one txchanges put there.
+    ``result_of(d, client)`` runs it."""
+    resource = couch(*answers)
+    agent = RequestTraversalAgent(resource)
+    jar = IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    client = HTTPClient(agent, cookiejar=jar, data_to_body_producer=_SynchronousProducer)
+    client.flush = agent.flush  # type: ignore[attr-defined]
+    return client, resource
+
+
+def sent(couch: ScriptedCouch) -> list[tuple[str, str, str | None]]:
+    """Each request as (method, path, cookie sent)."""
+    return [(s.method, s.uri.split("?")[0], s.headers.get("cookie")) for s in couch.seen]
 
 
 def test_one_login_then_the_cookie_on_every_request_and_never_basic_auth():
@@ -51,15 +64,38 @@ def test_one_login_then_the_cookie_on_every_request_and_never_basic_auth():
     assert not [s for s in couch.seen if "authorization" in s.headers]
 
 
+class HeldLogins(ScriptedCouch):
+    """A ScriptedCouch that holds its answers to logins back until :meth:`release`."""
+
+    def __init__(self, *answers: Answer) -> None:
+        super().__init__(*answers)
+        self.held: list[tuple[Any, bytes]] = []
+
+    def render(self, request: Any) -> Any:
+        body = super().render(request)
+        if request.uri != b"/_session":
+            return body
+        self.held.append((request, body))
+        return NOT_DONE_YET
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for request, body in held:
+            request.write(body)
+            request.finish()
+
+
 def test_requests_made_while_logging_in_share_the_login():
     """Two requests sent before the login answered wait for that one login; there is no second."""
-    client, couch = stub(login("c1"), WELCOME)
+    client, couch = stub(login("c1"), WELCOME, couch=HeldLogins)
     server = Server(URL, http=client, auth="session")
     first, second = server.info(), server.all_dbs()
+    client.flush()
+    assert not first.called and not second.called
+    couch.release()
     result_of(first, client)
     result_of(second, client)
-    assert [s for s in sent(couch) if s[1] == "/_session"] == [("POST", "/_session", None)]
-    assert sent(couch)[1:] == [("GET", "/", "AuthSession=c1"), ("GET", "/_all_dbs", "AuthSession=c1")]
+    assert sent(couch) == [("POST", "/_session", None), ("GET", "/", "AuthSession=c1"), ("GET", "/_all_dbs", "AuthSession=c1")]
 
 
 def test_a_renewed_cookie_is_sent_from_the_next_request_on():

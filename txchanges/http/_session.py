@@ -97,7 +97,7 @@ class CookieSession:
     def __repr__(self) -> str:
         return f"<CookieSession {self._where} user={self.user!r} logins={self.logins} renewals={self.renewals}>"
 
-    async def send(self, headers: Headers, send: Send, discard: Discard) -> IResponse:
+    async def send(self, headers: Headers, send: Send) -> IResponse:
         """
         Send a request with the session's cookie, logging in first when
         there is none, and once more after a 401.
@@ -105,7 +105,6 @@ class CookieSession:
         :param headers: The request's headers, without a cookie.
         :param send: Sends the request with the headers given, and returns
             the response whatever its status.
-        :param discard: Reads and forgets the body of a refused response.
         :return: The response: a 401 only when the request was refused
             again with a fresh cookie.
         """
@@ -114,7 +113,7 @@ class CookieSession:
         self.take(response.headers)
         if response.code != 401:
             return response
-        await discard(response)
+        await self._discard(response)
         cookie = await self._fresh(cookie)
         response = await send(_with_cookie(headers, cookie))
         self.take(response.headers)
@@ -192,7 +191,7 @@ class CookieSession:
                 waiter.callback(result)
 
 
-async def authenticated(session: Optional[CookieSession], headers: Headers, send: Send, discard: Discard) -> IResponse:
+async def authenticated(session: Optional[CookieSession], headers: Headers, send: Send) -> IResponse:
     """
     Send a request, through *session* when there is one.
 
@@ -200,7 +199,7 @@ async def authenticated(session: Optional[CookieSession], headers: Headers, send
     """
     if session is None:
         return await send(headers)
-    return await session.send(headers, send, discard)
+    return await session.send(headers, send)
 
 
 def cookie_session(

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import alsoProvides, implementer  # type: ignore[import-untyped]
 
-from txchanges._reactor import Clock
+from txchanges._reactor import Clock, default_clock
 from txchanges.errors import TimedOut
 from txchanges.http._linereceiver import ILineReceiver
 
@@ -166,18 +166,28 @@ class Limits:
     The :class:`Timeouts` of one server, on its clock.
 
     :param timeouts: The limits.
-    :param clock: Where time comes from.
+    :param clock: Where time comes from; the global reactor, imported when
+        a limit first needs it, when ``None``.
     :param host: The server's host, for the errors.
     :param port: The server's port, for the errors.
     """
 
-    def __init__(self, timeouts: Timeouts, clock: Clock, host: str, port: int) -> None:
+    def __init__(self, timeouts: Timeouts, clock: Optional[Clock], host: str, port: int) -> None:
         if not isinstance(timeouts, Timeouts):
             raise TypeError(f"timeouts must be a Timeouts, not {timeouts!r}")
         self.timeouts = timeouts
-        self.clock = clock
+        self._clock = clock
         self._host = host
         self._port = port
+
+    @property
+    def clock(self) -> Clock:
+        """
+        Where time comes from.
+        """
+        if self._clock is None:
+            self._clock = default_clock(None)
+        return self._clock
 
     def error(self, what: str) -> TimedOut:
         """

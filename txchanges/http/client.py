@@ -80,7 +80,9 @@ class Server:
         (120 s, plus a feed's heartbeat or timeout), a body read to its end
         (600 s, continuous and longpoll feeds excepted). One that runs out
         fails the request with :class:`~txchanges.errors.TimedOut`.
-    :param clock: Time for the limits; the reactor when omitted.
+    :param clock: Time for the limits; the reactor when omitted. With an
+        injected *http* and neither *clock* nor *reactor*, there are no
+        limits unless *timeouts* is given.
     :param http: A treq :class:`~treq.client.HTTPClient` to send requests
         with (tests inject :class:`treq.testing.StubTreq` here). When omitted
         the server builds one with its own persistent connection pool, which
@@ -133,10 +135,13 @@ class Server:
             )
         self._fast_feeds = http is None and fast_feeds is not False
         self._tls_policy: Any = tls_policy or BrowserLikePolicyForHTTPS()
-        self._limits = Limits(
-            Timeouts() if timeouts is None else timeouts,
-            clock or default_reactor(reactor), self._url.host, self._url.port,
-        )
+        if timeouts is None:
+            # An injected client (a test's fake) with no clock or reactor
+            # gets no timers: they would run on a global reactor it never
+            # uses.
+            bare = http is not None and clock is None and reactor is None
+            timeouts = Timeouts(None, None, None) if bare else Timeouts()
+        self._limits = Limits(timeouts, clock or reactor, self._url.host, self._url.port)
         if http is None:
             reactor = default_reactor(reactor)
             self._pool = _QuietPool(reactor, persistent=True)
@@ -200,7 +205,9 @@ class Server:
         :param unbuffered: ``True`` to read the body as it arrives (feeds).
         :return: A Deferred that fires with the response when its status is
             below 400, and fails with a :class:`CouchError` subclass (the
-            body read and parsed) or :class:`ConnectionFailed` otherwise.
+            body read and parsed) or :class:`ConnectionFailed` otherwise
+            (:class:`~txchanges.errors.TimedOut` when a limit of
+            :class:`~txchanges.Timeouts` ran out).
         """
         return Deferred.fromCoroutine(
             self._request(method, path, list(query), json_body, unbuffered)
@@ -230,7 +237,7 @@ class Server:
                 raise ConnectionFailed(self._url.host, self._url.port, describe(e)) from None
 
         session = None if log_in else self._session
-        response = await authenticated(session, headers, send, self._discard)
+        response = await authenticated(session, headers, send)
         if response.code >= 400:
             raise await self._error(response, method, url)
         return self._limits.feed_body(response, query) if feed else response
@@ -288,7 +295,7 @@ class Server:
             except CONNECTION_ERRORS as e:
                 raise ConnectionFailed(self._url.host, self._url.port, describe(e)) from None
 
-        response = await authenticated(self._session, headers, send, self._discard)
+        response = await authenticated(self._session, headers, send)
         if response.code < 400:
             return self._limits.feed_body(response, query)
         try:
