@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import task
+from twisted.python import usage
 
 from txchanges import ChangesService, Consumer, Server, Unauthorized
+from txchanges.cli._tap import Options, makeService
 
 from . import couchserver
 from ._fault_helpers import report
@@ -165,3 +167,25 @@ def test_the_command_follows_with_auth_session(couch_server, db_name):
     assert wrong.stderr == f"txchanges: HTTP 401 unauthorized: Name or password is incorrect. (POST {couch_server.url}_session)\n"
     missing = run_command("fetch", couch_server.url + db_name, "--auth", "session", env=env)
     assert missing.returncode == 1 and "--auth session needs a user and password" in missing.stderr
+
+
+PLUGIN = ["--url", "http://127.0.0.1:5984/", "--db", "mydb", "--handler", "tests.handlers_for_tests:record"]
+
+
+def test_the_plugin_takes_auth_session():
+    """twistd txchanges --auth session builds a follower whose server logs in with the user from the environment."""
+    options = Options(environ={"TXCHANGES_USER": "bob", "TXCHANGES_PASSWORD": "hunter2"})
+    options.parseOptions([*PLUGIN, "--auth", "session"])
+    follower = makeService(options).getServiceNamed("follower")
+    assert repr(follower.db.server) == "<Server http://127.0.0.1:5984/ user='bob' auth=session>"
+
+
+@pytest.mark.parametrize("args, environ, message", [
+    (["--auth", "cookie"], {}, "--auth must be basic or session, not 'cookie'"),
+    (["--auth", "session"], {}, "--auth session needs a user and password"),
+    (["--auth", "session"], {"TXCHANGES_TOKEN": "t"}, "not TXCHANGES_TOKEN"),
+])
+def test_plugin_auth_misuse_is_a_usage_error(args, environ, message):
+    """An unknown --auth, or --auth session without a user and password (or with a token), is a usage error."""
+    with pytest.raises(usage.UsageError, match=message):
+        Options(environ=environ).parseOptions([*PLUGIN, *args])
