@@ -27,6 +27,7 @@ from zope.interface import alsoProvides, implementer  # type: ignore[import-unty
 from txchanges._reactor import Clock, default_clock
 from txchanges.errors import TimedOut
 from txchanges.http._linereceiver import ILineReceiver
+from txchanges.http._urls import ServerURL
 
 __all__ = ["Timeouts", "Limits", "feed_silence", "NO_TIMEOUT"]
 
@@ -179,6 +180,22 @@ class Limits:
         self._clock = clock
         self._host = host
         self._port = port
+
+    @classmethod
+    def of_server(
+        cls, url: ServerURL, timeouts: Optional[Timeouts], clock: Optional[Clock], reactor: Any, injected: bool
+    ) -> "Limits":
+        """
+        The limits of a :class:`~txchanges.Server`: *timeouts* (the
+        defaults when ``None``) on *clock*, else on *reactor*, else on the
+        global reactor. A server with an *injected* client (a test's fake)
+        and neither *clock* nor *reactor* has no limits unless *timeouts*
+        is given: their timers would run on a reactor the client never uses.
+        """
+        if timeouts is None:
+            bare = injected and clock is None and reactor is None
+            timeouts = Timeouts(None, None, None) if bare else Timeouts()
+        return cls(timeouts, clock or reactor, url.host, url.port)
 
     @property
     def clock(self) -> Clock:

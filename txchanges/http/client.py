@@ -60,15 +60,10 @@ class Server:
     :param url: The server's URL, optionally with ``user:password@`` and a
         path prefix (when CouchDB sits behind a proxy under one).
     :param credentials: ``(username, password)``; overrides any in *url*.
-    :param auth: How credentials are sent: ``"basic"`` (the default), an
-        ``Authorization`` header on every request, or ``"session"``,
-        CouchDB's cookie authentication: one ``POST /_session`` login, then
-        the ``AuthSession`` cookie on every request and feed connection,
-        renewed as the server sends new ones, and one login again when a
-        request is refused with 401 (the session expired) before that
-        request is sent again. A 401 after that, or at the login (wrong
-        password), fails the request with
-        :class:`~txchanges.errors.Unauthorized`.
+    :param auth: How credentials are sent: ``"basic"`` (the default) on
+        every request, or ``"session"``: CouchDB's cookie authentication
+        (:mod:`~txchanges.http._session`), logging in again once when a
+        request is refused with 401, which is final after that.
     :param authorization: Instead of credentials, a function returning the
         ``Authorization`` header's value, called for every request and
         every feed connection: ``lambda: "Bearer " + tokens.current`` for
@@ -76,13 +71,10 @@ class Server:
         your code renews before it expires. Never logged; a function that
         raises fails that request, and a follower retries it with backoff.
     :param timeouts: The time limits of every request, a
-        :class:`~txchanges.Timeouts`: connecting (30 s), the response head
-        (120 s, plus a feed's heartbeat or timeout), a body read to its end
-        (600 s, continuous and longpoll feeds excepted). One that runs out
-        fails the request with :class:`~txchanges.errors.TimedOut`.
-    :param clock: Time for the limits; the reactor when omitted. With an
-        injected *http* and neither *clock* nor *reactor*, there are no
-        limits unless *timeouts* is given.
+        :class:`~txchanges.Timeouts`; one that runs out fails the request
+        with :class:`~txchanges.errors.TimedOut`.
+    :param clock: Time for the limits; the reactor when omitted (see
+        :meth:`~txchanges.http._timeouts.Limits.of_server`).
     :param http: A treq :class:`~treq.client.HTTPClient` to send requests
         with (tests inject :class:`treq.testing.StubTreq` here). When omitted
         the server builds one with its own persistent connection pool, which
@@ -135,13 +127,7 @@ class Server:
             )
         self._fast_feeds = http is None and fast_feeds is not False
         self._tls_policy: Any = tls_policy or BrowserLikePolicyForHTTPS()
-        if timeouts is None:
-            # An injected client (a test's fake) with no clock or reactor
-            # gets no timers: they would run on a global reactor it never
-            # uses.
-            bare = http is not None and clock is None and reactor is None
-            timeouts = Timeouts(None, None, None) if bare else Timeouts()
-        self._limits = Limits(timeouts, clock or reactor, self._url.host, self._url.port)
+        self._limits = Limits.of_server(self._url, timeouts, clock, reactor, http is not None)
         if http is None:
             reactor = default_reactor(reactor)
             self._pool = _QuietPool(reactor, persistent=True)
