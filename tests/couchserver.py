@@ -172,6 +172,7 @@ def start(
     admin: tuple[str, str] | None = DEFAULT_ADMIN,
     *,
     jwt_secret: str | None = DEFAULT_JWT_SECRET,
+    session_timeout: int | None = None,
     log: bool = False,
     timeout: float = START_TIMEOUT,
 ) -> RunningServer:
@@ -180,7 +181,9 @@ def start(
     With ``admin`` (the default) databases are admin-only as on CouchDB 3;
     ``admin=None`` runs it in "admin party" mode. ``log=True`` makes the
     server write one line per request to its stderr (see
-    :meth:`RunningServer.stderr_text`).
+    :meth:`RunningServer.stderr_text`). ``session_timeout`` is the lifetime
+    of a cookie session in seconds (CouchDB's ``[chttpd_auth] timeout``,
+    600 by default).
     """
     node = ensure_installed()
     args = [node, str(SERVER_DIR / "server.js"), "--port", "0", "--host", "127.0.0.1"]
@@ -188,6 +191,8 @@ def start(
         args += ["--admin", f"{admin[0]}:{admin[1]}"]
     if jwt_secret is not None:
         args += ["--jwt-secret", jwt_secret]
+    if session_timeout is not None:
+        args += ["--session-timeout", str(session_timeout)]
     if log:
         args.append("--log")
     # A file, not a pipe: nobody drains stderr while the server runs.

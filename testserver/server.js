@@ -6,7 +6,7 @@
 // CouchDB 3 client (_changes, _db_updates, auth, database create/delete).
 //
 // Usage: node server.js [--port 0] [--host 127.0.0.1] [--admin name:password]
-//                       [--jwt-secret TEXT] [--log]
+//                       [--jwt-secret TEXT] [--session-timeout SECONDS] [--log]
 // Prints one line "listening http://HOST:PORT/" once it accepts requests.
 
 const http = require('http');
@@ -27,7 +27,7 @@ const mountChanges = require('./lib/changes');
 const mountDbUpdates = require('./lib/db_updates');
 
 function parseArgs(argv) {
-  const opts = {port: 5984, host: '127.0.0.1', admin: null, jwtSecret: null,
+  const opts = {port: 5984, host: '127.0.0.1', admin: null, jwtSecret: null, sessionTimeout: null,
     log: Boolean(process.env.TXCHANGES_TESTSERVER_LOG)};
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -50,6 +50,11 @@ function parseArgs(argv) {
       opts.admin = {name: text.slice(0, j), password: text.slice(j + 1)};
     } else if (arg === '--jwt-secret') {
       opts.jwtSecret = value();
+    } else if (arg === '--session-timeout') {
+      opts.sessionTimeout = Number(value());
+      if (!Number.isInteger(opts.sessionTimeout) || opts.sessionTimeout < 1) {
+        throw new Error('--session-timeout wants a whole number of seconds, 1 or more');
+      }
     } else if (arg === '--log') {
       opts.log = true;
     } else {
@@ -111,7 +116,7 @@ function isDocumentPath(path) {
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   const registry = new Registry(PouchDB);
-  const auth = makeAuth(opts.admin, opts.jwtSecret);
+  const auth = makeAuth(opts.admin, opts.jwtSecret, opts.sessionTimeout);
 
   const app = express();
   app.disable('x-powered-by');

@@ -9,7 +9,8 @@ What to use for what:
 
 ``Server``, ``Database``
     The HTTP client: ``Server(url)``, then ``server[name]``, ``create_db``,
-    ``get_db``, ``db.save_doc``; each request returns a Deferred.
+    ``get_db``, ``db.save_doc``; each request returns a Deferred, within
+    the time limits of ``Timeouts``.
 ``Consumer``
     couchdbkit's API with Deferreds: ``fetch`` (the normal feed),
     ``wait_once`` (longpoll), ``register_callback`` and ``wait`` (the
@@ -55,6 +56,7 @@ from txchanges.errors import *  # noqa: F403
 from txchanges.feed._aiter import ChangeStream
 from txchanges.feed._feedparams import FeedParams
 from txchanges.feed.consumer import Consumer
+from txchanges.http._timeouts import Timeouts
 from txchanges.http.client import Database, Server
 from txchanges.many import *  # noqa: F403
 from txchanges.service import *  # noqa: F403
@@ -65,6 +67,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "Server",
     "Database",
+    "Timeouts",
     "Consumer",
     "ChangeStream",
     "FeedParams",

@@ -24,6 +24,7 @@ __all__ = [
     "PreconditionFailed",
     "ServerError",
     "ConnectionFailed",
+    "TimedOut",
     "UnexpectedResponse",
     "FeedError",
     "ErrorRow",
@@ -199,6 +200,34 @@ class ConnectionFailed(TxChangesError):
 
     def __str__(self) -> str:
         return f"cannot reach {self.host}:{self.port}: {self.reason}"
+
+
+class TimedOut(ConnectionFailed):
+    """
+    A time limit of the server's :class:`~txchanges.Timeouts` ran out, and
+    the connection was dropped: it could not be made, the response head did
+    not arrive, or the body did not end in time.
+
+    :ivar what: What took too long: ``"connect"``, ``"headers"`` or
+        ``"body"``, the name of the limit.
+    :ivar seconds: The limit, in seconds.
+    """
+
+    _SAID = {
+        "connect": "could not connect to {where} within {seconds:g}s",
+        "headers": "no response head from {where} within {seconds:g}s",
+        "body": "the response body from {where} did not end within {seconds:g}s",
+    }
+
+    def __init__(self, host: str, port: int, what: str, seconds: float) -> None:
+        self.what = what
+        self.seconds = seconds
+        super().__init__(host, port, f"{what} timed out after {seconds:g}s")
+        self.args = (host, port, what, seconds)
+
+    def __str__(self) -> str:
+        said = self._SAID.get(self.what, "{where}: " + self.what + " timed out after {seconds:g}s")
+        return said.format(where=f"{self.host}:{self.port}", seconds=self.seconds)
 
 
 class UnexpectedResponse(TxChangesError):

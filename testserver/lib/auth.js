@@ -7,9 +7,19 @@
 // with an HS256 token whose "sub" names the user and "_couchdb.roles" lists
 // its roles; "exp", when present, must lie in the future.
 // Without an admin configured the server is in "admin party" mode.
+//
+// Sessions work as couch_httpd_auth's do: the AuthSession cookie is
+// base64url("name:HEXTIME:" + HMAC-SHA1(secret + salt, "name:HEXTIME")), the
+// time in whole seconds; it is good while now < time + timeout ([chttpd_auth]
+// timeout, 600 s unless --session-timeout says otherwise). A request made
+// with a good cookie after 10% of its lifetime gets a new one in Set-Cookie
+// (whatever the response); an expired or forged cookie makes the request
+// anonymous (a 401 on an admin-only database), and one that does not decode
+// is a 400.
 
 const crypto = require('crypto');
 const {CouchError, sendJSON, sendError, readBody} = require('./http');
+const stats = require('./stats');
 
 const PUBLIC = new Set(['/', '/_session', '/_up', '/_uuids', '/favicon.ico']);
 
@@ -79,8 +89,57 @@ function checkJwt(token, secret) {
   return {name: claims.sub, roles};
 }
 
-function makeAuth(admin, jwtSecret) {
-  const sessions = new Set();
+const DEFAULT_SESSION_TIMEOUT = 600;
+const MALFORMED_COOKIE = 'Malformed AuthSession cookie. Please clear your cookies.';
+
+// The cookies of couch_httpd_auth, signed with this process's secret.
+function makeSessions(admin, timeout) {
+  const secret = crypto.randomBytes(16).toString('hex');
+  const salt = crypto.randomBytes(16).toString('hex');
+  const now = () => Math.floor(Date.now() / 1000);
+  const sign = (data) => crypto.createHmac('sha1', secret + salt).update(data).digest();
+
+  function issue() {
+    const time = now();
+    const data = admin.name + ':' + time.toString(16).toUpperCase();
+    const value = Buffer.concat([Buffer.from(data + ':', 'utf8'), sign(data)]).toString('base64url');
+    stats.sessions.lastIssued = time;
+    const expires = new Date((time + timeout) * 1000).toUTCString();
+    return 'AuthSession=' + value + '; Version=1; Expires=' + expires + '; Max-Age=' + timeout +
+      '; Path=/; HttpOnly';
+  }
+
+  // {renew} for a good cookie, 'expired', null for one that names nobody
+  // or is not signed by us; a CouchError for one that does not decode.
+  function check(value) {
+    const raw = Buffer.from(value, 'base64url');
+    const first = raw.indexOf(':');
+    const second = first === -1 ? -1 : raw.indexOf(':', first + 1);
+    if (second === -1) {
+      return new CouchError(400, 'bad_request', MALFORMED_COOKIE);
+    }
+    const name = raw.subarray(0, first).toString('utf8');
+    const hex = raw.subarray(first + 1, second).toString('latin1');
+    const hash = raw.subarray(second + 1);
+    if (name !== admin.name || !/^[0-9A-Fa-f]+$/.test(hex)) {
+      return null;
+    }
+    const expected = sign(name + ':' + hex);
+    if (hash.length !== expected.length || !crypto.timingSafeEqual(hash, expected)) {
+      return null;
+    }
+    const left = parseInt(hex, 16) + timeout - now();
+    if (left <= 0) {
+      return 'expired';
+    }
+    return {renew: left < timeout * 0.9};
+  }
+
+  return {issue, check, timeout};
+}
+
+function makeAuth(admin, jwtSecret, sessionTimeout) {
+  const sessions = admin ? makeSessions(admin, sessionTimeout || DEFAULT_SESSION_TIMEOUT) : null;
   const adminCtx = () => ({name: admin ? admin.name : null, roles: ['_admin']});
   const isAdmin = (c) => admin && c && safeEqual(c.name, admin.name) &&
     safeEqual(c.password, admin.password);
@@ -113,10 +172,23 @@ function makeAuth(admin, jwtSecret) {
       return next();
     }
     const token = parseCookies(req.headers.cookie).AuthSession;
-    if (token && sessions.has(token)) {
-      req.userCtx = adminCtx();
-      req.authMethod = 'cookie';
-      return next();
+    if (token) {
+      const session = sessions.check(token);
+      if (session instanceof CouchError) {
+        return sendError(res, session);
+      }
+      if (session === 'expired') {
+        stats.sessions.expired += 1;
+      } else if (session) {
+        req.userCtx = adminCtx();
+        req.authMethod = 'cookie';
+        if (session.renew) {
+          // A login or logout sets its own cookie, which replaces this one.
+          res.setHeader('Set-Cookie', sessions.issue());
+          stats.sessions.renewals += 1;
+        }
+        return next();
+      }
     }
     req.userCtx = {name: null, roles: []};
     return nonAdmin(req, res, next);
@@ -169,19 +241,19 @@ function makeAuth(admin, jwtSecret) {
     app.post('/_session', wrap(async (req, res) => {
       const creds = await credentialsFrom(req);
       if (!admin || !isAdmin(creds)) {
+        stats.sessions.refusedLogins += 1;
         throw unauthorized(BAD_CREDENTIALS);
       }
-      const token = crypto.randomBytes(24).toString('base64url');
-      sessions.add(token);
+      stats.sessions.logins += 1;
       sendJSON(res, 200, {ok: true, name: admin.name, roles: ['_admin']}, {
-        'Set-Cookie': 'AuthSession=' + token + '; Version=1; Path=/; HttpOnly'
+        'Set-Cookie': sessions.issue()
       });
     }));
+    // A cookie is not a server-side session: logging out only clears it in
+    // the client, and the cookie itself stays good until it expires.
     app.delete('/_session', (req, res) => {
-      const token = parseCookies(req.headers.cookie).AuthSession;
-      sessions.delete(token);
       sendJSON(res, 200, {ok: true}, {
-        'Set-Cookie': 'AuthSession=; Version=1; Path=/; HttpOnly; Max-Age=0'
+        'Set-Cookie': 'AuthSession=; Version=1; Path=/; HttpOnly'
       });
     });
   }
@@ -189,4 +261,4 @@ function makeAuth(admin, jwtSecret) {
   return {middleware, mount};
 }
 
-module.exports = {makeAuth, parseBasic};
+module.exports = {makeAuth, parseBasic, DEFAULT_SESSION_TIMEOUT};

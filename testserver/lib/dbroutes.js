@@ -47,6 +47,13 @@ module.exports = function mountDbRoutes(app, registry, wrap) {
       started_feeds: {changes: stats.changesStarted},
       heartbeats: {changes: Object.fromEntries(stats.heartbeats)},
       rows_scanned: Object.fromEntries(stats.rowsScanned),
+      sessions: {
+        logins: stats.sessions.logins,
+        refused_logins: stats.sessions.refusedLogins,
+        renewals: stats.sessions.renewals,
+        expired: stats.sessions.expired,
+        last_issued: stats.sessions.lastIssued
+      },
       databases: registry.entries.size
     });
   });

@@ -87,7 +87,8 @@ class Command:
             self._finished(None)
             return
         try:
-            db = open_database(self._options["server_url"], self._options["db_name"], self._environ, self._reactor)
+            options = self._options
+            db = open_database(options["server_url"], options["db_name"], self._environ, self._reactor, options["auth"])
         except Exception:
             self._finished(Failure())
             return

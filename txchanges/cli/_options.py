@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from twisted.python import usage
 
 from txchanges.feed._params import feed_request
+from txchanges.http._session import AUTH_MODES
 from txchanges.http._urls import parse_server_url, redact, validate_db_name
 from txchanges.service.checkpoint import CheckpointStore, checkpoint_identity, parse_checkpoint_spec
 from txchanges.http.client import Database, Server
@@ -35,6 +36,7 @@ __all__ = [
     "PASSWORD_VARIABLE",
     "TOKEN_VARIABLE",
     "authorization_from",
+    "check_session",
     "credentials_from",
     "open_database",
     "split_database_url",
@@ -134,6 +136,10 @@ class FeedOptions(usage.Options):
         ["view", None, None,
          "designname/viewname: only changes of documents the view's map function emits; "
          "implies the _view filter."],
+        ["auth", None, "basic",
+         "How the user and password are sent: basic (on every request) or session (CouchDB's "
+         "cookie authentication: one login, then the AuthSession cookie, logging in again "
+         "when it expires)."],
     ]
     optFlags: list[list[Any]] = [["include-docs", None, "Include each changed document in its change."]]
 
@@ -172,6 +178,8 @@ class FeedOptions(usage.Options):
         self["doc_ids"].extend(ids)
 
     def postOptions(self) -> None:
+        if self["auth"] not in AUTH_MODES:
+            raise usage.UsageError(f"--auth must be {' or '.join(AUTH_MODES)}, not {self['auth']!r}")
         params: dict[str, Any] = self["feed_params"]
         if self["filter"] is not None:
             params["filter"] = self["filter"]
@@ -367,15 +375,38 @@ def split_database_url(url: str) -> tuple[str, str]:
     return server, check_db_name(unquote(name))
 
 
-def open_database(server_url: str, name: str, environ: Mapping[str, str], reactor: Any = None) -> Database:
+def open_database(
+    server_url: str, name: str, environ: Mapping[str, str], reactor: Any = None, auth: str = "basic"
+) -> Database:
     """
+    :param auth: How the credentials are sent (``--auth``): ``"basic"`` or
+        ``"session"``.
     :return: The :class:`~txchanges.Database` *name* on *server_url*, with
         the credentials of :func:`credentials_from` or the token of
         :func:`authorization_from`; nothing is sent yet.
+    :raises usage.UsageError: for ``--auth session`` without a user and
+        password, or with a token.
     """
+    check_session(server_url, environ, auth)
     return Server(
         server_url,
         credentials_from(server_url, environ),
         authorization=authorization_from(server_url, environ),
+        auth=None if auth == "basic" else auth,
         reactor=reactor,
     )[name]
+
+
+def check_session(url: str, environ: Mapping[str, str], auth: str) -> None:
+    """
+    :raises usage.UsageError: for ``--auth session`` without a user and
+        password (in *url* or the environment), or with a token.
+    """
+    if auth != "session":
+        return
+    token = environ.get(TOKEN_VARIABLE) is not None
+    if token or (urlsplit(url).username is None and environ.get(USER_VARIABLE) is None):
+        raise usage.UsageError(
+            f"--auth session needs a user and password (in the URL, or {USER_VARIABLE} and {PASSWORD_VARIABLE})"
+            + (f", not {TOKEN_VARIABLE}" if token else "")
+        )

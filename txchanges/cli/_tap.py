@@ -48,6 +48,7 @@ from txchanges.cli._options import (
     authorization_from,
     check_db_name,
     check_server_url,
+    check_session,
     credentials_from,
     open_database,
 )
@@ -174,6 +175,7 @@ class Options(FollowerOptions):
         check_db_name(self["db"])
         credentials_from(self["url"], self.environ)
         authorization_from(self["url"], self.environ)
+        check_session(self["url"], self.environ, self["auth"])
         if self["on-error"] not in ON_ERROR:
             raise usage.UsageError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {self['on-error']!r}")
         try:
@@ -245,7 +247,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         and, with ``--metrics-port``, the metrics endpoint (``"metrics"``).
     """
     reactor = default_reactor(reactor)
-    db = open_database(options["url"], options["db"], options.environ, reactor)
+    db = open_database(options["url"], options["db"], options.environ, reactor, options["auth"])
     follower = ChangesService(
         db,
         options.build_handler(db),

@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 
 from txchanges.feed._ends import Stopped
 from txchanges.feed._rows import LastSeq
-from txchanges.errors import FeedError
+from txchanges.errors import FeedError, TxChangesError
 
 __all__ = ["BodyReader"]
 
@@ -177,7 +177,15 @@ class BodyReader(Protocol):
             # a clean end.
             self._lost = reason
             return
-        self._body_ended(reason)
+        self._ended(reason)
+
+    def _ended(self, reason: Failure) -> None:
+        if isinstance(reason.value, TxChangesError):
+            # The HTTP layer ended the body with an error of its own (a time
+            # limit ran out): that is why the body failed.
+            self._fail(reason)
+        else:
+            self._body_ended(reason)
 
     # -- flow control --------------------------------------------------------
 
@@ -266,7 +274,7 @@ class BodyReader(Protocol):
             self._busy = False
         if self._lost is not None and not self._paused:
             lost, self._lost = self._lost, None
-            self._body_ended(lost)
+            self._ended(lost)
 
     def _deliver(self, rows: Iterator[Any]) -> bool:
         """

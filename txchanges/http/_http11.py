@@ -16,7 +16,7 @@ other request still goes through treq.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -38,6 +38,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from txchanges.feed._collect import BodyCollector
 from txchanges.http._framing import Decoder, LengthDecoder, UntilClose, body_framing
 from txchanges.http._response import BodyHandOff, FeedResponse
+from txchanges.http._timeouts import NO_TIMEOUT
 from txchanges.http._wire import (
     END_OF_HEAD,
     MAX_HEAD,
@@ -189,7 +190,8 @@ class _ResponseReader(Protocol):
 
 
 def send(
-    reactor: Any, tls_policy: Any, method: str, url: str, headers: Headers, body: Optional[bytes]
+    reactor: Any, tls_policy: Any, method: str, url: str, headers: Headers, body: Optional[bytes],
+    limit: Callable[[Any], Any] = lambda endpoint: endpoint,
 ) -> "Deferred[FeedResponse]":
     """
     Send one request on a connection of its own and wait for the response
@@ -201,6 +203,9 @@ def send(
     :param headers: The request's headers but ``Host``,
         ``Content-Length`` and ``Connection``.
     :param body: The request body, if any.
+    :param limit: Wraps the endpoint connected to; it owns the connect
+        timeout (the reactor's own is off), see
+        :meth:`~txchanges.http._timeouts.Limits.endpoint`.
     """
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -208,16 +213,16 @@ def send(
     endpoint: Any
     if isIPAddress(host):
         # No resolver round trip (a thread hop) for an address.
-        endpoint = TCP4ClientEndpoint(reactor, host, port)
+        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=NO_TIMEOUT)
     elif isIPv6Address(host):
-        endpoint = TCP6ClientEndpoint(reactor, host, port)
+        endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=NO_TIMEOUT)
     else:
-        endpoint = HostnameEndpoint(reactor, host.encode("idna"), port)
+        endpoint = HostnameEndpoint(reactor, host.encode("idna"), port, timeout=NO_TIMEOUT)
     if parts.scheme == "https":
         endpoint = wrapClientTLS(tls_policy.creatorForNetloc(host.encode("idna"), port), endpoint)
     target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
     request = render_request(method, target, host_header(parts.netloc, host), headers, body)
-    return open_response(endpoint, request)
+    return open_response(limit(endpoint), request)
 
 
 def open_response(endpoint: Any, request: bytes) -> "Deferred[FeedResponse]":

@@ -5,29 +5,36 @@ from :mod:`txchanges.http._database`.
 Every I/O method returns a :class:`~twisted.internet.defer.Deferred`. HTTP
 errors fail it with a :class:`~txchanges.errors.CouchError` subclass chosen by
 status; a connection that cannot be made or is lost fails it with
-:class:`~txchanges.errors.ConnectionFailed`. Credentials are sent as basic
-auth on every request and never appear in a URL, error or ``repr``.
+:class:`~txchanges.errors.ConnectionFailed` (:class:`~txchanges.errors.TimedOut`
+when a limit of :mod:`txchanges.http._timeouts` ran out). Credentials are sent
+as basic auth on every request, or traded for a session cookie
+(:mod:`txchanges.http._session`), and never appear in a URL, error or ``repr``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any, Callable, Optional, cast
 
+import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.client import _HTTP11ClientFactory  # the pool's own factory, made quiet below
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
 
 from txchanges.http import _http11, _urls
 from txchanges.http._database import Database
 from txchanges.http._httperrors import CONNECTION_ERRORS, couch_error, describe
 from txchanges.http._request import NO_BODY, RequestPreparer
-from txchanges.errors import ConnectionFailed, CouchError, UncleanEnd, UnexpectedResponse
-from txchanges._reactor import default_reactor
+from txchanges.http._session import SESSION_PATH, authenticated, cookie_session
+from txchanges.http._timeouts import Limits, Timeouts
+from txchanges.errors import ConnectionFailed, CouchError, TimedOut, UncleanEnd, UnexpectedResponse
+from txchanges._reactor import Clock, default_reactor
 
 __all__ = ["Server", "Database"]
 
@@ -56,12 +63,21 @@ class Server:
     :param url: The server's URL, optionally with ``user:password@`` and a
         path prefix (when CouchDB sits behind a proxy under one).
     :param credentials: ``(username, password)``; overrides any in *url*.
+    :param auth: How credentials are sent: ``"basic"`` (the default) on
+        every request, or ``"session"``: CouchDB's cookie authentication
+        (:mod:`~txchanges.http._session`), logging in again once when a
+        request is refused with 401, which is final after that.
     :param authorization: Instead of credentials, a function returning the
         ``Authorization`` header's value, called for every request and
         every feed connection: ``lambda: "Bearer " + tokens.current`` for
         CouchDB's JWT authentication or a cloud provider's token, which
         your code renews before it expires. Never logged; a function that
         raises fails that request, and a follower retries it with backoff.
+    :param timeouts: The time limits of every request, a
+        :class:`~txchanges.Timeouts`; one that runs out fails the request
+        with :class:`~txchanges.errors.TimedOut`.
+    :param clock: Time for the limits; the reactor when omitted (see
+        :meth:`~txchanges.http._timeouts.Limits.of_server`).
     :param http: A treq :class:`~treq.client.HTTPClient` to send requests
         with (tests inject :class:`treq.testing.StubTreq` here). When omitted
         the server builds one with its own persistent connection pool, which
@@ -80,7 +96,9 @@ class Server:
         *http* client, feeds go through that client.
     :raises ValueError: when *url* is not an ``http``/``https`` URL,
         *tls_policy* or *fast_feeds* is given with an injected *http*, or
-        *authorization* with credentials.
+        *authorization* with credentials, *auth* is not ``"basic"`` or
+        ``"session"`` (or is given with *authorization*), or
+        ``auth="session"`` has no credentials.
     """
 
     log = Logger()
@@ -95,9 +113,14 @@ class Server:
         tls_policy: Optional[IPolicyForHTTPS] = None,
         fast_feeds: Optional[bool] = None,
         authorization: Optional[Callable[[], str]] = None,
+        auth: Optional[str] = None,
+        timeouts: Optional[Timeouts] = None,
+        clock: Optional[Clock] = None,
     ) -> None:
         self._url = _urls.parse_server_url(url, credentials)
-        self._requests = RequestPreparer(self._url, authorization)
+        self._session = cookie_session(auth, self._url, authorization, self._log_in, self._discard)
+        sent = self._url if self._session is None else replace(self._url, credentials=None)
+        self._requests = RequestPreparer(sent, authorization)
         self._authorization = authorization
         self._pool: Optional[HTTPConnectionPool] = None
         if http is not None and (tls_policy is not None or fast_feeds):
@@ -107,10 +130,12 @@ class Server:
             )
         self._fast_feeds = http is None and fast_feeds is not False
         self._tls_policy: Any = tls_policy or BrowserLikePolicyForHTTPS()
+        self._limits = Limits.of_server(self._url, timeouts, clock, reactor, http is not None)
         if http is None:
             reactor = default_reactor(reactor)
             self._pool = _QuietPool(reactor, persistent=True)
-            agent = Agent(reactor, contextFactory=self._tls_policy, pool=self._pool)
+            endpoints = self._limits.agent_endpoints(reactor, self._tls_policy)
+            agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
             http = HTTPClient(cast(IAgent, agent))
         self._reactor = reactor
         self._http = http
@@ -133,7 +158,8 @@ class Server:
         if self._authorization is not None:
             return f"<Server {self._url.base} authorization=(a function)>"
         user = self._url.credentials[0] if self._url.credentials else None
-        return f"<Server {self._url.base} user={user!r}>"
+        session = "" if self._session is None else " auth=session"
+        return f"<Server {self._url.base} user={user!r}{session}>"
 
     def close(self) -> "Deferred[None]":
         """
@@ -168,7 +194,9 @@ class Server:
         :param unbuffered: ``True`` to read the body as it arrives (feeds).
         :return: A Deferred that fires with the response when its status is
             below 400, and fails with a :class:`CouchError` subclass (the
-            body read and parsed) or :class:`ConnectionFailed` otherwise.
+            body read and parsed) or :class:`ConnectionFailed` otherwise
+            (:class:`~txchanges.errors.TimedOut` when a limit of
+            :class:`~txchanges.Timeouts` ran out).
         """
         return Deferred.fromCoroutine(
             self._request(method, path, list(query), json_body, unbuffered)
@@ -181,30 +209,43 @@ class Server:
         query: list[tuple[str, str]],
         json_body: Any,
         unbuffered: bool,
+        *,
+        feed: bool = False,
+        log_in: bool = False,
     ) -> IResponse:
         url, headers, body = self._requests.prepare(path, query, json_body)
         kwargs: dict[str, Any] = {} if body is None else {"data": body}
-        try:
-            response = await self._http.request(
-                method,
-                url,
-                headers=headers,
-                allow_redirects=False,
-                unbuffered=unbuffered,
-                **kwargs,
+
+        async def send(headers: Headers) -> IResponse:
+            d = self._http.request(
+                method, url, headers=headers, allow_redirects=False, unbuffered=unbuffered, **kwargs
             )
-        except CONNECTION_ERRORS as e:
-            raise ConnectionFailed(self._url.host, self._url.port, describe(e)) from None
+            try:
+                return cast(IResponse, await self._limits.head(d, query if feed else None))
+            except CONNECTION_ERRORS as e:
+                raise ConnectionFailed(self._url.host, self._url.port, describe(e)) from None
+
+        session = None if log_in else self._session
+        response = await authenticated(session, headers, send)
         if response.code >= 400:
             raise await self._error(response, method, url)
-        return cast(IResponse, response)
+        return self._limits.feed_body(response, query) if feed else response
 
     async def _error(self, response: Any, method: str, url: str) -> CouchError:
         try:
-            raw: bytes = await response.content()
-        except CONNECTION_ERRORS:
+            raw: bytes = await treq.content(self._limits.body(response))
+        except (TimedOut, *CONNECTION_ERRORS):
             raw = b""
         return couch_error(response.code, response.phrase, response.headers, raw, method, url)
+
+    async def _discard(self, response: IResponse) -> None:
+        try:
+            await _http11.read_body(self._limits.body(response))
+        except (TimedOut, UncleanEnd, *CONNECTION_ERRORS):
+            pass
+
+    def _log_in(self, credentials: dict[str, str]) -> "Deferred[IResponse]":
+        return Deferred.fromCoroutine(self._request("POST", SESSION_PATH, [], credentials, False, log_in=True))
 
     def open_feed(
         self,
@@ -226,23 +267,30 @@ class Server:
             drops the connection.
         """
         if not self._fast_feeds:
-            return self.request(method, path, query, json_body, unbuffered=True)
+            return Deferred.fromCoroutine(self._request(method, path, list(query), json_body, True, feed=True))
         return Deferred.fromCoroutine(self._open_feed(method, path, list(query), json_body))
 
     async def _open_feed(
         self, method: str, path: str, query: list[tuple[str, str]], json_body: Any
     ) -> IResponse:
         url, headers, body = self._requests.prepare(path, query, json_body)
-        try:
-            response = await _http11.send(self._reactor, self._tls_policy, method, url, headers, body)
-            if response.code < 400:
-                return cast(IResponse, response)
+
+        async def send(headers: Headers) -> IResponse:
+            d = _http11.send(
+                self._reactor, self._tls_policy, method, url, headers, body, self._limits.endpoint
+            )
             try:
-                raw = await _http11.read_body(cast(IResponse, response))
-            except (UncleanEnd, *CONNECTION_ERRORS):
-                raw = b""
-        except CONNECTION_ERRORS as e:
-            raise ConnectionFailed(self._url.host, self._url.port, describe(e)) from None
+                return cast(IResponse, await self._limits.head(d, query))
+            except CONNECTION_ERRORS as e:
+                raise ConnectionFailed(self._url.host, self._url.port, describe(e)) from None
+
+        response = await authenticated(self._session, headers, send)
+        if response.code < 400:
+            return self._limits.feed_body(response, query)
+        try:
+            raw = await _http11.read_body(self._limits.body(response))
+        except (TimedOut, UncleanEnd, *CONNECTION_ERRORS):
+            raw = b""
         raise couch_error(response.code, response.phrase, response.headers, raw, method, url)
 
     def request_json(
@@ -267,7 +315,7 @@ class Server:
         response = await self._request(method, path, query, json_body, False)
         url = self._url.base + path
         try:
-            raw: bytes = await response.content()
+            raw: bytes = await treq.content(self._limits.body(response))
         except CONNECTION_ERRORS as e:
             raise ConnectionFailed(self._url.host, self._url.port, describe(e)) from None
         try:
