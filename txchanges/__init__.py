@@ -10,6 +10,8 @@ What to use for what:
 ``Server``, ``Database``
     The HTTP client: ``Server(url)``, then ``server[name]``, ``create_db``,
     ``get_db``, ``db.save_doc``; each request returns a Deferred.
+    ``TLSPolicy`` chooses whom an ``https`` server's certificate must be
+    issued by and the client certificate to show; ``proxy=`` a proxy.
 ``Consumer``
     couchdbkit's API with Deferreds: ``fetch`` (the normal feed),
     ``wait_once`` (longpoll), ``register_callback`` and ``wait`` (the
@@ -35,7 +37,8 @@ What to use for what:
     ``metrics`` extra).
 ``TxChangesError`` and its subclasses, in ``txchanges.errors``
     What Deferreds fail with: ``CouchError`` (``NotFound``, ``Unauthorized``
-    and the other HTTP statuses), ``ConnectionFailed``,
+    and the other HTTP statuses), ``ConnectionFailed`` (``ProxyError``),
+    ``TLSError`` (``CertificateError``),
     ``UnexpectedResponse``, ``FeedError`` (``Stalled``, ``ErrorRow``, ...)
     and ``CheckpointError``.
 
@@ -48,6 +51,7 @@ from txchanges.errors import *  # noqa: F403
 from txchanges.feed._aiter import ChangeStream
 from txchanges.feed._feedparams import FeedParams
 from txchanges.feed.consumer import Consumer
+from txchanges.http._tls import TLSPolicy
 from txchanges.http.client import Database, Server
 from txchanges.service import *  # noqa: F403
 
@@ -57,6 +61,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "Server",
     "Database",
+    "TLSPolicy",
     "Consumer",
     "ChangeStream",
     "FeedParams",

@@ -87,7 +87,11 @@ class Command:
             self._finished(None)
             return
         try:
-            db = open_database(self._options["server_url"], self._options["db_name"], self._environ, self._reactor)
+            url = self._options["server_url"]
+            db = open_database(
+                url, self._options["db_name"], self._environ, self._reactor,
+                **self._options.server_options(url, self._environ),
+            )
         except Exception:
             self._finished(Failure())
             return

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.python import usage
 
+from txchanges.cli._connection import ConnectionOptions
 from txchanges.feed._params import feed_request
 from txchanges.http._urls import parse_server_url, redact, validate_db_name
 from txchanges.service.checkpoint import CheckpointStore, checkpoint_identity, parse_checkpoint_spec
@@ -110,9 +111,11 @@ def _read_selector(value: str) -> dict[str, Any]:
     return selector
 
 
-class FeedOptions(usage.Options):
+class FeedOptions(ConnectionOptions):
     """
-    Which changes to read: where to start and which filter to apply.
+    Which changes to read: where to start and which filter to apply (and,
+    from :class:`~txchanges.cli._connection.ConnectionOptions`, how to
+    connect).
 
     After parsing, ``self["feed_params"]`` holds the feed parameters (the
     keyword arguments of :meth:`~txchanges.Consumer.fetch` or the service)
@@ -170,6 +173,7 @@ class FeedOptions(usage.Options):
         self["doc_ids"].extend(ids)
 
     def postOptions(self) -> None:
+        self.check_connection()
         params: dict[str, Any] = self["feed_params"]
         if self["filter"] is not None:
             params["filter"] = self["filter"]
@@ -359,8 +363,13 @@ def split_database_url(url: str) -> tuple[str, str]:
     return server, check_db_name(unquote(name))
 
 
-def open_database(server_url: str, name: str, environ: Mapping[str, str], reactor: Any = None) -> Database:
+def open_database(
+    server_url: str, name: str, environ: Mapping[str, str], reactor: Any = None, **server_options: Any
+) -> Database:
     """
+    :param server_options: More keyword arguments of
+        :class:`~txchanges.Server`, e.g. those of
+        :meth:`~txchanges.cli._connection.ConnectionOptions.server_options`.
     :return: The :class:`~txchanges.Database` *name* on *server_url*, with
         the credentials of :func:`credentials_from` or the token of
         :func:`authorization_from`; nothing is sent yet.
@@ -370,4 +379,5 @@ def open_database(server_url: str, name: str, environ: Mapping[str, str], reacto
         credentials_from(server_url, environ),
         authorization=authorization_from(server_url, environ),
         reactor=reactor,
+        **server_options,
     )[name]

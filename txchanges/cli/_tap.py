@@ -174,6 +174,7 @@ class Options(FollowerOptions):
         check_db_name(self["db"])
         credentials_from(self["url"], self.environ)
         authorization_from(self["url"], self.environ)
+        self.server_options(self["url"], self.environ)
         if self["on-error"] not in ON_ERROR:
             raise usage.UsageError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {self['on-error']!r}")
         try:
@@ -245,7 +246,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         and, with ``--metrics-port``, the metrics endpoint (``"metrics"``).
     """
     reactor = default_reactor(reactor)
-    db = open_database(options["url"], options["db"], options.environ, reactor)
+    db = open_database(
+        options["url"], options["db"], options.environ, reactor, **options.server_options(options["url"], options.environ)
+    )
     follower = ChangesService(
         db,
         options.build_handler(db),
