@@ -75,6 +75,7 @@ class _Exchange(Protocol):
         self._upstream: Any = None
         self._to_upstream: list[bytes] = []
         self._held: list[bytes] = []
+        self._response_head: Optional[bytes] = b""
         self._tunnel = False
         self._idle: Any = None
         self._closed = False
@@ -109,6 +110,7 @@ class _Exchange(Protocol):
         headers = [line.split(b":", 1) for line in header_lines if b":" in line]
         given = {name.strip().lower(): value.strip() for name, value in headers}
         proxy.requests.append((method, target))
+        proxy.request_times.append(proxy.reactor.seconds())
         if proxy.credentials is not None and given.get(b"proxy-authorization") != proxy.credentials:
             proxy.refused += 1
             self._reply(_answer("407 Proxy Authentication Required", b'Proxy-Authenticate: Basic realm="test"\r\n'))
@@ -189,6 +191,16 @@ class _Exchange(Protocol):
         if buffering is None:
             self._deliver(data)
             return
+        if self._response_head is not None:
+            # As nginx does, the head goes on at once; the body is buffered.
+            data = self._response_head + data
+            head, end, body = data.partition(b"\r\n\r\n")
+            if not end:
+                self._response_head = data
+                return
+            self._response_head = None
+            self._deliver(head + end)
+            data = body
         self._held.append(data)
         if buffering != "all" and sum(map(len, self._held)) >= buffering:
             self._deliver(b"".join(self._held))
@@ -245,9 +257,10 @@ class HTTPProxy(Factory):
         :func:`tests.tlscerts.server_tls`).
     :param idle_timeout: Close a connection after this many seconds with no
         byte either way.
-    :param buffering: ``"all"`` to hold each response until the server ends
-        it, or a number of bytes to deliver it in blocks of at least that
-        many (and the rest at its end); ``None`` to pass bytes on as they come.
+    :param buffering: ``"all"`` to hold each response's body until the
+        server ends it, or a number of bytes to deliver it in blocks of at
+        least that many (and the rest at its end); ``None`` to pass bytes on
+        as they come. The response head always goes on at once.
     :param credentials: The ``Proxy-Authorization`` value a forward proxy
         requires (a 407 answer otherwise).
     :param connect_status: Answer ``CONNECT`` with this status line
@@ -256,6 +269,7 @@ class HTTPProxy(Factory):
     :ivar port: The port listened on.
     :ivar connections: Client connections accepted.
     :ivar requests: ``(method, target)`` of every request, as received.
+    :ivar request_times: The reactor time of each of :attr:`requests`.
     :ivar tunnels: ``host:port`` of every tunnel opened.
     :ivar refused: Requests answered by the proxy itself (407, refused CONNECT).
     :ivar idle_drops: Reactor times at which idle connections were closed.
@@ -291,6 +305,7 @@ class HTTPProxy(Factory):
         self.port = 0
         self.connections = 0
         self.requests: list[tuple[str, str]] = []
+        self.request_times: list[float] = []
         self.tunnels: list[str] = []
         self.refused = 0
         self.idle_drops: list[float] = []

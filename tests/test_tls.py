@@ -31,7 +31,7 @@ from txchanges import (
 from . import couchserver
 from ._service_helpers import wait_for
 from .httpproxy import HTTPProxy
-from .tlscerts import Issued, TestCA, server_tls
+from .tlscerts import Issued, make_pki, server_tls
 
 ADMIN = "admin:secret@"
 
@@ -39,20 +39,11 @@ ADMIN = "admin:secret@"
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The test's CA and what it issued; a second CA nobody trusts."""
-    directory = tmp_path_factory.mktemp("pki")
-    ca = TestCA(directory)
-    stranger = TestCA(directory, "unknown CA")
-    return {
-        "ca": ca,
-        "server": ca.issue("server"),
-        "expired": ca.issue("expired", expired=True),
-        "elsewhere": ca.issue("elsewhere", ("couch.example",)),
-        "stranger": stranger.issue("stranger"),
-        "client": ca.issue("client", ("follower",), client=True),
-    }
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 async def tls_front(couch_server: couchserver.RunningServer, issued: Issued, client_ca: Optional[Path] = None) -> HTTPProxy:
+    """A TLS-terminating proxy in front of the test server, listening."""
     return HTTPProxy(("127.0.0.1", couch_server.port), tls=server_tls(issued, client_ca)).start()
 
 

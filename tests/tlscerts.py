@@ -19,7 +19,7 @@ from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from zope.interface import implementer
 
-__all__ = ["TestCA", "Issued", "server_tls"]
+__all__ = ["TestCA", "Issued", "make_pki", "server_tls"]
 
 _DAY = datetime.timedelta(days=1)
 
@@ -137,3 +137,21 @@ def server_tls(issued: Issued, client_ca: Optional[Path] = None) -> Any:
         context.load_verify_locations(str(client_ca))
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda conn, cert, errno, depth, ok: bool(ok))
     return _ServerContext(context)
+
+
+def make_pki(directory: Path) -> dict[str, Any]:
+    """
+    The test's CA (``"ca"``) and what it issued: ``"server"`` (localhost and
+    127.0.0.1), ``"expired"``, ``"elsewhere"`` (couch.example), ``"client"``
+    (follower); and ``"stranger"``, a server certificate of a CA nobody trusts.
+    """
+    ca = TestCA(directory)
+    stranger = TestCA(directory, "unknown CA")
+    return {
+        "ca": ca,
+        "server": ca.issue("server"),
+        "expired": ca.issue("expired", expired=True),
+        "elsewhere": ca.issue("elsewhere", ("couch.example",)),
+        "stranger": stranger.issue("stranger"),
+        "client": ca.issue("client", ("follower",), client=True),
+    }

@@ -65,7 +65,7 @@ def parse_proxy_url(text: str) -> ProxyURL:
         raise TypeError(f"proxy must be a str URL, not {type(text).__name__}")
     text = text.strip()
     parts = urlsplit(text if "://" in text else "http://" + text)
-    shown = f"{parts.scheme}://{parts.hostname or ''}{':' if parts.port else ''}{parts.port or ''}"
+    shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
     if parts.scheme != "http":
         raise ValueError(f"proxy URL must start with http:// (a TLS connection to the proxy is not supported): {shown!r}")
     try:
@@ -92,11 +92,12 @@ def _variable(environ: Mapping[str, str], name: str) -> Optional[str]:
 
 def proxy_from_environment(url: str, environ: Mapping[str, str]) -> Optional[str]:
     """
-    The proxy the environment gives requests to *url*, as curl chooses it:
-    ``https_proxy`` for an ``https`` URL, ``http_proxy`` for an ``http`` one
-    (only in lower case: a CGI program's ``HTTP_PROXY`` comes from a
-    request header), then ``all_proxy``; none for a host ``no_proxy``
-    names. Each name is read in lower case first, then upper case.
+    The proxy the environment gives requests to *url*: ``https_proxy`` for
+    an ``https`` URL, ``http_proxy`` for an ``http`` one, then
+    ``all_proxy``; none for a host ``no_proxy`` names. Each name is read in
+    lower case first, then upper case, but for ``HTTP_PROXY`` in a CGI
+    program (``REQUEST_METHOD`` set), where it comes from a request's
+    ``Proxy`` header, as Python's ``urllib`` does.
 
     :param url: The server's URL.
     :param environ: The environment, ``os.environ`` in a program.
@@ -105,8 +106,10 @@ def proxy_from_environment(url: str, environ: Mapping[str, str]) -> Optional[str
     parts = urlsplit(url)
     if parts.scheme == "https":
         proxy = _variable(environ, "https_proxy")
-    else:
+    elif "REQUEST_METHOD" in environ:
         proxy = environ.get("http_proxy", "").strip() or None
+    else:
+        proxy = _variable(environ, "http_proxy")
     proxy = proxy or _variable(environ, "all_proxy")
     if proxy is None:
         return None
