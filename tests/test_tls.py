@@ -62,11 +62,17 @@ async def follow_all(db: Database, direct: Database, count: int = 30) -> tuple[l
     return seen, service
 
 
-async def stopped_with(service: ChangesService) -> BaseException:
-    """Start *service* and return the error it stops with."""
+async def stopped_with(service: ChangesService, seconds: float = 10) -> BaseException:
+    """Start *service* and return the error it stops with; fail if it is still running after *seconds*."""
     service.startService()
+    stopped = service.when_stopped()
     try:
-        await service.when_stopped()
+        await wait_for(lambda: stopped.called, seconds, "the service to stop with an error")
+    finally:
+        if not stopped.called:
+            await service.stopService()
+    try:
+        await stopped
     except Exception as e:
         return e
     raise AssertionError("the service stopped without an error")

@@ -11,6 +11,7 @@ their connections from one :class:`TLSPolicy`.
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import datetime
 from typing import Any, Optional, Union
@@ -92,8 +93,9 @@ class TLSPolicy:
     def __init__(self, cacert: Optional[Path] = None, cert: Optional[Path] = None, key: Optional[Path] = None) -> None:
         if key is not None and cert is None:
             raise ValueError("a client key needs its certificate (cert=...)")
-        # Twisted's defaults (protocol versions, ciphers); verification is
-        # set on each connection, against the trust loaded here.
+        self._context: Optional[SSL.Context] = None
+        if cacert is None and cert is None:
+            return  # the platform's trust, loaded at the first https connection
         context = CertificateOptions().getContext()
         try:
             if cacert is None:
@@ -123,7 +125,22 @@ class TLSPolicy:
         :return: What makes each TLS connection to it, an
             :class:`~twisted.internet.interfaces.IOpenSSLClientConnectionCreator`.
         """
+        if self._context is None:
+            self._context = _platform_context()
         return _Creator(self._context, hostname.decode("ascii"), port)
+
+
+@functools.lru_cache(maxsize=1)
+def _platform_context() -> SSL.Context:
+    """
+    The context of every policy that trusts the platform and shows no
+    client certificate: Twisted's defaults (protocol versions, ciphers), and
+    the platform's trust store, which takes tens of milliseconds to load.
+    Verification is set on each connection.
+    """
+    context = CertificateOptions().getContext()
+    context.set_default_verify_paths()
+    return context
 
 
 @implementer(IOpenSSLClientConnectionCreator)
