@@ -215,3 +215,15 @@ def test_tls_policy_refuses_files_it_cannot_use(pki, tmp_path):
         TLSPolicy(cert=pki["client"].cert, key=pki["server"].key)
     with pytest.raises(ValueError, match="needs its certificate"):
         TLSPolicy(key=pki["client"].key)
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_to_a_port_without_tls_is_a_terminal_tls_error(couch_server, db_name):
+    """An https URL for the test server's plain HTTP port stops the service with a TLSError that asks whether the port speaks TLS."""
+    couch_server.create_db(db_name)
+    server = Server(f"https://{ADMIN}127.0.0.1:{couch_server.port}/")
+    try:
+        error = await stopped_with(ChangesService(server[db_name], print))
+    finally:
+        await server.close()
+    assert type(error) is TLSError and "is this port speaking TLS?" in error.reason, error
