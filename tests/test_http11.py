@@ -28,7 +28,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 from twisted.web.iweb import IPolicyForHTTPS
 
-from txchanges import ConnectionFailed, Consumer, NotFound, ServerError, Server, Stalled, Unauthorized
+from txchanges import CertificateError, ConnectionFailed, Consumer, NotFound, ServerError, Server, Stalled, Unauthorized
 from txchanges.http._chunked import ChunkedDecoder
 from txchanges.http._framing import LengthDecoder, UntilClose, body_framing
 from txchanges.http._wire import BadResponse, host_header, render_request
@@ -895,13 +895,13 @@ async def test_https_feed_pauses_and_resumes() -> None:
 @TLS_WARNINGS
 @pytest_twisted.ensureDeferred
 async def test_https_feed_refuses_an_untrusted_certificate() -> None:
-    """Without trust in the server's certificate the feed fails with ConnectionFailed."""
+    """Without trust in the server's certificate the feed fails with CertificateError, which says the certificate is self-signed."""
     cert_pem, key_pem = self_signed()
     options = ssl.PrivateCertificate.loadPEM(cert_pem + key_pem).options()
     port, listening = listen(feed_server(*LINES), tls=options)
     couch = Server(f"https://localhost:{port}/")
     try:
-        with pytest.raises(ConnectionFailed):
+        with pytest.raises(CertificateError, match="it is self-signed, and not trusted"):
             await Consumer(couch["db"]).wait(since=0)
     finally:
         await couch.close()

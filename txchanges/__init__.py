@@ -11,6 +11,8 @@ What to use for what:
     The HTTP client: ``Server(url)``, then ``server[name]``, ``create_db``,
     ``get_db``, ``db.save_doc``; each request returns a Deferred, within
     the time limits of ``Timeouts``.
+    ``TLSPolicy`` chooses whom an ``https`` server's certificate must be
+    issued by and the client certificate to show; ``proxy=`` a proxy.
 ``Consumer``
     couchdbkit's API with Deferreds: ``fetch`` (the normal feed),
     ``wait_once`` (longpoll), ``register_callback`` and ``wait`` (the
@@ -43,7 +45,8 @@ What to use for what:
     ``metrics`` extra).
 ``TxChangesError`` and its subclasses, in ``txchanges.errors``
     What Deferreds fail with: ``CouchError`` (``NotFound``, ``Unauthorized``
-    and the other HTTP statuses), ``ConnectionFailed``,
+    and the other HTTP statuses), ``ConnectionFailed`` (``ProxyError``),
+    ``TLSError`` (``CertificateError``),
     ``UnexpectedResponse``, ``FeedError`` (``Stalled``, ``ErrorRow``, ...)
     and ``CheckpointError``.
 
@@ -57,6 +60,7 @@ from txchanges.feed._aiter import ChangeStream
 from txchanges.feed._feedparams import FeedParams
 from txchanges.feed.consumer import Consumer
 from txchanges.http._timeouts import Timeouts
+from txchanges.http._tls import TLSPolicy
 from txchanges.http.client import Database, Server
 from txchanges.many import *  # noqa: F403
 from txchanges.service import *  # noqa: F403
@@ -68,6 +72,7 @@ __all__ = [
     "Server",
     "Database",
     "Timeouts",
+    "TLSPolicy",
     "Consumer",
     "ChangeStream",
     "FeedParams",

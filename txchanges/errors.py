@@ -25,6 +25,9 @@ __all__ = [
     "ServerError",
     "ConnectionFailed",
     "TimedOut",
+    "ProxyError",
+    "TLSError",
+    "CertificateError",
     "UnexpectedResponse",
     "FeedError",
     "ErrorRow",
@@ -228,6 +231,60 @@ class TimedOut(ConnectionFailed):
     def __str__(self) -> str:
         said = self._SAID.get(self.what, "{where}: " + self.what + " timed out after {seconds:g}s")
         return said.format(where=f"{self.host}:{self.port}", seconds=self.seconds)
+
+
+class ProxyError(ConnectionFailed):
+    """
+    The HTTP proxy could not be reached, or would not open a tunnel to the
+    server (its answer to ``CONNECT``).
+
+    :ivar host: The proxy's host.
+    :ivar port: The proxy's port.
+    :ivar reason: What went wrong, in words.
+    :ivar status: The proxy's HTTP status for ``CONNECT`` (``407``: it wants
+        credentials; ``403``: it refuses that destination; ``502``: it cannot
+        reach the server), or ``None`` when it never answered.
+    """
+
+    def __init__(self, host: str, port: int, reason: str, status: int | None = None) -> None:
+        super().__init__(host, port, reason)
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"proxy {self.host}:{self.port}: {self.reason}"
+
+
+class TLSError(TxChangesError):
+    """
+    The TLS handshake with an ``https`` server failed: the server refused
+    it (it wants a client certificate, say, or speaks no TLS on that port),
+    or its certificate does not verify (:class:`CertificateError`). Retrying
+    cannot fix it, so a follower stops.
+
+    :ivar host: The server's host.
+    :ivar port: The server's port.
+    :ivar reason: What went wrong, in words.
+    """
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        self.host = host
+        self.port = port
+        self.reason = reason
+        super().__init__(host, port, reason)
+
+    def __str__(self) -> str:
+        return f"TLS with {self.host}:{self.port} failed: {self.reason}"
+
+
+class CertificateError(TLSError):
+    """
+    The server's certificate does not verify: it is for another host name,
+    it expired (or is not valid yet), or no trusted certificate authority
+    issued it. :attr:`reason` says which, naming the certificate.
+    """
+
+    def __str__(self) -> str:
+        return f"the certificate of {self.host}:{self.port} does not verify: {self.reason}"
 
 
 class UnexpectedResponse(TxChangesError):

@@ -88,7 +88,11 @@ class Command:
             return
         try:
             options = self._options
-            db = open_database(options["server_url"], options["db_name"], self._environ, self._reactor, options["auth"])
+            url = options["server_url"]
+            db = open_database(
+                url, options["db_name"], self._environ, self._reactor, options["auth"],
+                **options.server_options(url, self._environ),
+            )
         except Exception:
             self._finished(Failure())
             return

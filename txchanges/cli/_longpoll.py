@@ -39,6 +39,10 @@ class LongpollFollower:
     (where ``reconnects`` counts requests retried after a failure) and
     ``resume_seq``.
 
+    :param heartbeat: The longest each request waits for a change, in
+        milliseconds: it is sent as ``timeout``, not ``heartbeat``, so that
+        every response ends by itself, and a proxy that buffers responses
+        passes each one on whole.
     :param limit: Stop after this many changes; requests ask for no more.
     :param shard: Hand over only the changes of this shard's documents.
     :param params: The filter's own parameters, and *feed_params* the feed
@@ -124,7 +128,7 @@ class LongpollFollower:
 
     async def _read(self, since: Any, feed_params: dict[str, Any]) -> None:
         body = await self._consumer.wait_once(
-            since, timeout=None, heartbeat=self._heartbeat, cb=self._handle, params=self._params, **feed_params)
+            since, timeout=self._heartbeat, heartbeat=False, cb=self._handle, params=self._params, **feed_params)
         self.stats.last_activity = self._clock.seconds()
         self.stats.pending = body.get("pending")
         since = body["last_seq"]

@@ -124,7 +124,8 @@ class FollowOptions(_DatabaseArgument, FollowerOptions):
         ["limit", None, None, "Exit after this many changes, once the checkpoint is saved.", positive_int],
         ["feed", None, "continuous",
          "continuous: one long request, through the reconnecting service; longpoll: one "
-         "request per batch of changes."],
+         "request per batch of changes, each waiting at most --heartbeat ms (for a proxy that "
+         "buffers responses)."],
     ]
 
     def postOptions(self) -> None:

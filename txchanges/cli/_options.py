@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.python import usage
 
+from txchanges.cli._connection import ConnectionOptions
 from txchanges.feed._params import feed_request
 from txchanges.http._session import AUTH_MODES
 from txchanges.http._urls import parse_server_url, redact, validate_db_name
@@ -114,9 +115,11 @@ def _read_selector(value: str) -> dict[str, Any]:
     return selector
 
 
-class FeedOptions(usage.Options):
+class FeedOptions(ConnectionOptions):
     """
-    Which changes to read: where to start and which filter to apply.
+    Which changes to read: where to start and which filter to apply (and,
+    from :class:`~txchanges.cli._connection.ConnectionOptions`, how to
+    connect).
 
     After parsing, ``self["feed_params"]`` holds the feed parameters (the
     keyword arguments of :meth:`~txchanges.Consumer.fetch` or the service)
@@ -178,6 +181,7 @@ class FeedOptions(usage.Options):
         self["doc_ids"].extend(ids)
 
     def postOptions(self) -> None:
+        self.check_connection()
         if self["auth"] not in AUTH_MODES:
             raise usage.UsageError(f"--auth must be {' or '.join(AUTH_MODES)}, not {self['auth']!r}")
         params: dict[str, Any] = self["feed_params"]
@@ -376,11 +380,15 @@ def split_database_url(url: str) -> tuple[str, str]:
 
 
 def open_database(
-    server_url: str, name: str, environ: Mapping[str, str], reactor: Any = None, auth: str = "basic"
+    server_url: str, name: str, environ: Mapping[str, str], reactor: Any = None, auth: str = "basic",
+    **server_options: Any,
 ) -> Database:
     """
     :param auth: How the credentials are sent (``--auth``): ``"basic"`` or
         ``"session"``.
+    :param server_options: More keyword arguments of
+        :class:`~txchanges.Server`, e.g. those of
+        :meth:`~txchanges.cli._connection.ConnectionOptions.server_options`.
     :return: The :class:`~txchanges.Database` *name* on *server_url*, with
         the credentials of :func:`credentials_from` or the token of
         :func:`authorization_from`; nothing is sent yet.
@@ -394,6 +402,7 @@ def open_database(
         authorization=authorization_from(server_url, environ),
         auth=None if auth == "basic" else auth,
         reactor=reactor,
+        **server_options,
     )[name]
 
 

@@ -176,6 +176,7 @@ class Options(FollowerOptions):
         credentials_from(self["url"], self.environ)
         authorization_from(self["url"], self.environ)
         check_session(self["url"], self.environ, self["auth"])
+        self.server_options(self["url"], self.environ)
         if self["on-error"] not in ON_ERROR:
             raise usage.UsageError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {self['on-error']!r}")
         try:
@@ -247,7 +248,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         and, with ``--metrics-port``, the metrics endpoint (``"metrics"``).
     """
     reactor = default_reactor(reactor)
-    db = open_database(options["url"], options["db"], options.environ, reactor, options["auth"])
+    db = open_database(
+        options["url"], options["db"], options.environ, reactor, options["auth"],
+        **options.server_options(options["url"], options.environ),
+    )
     follower = ChangesService(
         db,
         options.build_handler(db),

@@ -19,14 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -37,8 +30,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from txchanges.feed._collect import BodyCollector
 from txchanges.http._framing import Decoder, LengthDecoder, UntilClose, body_framing
+from txchanges.http._proxy import ProxyURL
 from txchanges.http._response import BodyHandOff, FeedResponse
-from txchanges.http._timeouts import NO_TIMEOUT
+from txchanges.http._route import route_for
 from txchanges.http._wire import (
     END_OF_HEAD,
     MAX_HEAD,
@@ -190,7 +184,13 @@ class _ResponseReader(Protocol):
 
 
 def send(
-    reactor: Any, tls_policy: Any, method: str, url: str, headers: Headers, body: Optional[bytes],
+    reactor: Any,
+    tls_policy: Any,
+    method: str,
+    url: str,
+    headers: Headers,
+    body: Optional[bytes],
+    proxy: Optional[ProxyURL] = None,
     limit: Callable[[Any], Any] = lambda endpoint: endpoint,
 ) -> "Deferred[FeedResponse]":
     """
@@ -203,26 +203,19 @@ def send(
     :param headers: The request's headers but ``Host``,
         ``Content-Length`` and ``Connection``.
     :param body: The request body, if any.
+    :param proxy: The HTTP proxy to go through (see
+        :func:`~txchanges.http._route.route_for`), or ``None``.
     :param limit: Wraps the endpoint connected to; it owns the connect
         timeout (the reactor's own is off), see
         :meth:`~txchanges.http._timeouts.Limits.endpoint`.
     """
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    endpoint: Any
-    if isIPAddress(host):
-        # No resolver round trip (a thread hop) for an address.
-        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=NO_TIMEOUT)
-    elif isIPv6Address(host):
-        endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=NO_TIMEOUT)
-    else:
-        endpoint = HostnameEndpoint(reactor, host.encode("idna"), port, timeout=NO_TIMEOUT)
-    if parts.scheme == "https":
-        endpoint = wrapClientTLS(tls_policy.creatorForNetloc(host.encode("idna"), port), endpoint)
-    target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-    request = render_request(method, target, host_header(parts.netloc, host), headers, body)
-    return open_response(limit(endpoint), request)
+    route = route_for(reactor, tls_policy, proxy, url, limit)
+    if route.proxy_authorization is not None:
+        headers = headers.copy()
+        headers.setRawHeaders(b"Proxy-Authorization", [route.proxy_authorization])
+    host = host_header(parts.netloc, parts.hostname or "")
+    return open_response(route.endpoint, render_request(method, route.target, host, headers, body))
 
 
 def open_response(endpoint: Any, request: bytes) -> "Deferred[FeedResponse]":

@@ -14,9 +14,10 @@ from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.web.client import ResponseFailed
 from twisted.web.http_headers import Headers
 
-from txchanges.errors import CouchError, error_for_status, snippet
+from txchanges.http._tls import tls_error
+from txchanges.errors import ConnectionFailed, CouchError, TxChangesError, error_for_status, snippet
 
-__all__ = ["CONNECTION_ERRORS", "describe", "couch_error"]
+__all__ = ["CONNECTION_ERRORS", "describe", "connection_failed", "couch_error"]
 
 # Exceptions from the agent that mean "the server could not be talked to"; they
 # become ConnectionFailed so callers handle one class. ResponseNeverReceived
@@ -49,6 +50,18 @@ def describe(exc: BaseException) -> str:
         return "; ".join(describe(f.value) for f in reasons)
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def connection_failed(host: str, port: int, exc: BaseException) -> TxChangesError:
+    """
+    What a request that could not talk to the server fails with: the
+    :class:`~txchanges.errors.TLSError` (or
+    :class:`~txchanges.errors.CertificateError`) behind it when the TLS
+    handshake failed, else :class:`~txchanges.errors.ConnectionFailed`.
+
+    :param exc: One of :data:`CONNECTION_ERRORS`.
+    """
+    return tls_error(exc, host, port) or ConnectionFailed(host, port, describe(exc))
 
 
 def couch_error(

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
-from twisted.web.iweb import IAgentEndpointFactory, IResponse
+from twisted.web.iweb import IResponse
 from zope.interface import alsoProvides, implementer  # type: ignore[import-untyped]
 
 from txchanges._reactor import Clock, default_clock
@@ -141,27 +140,6 @@ class _TimedEndpoint:
         return within(limits.clock, limits.timeouts.connect, d, lambda: limits.error("connect"))
 
 
-@implementer(IAgentEndpointFactory)
-class _TimedEndpointFactory:
-    """
-    What a Twisted ``Agent`` connects with by default (TCP, and TLS for
-    ``https``), with :class:`Limits` for the connect timeout in place of
-    the reactor's own, fixed one.
-    """
-
-    def __init__(self, reactor: Any, tls_policy: Any, limits: "Limits") -> None:
-        self._reactor = reactor
-        self._tls_policy = tls_policy
-        self._limits = limits
-
-    def endpointForURI(self, uri: Any) -> Any:
-        host = uri.host.decode("ascii")
-        endpoint: Any = HostnameEndpoint(self._reactor, host, uri.port, timeout=NO_TIMEOUT)
-        if uri.scheme == b"https":
-            endpoint = wrapClientTLS(self._tls_policy.creatorForNetloc(uri.host, uri.port), endpoint)
-        return self._limits.endpoint(endpoint)
-
-
 class Limits:
     """
     The :class:`Timeouts` of one server, on its clock.
@@ -221,14 +199,6 @@ class Limits:
         if self.timeouts.connect is None:
             return endpoint
         return _TimedEndpoint(endpoint, self)
-
-    def agent_endpoints(self, reactor: Any, tls_policy: Any) -> Any:
-        """
-        :return: The endpoint factory of a Twisted ``Agent`` (for
-            ``Agent.usingEndpointFactory``) whose connections are limited as
-            :meth:`endpoint` does.
-        """
-        return _TimedEndpointFactory(reactor, tls_policy, self)
 
     def head(self, d: "Deferred[T]", feed: Optional[list[tuple[str, str]]] = None) -> "Deferred[T]":
         """

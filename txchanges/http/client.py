@@ -6,9 +6,10 @@ Every I/O method returns a :class:`~twisted.internet.defer.Deferred`. HTTP
 errors fail it with a :class:`~txchanges.errors.CouchError` subclass chosen by
 status; a connection that cannot be made or is lost fails it with
 :class:`~txchanges.errors.ConnectionFailed` (:class:`~txchanges.errors.TimedOut`
-when a limit of :mod:`txchanges.http._timeouts` ran out). Credentials are sent
-as basic auth on every request, or traded for a session cookie
-(:mod:`txchanges.http._session`), and never appear in a URL, error or ``repr``.
+when a limit of :mod:`txchanges.http._timeouts` ran out; a failed TLS handshake
+with :class:`~txchanges.errors.TLSError`). Credentials are sent as basic auth on
+every request, or traded for a session cookie (:mod:`txchanges.http._session`),
+and never appear in a URL, error or ``repr``.
 """
 
 from __future__ import annotations
@@ -22,18 +23,21 @@ import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.client import _HTTP11ClientFactory  # the pool's own factory, made quiet below
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
 
 from txchanges.http import _http11, _urls
 from txchanges.http._database import Database
-from txchanges.http._httperrors import CONNECTION_ERRORS, couch_error, describe
+from txchanges.http._httperrors import CONNECTION_ERRORS, connection_failed, couch_error
+from txchanges.http._proxy import ProxyURL, parse_proxy_url
 from txchanges.http._request import NO_BODY, RequestPreparer
+from txchanges.http._route import agent_for
 from txchanges.http._session import SESSION_PATH, authenticated, cookie_session
 from txchanges.http._timeouts import Limits, Timeouts
-from txchanges.errors import ConnectionFailed, CouchError, TimedOut, UncleanEnd, UnexpectedResponse
+from txchanges.http._tls import TLSPolicy
+from txchanges.errors import CouchError, TimedOut, UncleanEnd, UnexpectedResponse
 from txchanges._reactor import Clock, default_reactor
 
 __all__ = ["Server", "Database"]
@@ -84,21 +88,30 @@ class Server:
         :meth:`close` closes.
     :param reactor: The reactor for the default client; the global reactor
         when omitted.
-    :param tls_policy: Who to trust for ``https`` URLs, an
-        :class:`~twisted.web.iweb.IPolicyForHTTPS` (e.g. one trusting your
-        own certificate authority); the platform's trust store by default.
-        Only for the server's own connections.
+    :param tls_policy: Who to trust for ``https`` URLs, and the client
+        certificate to show: a :class:`~txchanges.TLSPolicy` (or any
+        :class:`~twisted.web.iweb.IPolicyForHTTPS`); ``TLSPolicy()``, the
+        platform's trust store, by default. A certificate that does not
+        verify fails requests with
+        :class:`~txchanges.errors.CertificateError`. Only for the server's
+        own connections.
+    :param proxy: An HTTP proxy for the server's own connections,
+        ``http://[user:password@]host:port``: ``https`` requests go through
+        its ``CONNECT`` tunnels, ``http`` ones to it in absolute form. The
+        environment's ``HTTPS_PROXY`` and the like are not read here (the
+        command and the plugin read them).
     :param fast_feeds: Read continuous and other streamed feeds with
         txchanges' own HTTP/1.1 reader (one connection per feed, each socket
         read de-chunked at once), which costs about half the CPU of going
         through treq; ``False`` sends them through treq like every other
         request. It needs the server's own connections: with an injected
         *http* client, feeds go through that client.
-    :raises ValueError: when *url* is not an ``http``/``https`` URL,
-        *tls_policy* or *fast_feeds* is given with an injected *http*, or
-        *authorization* with credentials, *auth* is not ``"basic"`` or
-        ``"session"`` (or is given with *authorization*), or
-        ``auth="session"`` has no credentials.
+    :raises ValueError: when *url* is not an ``http``/``https`` URL, or
+        *proxy* not an ``http`` proxy URL, *tls_policy*, *proxy* or
+        *fast_feeds* is given with an injected *http*, or *authorization*
+        with credentials, *auth* is not ``"basic"`` or ``"session"`` (or is
+        given with *authorization*), or ``auth="session"`` has no
+        credentials.
     """
 
     log = Logger()
@@ -116,6 +129,7 @@ class Server:
         auth: Optional[str] = None,
         timeouts: Optional[Timeouts] = None,
         clock: Optional[Clock] = None,
+        proxy: Optional[str] = None,
     ) -> None:
         self._url = _urls.parse_server_url(url, credentials)
         self._session = cookie_session(auth, self._url, authorization, self._log_in, self._discard)
@@ -123,19 +137,19 @@ class Server:
         self._requests = RequestPreparer(sent, authorization)
         self._authorization = authorization
         self._pool: Optional[HTTPConnectionPool] = None
-        if http is not None and (tls_policy is not None or fast_feeds):
+        if http is not None and (tls_policy is not None or fast_feeds or proxy is not None):
             raise ValueError(
-                "tls_policy and fast_feeds apply to the server's own connections, "
+                "tls_policy, proxy and fast_feeds apply to the server's own connections, "
                 "not to an injected http client"
             )
+        self._proxy: Optional[ProxyURL] = parse_proxy_url(proxy) if proxy is not None else None
         self._fast_feeds = http is None and fast_feeds is not False
-        self._tls_policy: Any = tls_policy or BrowserLikePolicyForHTTPS()
+        self._tls_policy: Any = tls_policy or TLSPolicy()
         self._limits = Limits.of_server(self._url, timeouts, clock, reactor, http is not None)
         if http is None:
             reactor = default_reactor(reactor)
             self._pool = _QuietPool(reactor, persistent=True)
-            endpoints = self._limits.agent_endpoints(reactor, self._tls_policy)
-            agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool)
+            agent = agent_for(reactor, self._tls_policy, self._pool, self._proxy, self._limits.endpoint)
             http = HTTPClient(cast(IAgent, agent))
         self._reactor = reactor
         self._http = http
@@ -194,9 +208,9 @@ class Server:
         :param unbuffered: ``True`` to read the body as it arrives (feeds).
         :return: A Deferred that fires with the response when its status is
             below 400, and fails with a :class:`CouchError` subclass (the
-            body read and parsed) or :class:`ConnectionFailed` otherwise
-            (:class:`~txchanges.errors.TimedOut` when a limit of
-            :class:`~txchanges.Timeouts` ran out).
+            body read and parsed), :class:`ConnectionFailed` (:class:`~txchanges.errors.TimedOut`
+            when a limit of :class:`~txchanges.Timeouts` ran out) or
+            :class:`~txchanges.errors.TLSError` otherwise.
         """
         return Deferred.fromCoroutine(
             self._request(method, path, list(query), json_body, unbuffered)
@@ -223,7 +237,7 @@ class Server:
             try:
                 return cast(IResponse, await self._limits.head(d, query if feed else None))
             except CONNECTION_ERRORS as e:
-                raise ConnectionFailed(self._url.host, self._url.port, describe(e)) from None
+                raise connection_failed(self._url.host, self._url.port, e) from None
 
         session = None if log_in else self._session
         response = await authenticated(session, headers, send)
@@ -277,12 +291,12 @@ class Server:
 
         async def send(headers: Headers) -> IResponse:
             d = _http11.send(
-                self._reactor, self._tls_policy, method, url, headers, body, self._limits.endpoint
+                self._reactor, self._tls_policy, method, url, headers, body, self._proxy, self._limits.endpoint
             )
             try:
                 return cast(IResponse, await self._limits.head(d, query))
             except CONNECTION_ERRORS as e:
-                raise ConnectionFailed(self._url.host, self._url.port, describe(e)) from None
+                raise connection_failed(self._url.host, self._url.port, e) from None
 
         response = await authenticated(self._session, headers, send)
         if response.code < 400:
@@ -317,7 +331,7 @@ class Server:
         try:
             raw: bytes = await treq.content(self._limits.body(response))
         except CONNECTION_ERRORS as e:
-            raise ConnectionFailed(self._url.host, self._url.port, describe(e)) from None
+            raise connection_failed(self._url.host, self._url.port, e) from None
         try:
             return json.loads(raw)
         except ValueError:

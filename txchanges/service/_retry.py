@@ -11,7 +11,7 @@ from twisted.logger import Logger
 
 from txchanges._reactor import Clock
 from txchanges.service.checkpoint import CheckpointError
-from txchanges.errors import CouchError, LineTooLong
+from txchanges.errors import CouchError, LineTooLong, ProxyError, TLSError
 
 __all__ = ["is_terminal", "retry_after", "Backoff", "next_try"]
 
@@ -22,15 +22,16 @@ def is_terminal(error: BaseException) -> bool:
     missing credentials (401, 403), a missing database, design document or
     filter (404), a line over the configured bound, or a checkpoint that
     cannot be used (corrupt, written for another feed or shard, unreadable
-    or unwritable: a person must look at it). Everything else - 5xx, 408,
-    429, connection failures, cut or stalled feeds, error rows - is worth
-    retrying.
+    or unwritable: a person must look at it), a failed TLS handshake (a
+    certificate that does not verify, a client certificate refused), and a
+    proxy that refuses a tunnel as a server would refuse a request (407,
+    403). Everything else - 5xx, 408, 429, connection failures, cut or
+    stalled feeds, error rows - is worth retrying.
     """
-    if isinstance(error, (LineTooLong, CheckpointError)):
+    if isinstance(error, (LineTooLong, CheckpointError, TLSError)):
         return True
-    if isinstance(error, CouchError):
-        return 400 <= error.status < 500 and error.status not in (408, 429)
-    return False
+    status = error.status if isinstance(error, (CouchError, ProxyError)) else None
+    return status is not None and 400 <= status < 500 and status not in (408, 429)
 
 
 def retry_after(error: BaseException, clock: Clock) -> Optional[float]:
