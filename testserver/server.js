@@ -22,6 +22,7 @@ const {Registry} = require('./lib/registry');
 const {lockWrites} = require('./lib/rwlock');
 const {makeAuth} = require('./lib/auth');
 const mountDbRoutes = require('./lib/dbroutes');
+const {mountDbList} = require('./lib/dblist');
 const mountChanges = require('./lib/changes');
 const mountDbUpdates = require('./lib/db_updates');
 
@@ -123,6 +124,7 @@ async function main() {
   app.use(auth.middleware);
   auth.mount(app, wrap);
   mountDbUpdates(app, registry, wrap);
+  mountDbList(app, registry, wrap);
   mountDbRoutes(app, registry, wrap);
   mountChanges(app, registry, wrap);
 

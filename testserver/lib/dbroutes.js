@@ -7,6 +7,7 @@
 const crypto = require('crypto');
 const {CouchError, badRequest, missingDb, sendJSON, readJSONBody} = require('./http');
 const stats = require('./stats');
+const {dbInfo} = require('./dblist');
 
 const SYSTEM_DBS = new Set(['_users', '_replicator', '_global_changes']);
 const NAME_RULE = /^[a-z][a-z0-9_$()+/-]*$/;
@@ -42,10 +43,16 @@ module.exports = function mountDbRoutes(app, registry, wrap) {
   app.get('/_testserver', (req, res) => {
     sendJSON(res, 200, {
       open_feeds: {changes: stats.changes, db_updates: stats.dbUpdates},
+      peak_open_feeds: {changes: stats.peakChanges},
       started_feeds: {changes: stats.changesStarted},
       heartbeats: {changes: Object.fromEntries(stats.heartbeats)},
       databases: registry.entries.size
     });
+  });
+
+  app.post('/_testserver/reset_peak', (req, res) => {
+    stats.peakChanges = stats.changes;
+    sendJSON(res, 200, {ok: true});
   });
 
   app.get('/_up', (req, res) => sendJSON(res, 200, {status: 'ok', seeds: {}}));
@@ -89,23 +96,11 @@ module.exports = function mountDbRoutes(app, registry, wrap) {
   app.get('/:db', wrap(async (req, res, next) => {
     const entry = registry.get(req.params.db);
     if (!entry) {
-      // A server endpoint such as /_all_dbs: express-pouchdb serves it.
+      // A server endpoint that express-pouchdb serves.
       next();
       return;
     }
-    const info = await entry.db.info();
-    sendJSON(res, 200, {
-      instance_start_time: '0',
-      db_name: entry.name,
-      purge_seq: entry.seq(0),
-      update_seq: entry.seq(info.update_seq),
-      sizes: {file: 0, external: 0, active: 0},
-      props: {},
-      doc_count: info.doc_count,
-      disk_format_version: 8,
-      compact_running: false,
-      cluster: {q: 1, n: 1, w: 1, r: 1}
-    });
+    sendJSON(res, 200, await dbInfo(entry));
   }));
 
   // Stored and returned, not enforced: the admin rule in auth.js decides.

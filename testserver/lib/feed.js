@@ -88,6 +88,7 @@ class Feed {
 
   async run(updateSeq) {
     stats.changes += 1;
+    stats.peakChanges = Math.max(stats.peakChanges, stats.changes);
     stats.changesStarted += 1;
     // Listen before the first read so that no update can fall in between.
     this.entry.on('update', this.onUpdate);
