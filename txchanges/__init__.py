@@ -27,6 +27,11 @@ What to use for what:
     Where the service keeps its resume point; implement ``CheckpointStore``
     for another store. ``checkpoint_identity`` names what a checkpoint
     belongs to, the same for the service, the command and the plugin.
+``DatabasesService``
+    Follows every matching database of a server at once, through
+    ``_db_updates``, with a bounded number of feeds open and one checkpoint
+    per database in a ``CheckpointsStore`` (``MemoryCheckpoints`` by
+    default); ``service.stats`` is a ``DatabasesStats``.
 ``txchanges.testing``
     ``FakeCouchDB``, an in-memory CouchDB 3 with fault controls, for testing
     handlers with a ``task.Clock``.
@@ -43,12 +48,13 @@ The command line follower is ``txchanges follow URL/DB`` (or ``python -m
 txchanges``); the twistd plugin is ``twistd -n txchanges``.
 """
 
-from txchanges import errors, service
+from txchanges import errors, many, service
 from txchanges.errors import *  # noqa: F403
 from txchanges.feed._aiter import ChangeStream
 from txchanges.feed._feedparams import FeedParams
 from txchanges.feed.consumer import Consumer
 from txchanges.http.client import Database, Server
+from txchanges.many import *  # noqa: F403
 from txchanges.service import *  # noqa: F403
 
 #: The version, read by the packaging tools too (pyproject.toml has none).
@@ -62,4 +68,5 @@ __all__ = [
     "FeedParams",
 ]
 __all__ += service.__all__
+__all__ += many.__all__
 __all__ += errors.__all__

@@ -17,7 +17,6 @@ from txchanges.feed._ends import Stopped
 from txchanges.feed._feed import FeedRun
 from txchanges.feed._normal import RowsProtocol
 from txchanges.feed._params import feed_request
-from txchanges.feed._rows import LastSeq
 from txchanges.http.client import Database
 from txchanges.service._progress import Progress
 from txchanges.service._scheduler import Scheduler
@@ -111,13 +110,12 @@ class CatchUp:
             await self._wind_down()
             raise
         more = False
-        if isinstance(result, LastSeq):
-            pending = result.pending
+        if not isinstance(result, Stopped):
+            # The rest of the body: {"last_seq": ..., "pending": N}.
+            pending = result.get("pending")
             more = pending > 0 if isinstance(pending, int) else self._rows >= self._page_size
-            if self.progress.passed(result.last_seq):
+            if self.progress.passed(result.get("last_seq")):
                 self._record(self.progress.resume)
-        elif not isinstance(result, Stopped):  # pragma: no cover - the protocol ends with one of the two
-            raise AssertionError(result)
         await self._wind_down()
         return Outcome(self._rows, more and not self._stopped, self._stopped)
 
