@@ -36,6 +36,7 @@ __all__ = [
     "authorization_from",
     "credentials_from",
     "open_database",
+    "open_server",
     "split_database_url",
 ]
 
@@ -203,7 +204,9 @@ class FollowerOptions(FeedOptions):
          "that plus 5 s reconnects.", positive_int],
         ["checkpoint", None, "memory",
          "Where the resume point is kept: memory (lost at exit), file:PATH, or local:NAME "
-         "(a _local/NAME document in the followed database)."],
+         "(a _local/NAME document in the followed database); with --all-dbs: memory, "
+         "file:PATH, couch:DBNAME (a database of the same server) or local (a _local document "
+         "in each followed database)."],
         ["checkpoint-every", None, 100,
          "Save the checkpoint after this many changes (and at least every 5 s, and on stop).",
          positive_int],
@@ -229,16 +232,22 @@ class FollowerOptions(FeedOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
+        self.check_checkpoint_spec()
+        if self["metrics-port"] is not None and not have_prometheus_client():
+            raise usage.UsageError(
+                "--metrics-port needs the prometheus_client package: "
+                "pip install 'txchanges[metrics]'"
+            )
+
+    def check_checkpoint_spec(self) -> None:
+        """
+        :raises usage.UsageError: when ``--checkpoint`` is not a store's spec.
+        """
         spec = self["checkpoint"]
         kind, sep, where = spec.partition(":")
         if spec != "memory" and not (sep and where and kind in ("file", "local")):
             raise usage.UsageError(
                 f"--checkpoint: expected memory, file:PATH or local:NAME, got {spec!r}"
-            )
-        if self["metrics-port"] is not None and not have_prometheus_client():
-            raise usage.UsageError(
-                "--metrics-port needs the prometheus_client package: "
-                "pip install 'txchanges[metrics]'"
             )
 
     def service_kwargs(self) -> dict[str, Any]:
@@ -359,10 +368,10 @@ def split_database_url(url: str) -> tuple[str, str]:
     return server, check_db_name(unquote(name))
 
 
-def open_database(server_url: str, name: str, environ: Mapping[str, str], reactor: Any = None) -> Database:
+def open_server(server_url: str, environ: Mapping[str, str], reactor: Any = None) -> Server:
     """
-    :return: The :class:`~txchanges.Database` *name* on *server_url*, with
-        the credentials of :func:`credentials_from` or the token of
+    :return: The :class:`~txchanges.Server` at *server_url*, with the
+        credentials of :func:`credentials_from` or the token of
         :func:`authorization_from`; nothing is sent yet.
     """
     return Server(
@@ -370,4 +379,12 @@ def open_database(server_url: str, name: str, environ: Mapping[str, str], reacto
         credentials_from(server_url, environ),
         authorization=authorization_from(server_url, environ),
         reactor=reactor,
-    )[name]
+    )
+
+
+def open_database(server_url: str, name: str, environ: Mapping[str, str], reactor: Any = None) -> Database:
+    """
+    :return: The :class:`~txchanges.Database` *name* on the server of
+        :func:`open_server`; nothing is sent yet.
+    """
+    return open_server(server_url, environ, reactor)[name]
