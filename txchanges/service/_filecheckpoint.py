@@ -18,7 +18,7 @@ from txchanges._reactor import Clock
 from txchanges.service._serialwriter import SerialWriter
 from txchanges.service.checkpoint import CheckpointError, check_seq, seq_from_record
 
-__all__ = ["FileCheckpoint"]
+__all__ = ["FileCheckpoint", "check_directory", "replace_file"]
 
 
 class FileCheckpoint:
@@ -69,18 +69,7 @@ class FileCheckpoint:
         :return: A Deferred firing with ``None``, or failing with
             :class:`~txchanges.CheckpointError` saying what is wrong.
         """
-        return maybeDeferred(self._check)
-
-    def _check(self) -> None:
-        directory = self.path.parent
-        if not directory.is_dir():
-            raise CheckpointError(self.describe(), f"the directory {directory} does not exist")
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".check", dir=directory)
-            os.close(fd)
-            os.unlink(tmp)
-        except OSError as e:
-            raise CheckpointError(self.describe(), f"cannot write in {directory}: {e.strerror or e}") from None
+        return maybeDeferred(check_directory, self.path, self.describe())
 
     def load(self) -> "Deferred[Any]":
         """
@@ -124,29 +113,57 @@ class FileCheckpoint:
         record = {"seq": seq, "identity": self.identity, "saved_at": self._seconds()}
         data = json.dumps(record, ensure_ascii=False).encode("utf-8")
         try:
-            self._replace(data)
+            replace_file(self.path, data)
         except OSError as e:
             raise CheckpointError(self.describe(), f"cannot write it: {e}") from None
 
-    def _replace(self, data: bytes) -> None:
-        # The temporary file must be in the same directory for the rename to
-        # be atomic; the data is fsynced before the rename so the new name
-        # never points at blocks not yet on disk.
-        directory = self.path.parent
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+
+def check_directory(path: Path, location: str) -> None:
+    """
+    Check that *path* can be written: its directory exists and a temporary
+    file can be created and removed there.
+
+    :param path: The file to be written.
+    :param location: Where the checkpoint lives, for the error.
+    :raises CheckpointError: saying what is wrong.
+    """
+    directory = path.parent
+    if not directory.is_dir():
+        raise CheckpointError(location, f"the directory {directory} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".check", dir=directory)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise CheckpointError(location, f"cannot write in {directory}: {e.strerror or e}") from None
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """
+    Replace the file at *path* with *data* atomically: a crash leaves the
+    old file or the new one, never a torn one.
+
+    :raises OSError: when it cannot be written; the old file is intact and
+        no temporary file is left behind.
+    """
+    # The temporary file must be in the same directory for the rename to
+    # be atomic; the data is fsynced before the rename so the new name
+    # never points at blocks not yet on disk.
+    directory = path.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        _fsync_directory(directory)
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_directory(directory)
 
 
 def _fsync_directory(directory: Path) -> None:

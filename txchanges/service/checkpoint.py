@@ -127,6 +127,20 @@ def seq_from_record(record: Any, location: str, identity: Optional[str]) -> Any:
         raise CheckpointError(location, f"not a JSON object but {type(record).__name__}")
     if record.get("seq") is None:
         raise CheckpointError(location, "no 'seq' in the checkpoint")
+    check_identity(record, location, identity)
+    return record["seq"]
+
+
+def check_identity(record: dict[str, Any], location: str, identity: Optional[str]) -> None:
+    """
+    Refuse a stored record written for another identity, or for none.
+
+    :param record: The parsed file or document, a JSON object.
+    :param location: Where it was read, for the error.
+    :param identity: The identity it must have been written with; ``None``
+        accepts any.
+    :raises CheckpointError: saying what it was written for.
+    """
     if identity is not None and record.get("identity") != identity:
         found = record.get("identity")
         if found is None:
@@ -138,7 +152,6 @@ def seq_from_record(record: Any, location: str, identity: Optional[str]) -> Any:
         else:
             reason = f"written for {found!r}, not for {identity!r}; delete it to start over"
         raise CheckpointError(location, reason)
-    return record["seq"]
 
 
 # The stores build on CheckpointError and the record rules above: they are
