@@ -192,9 +192,11 @@ class Command:
             )
             self.stop = follower.stopService
             metrics = self._start_metrics(follower)
+            # Asked first: a store that cannot be used stops it inside startService().
+            stopped = follower.when_stopped()
             follower.startService()
             try:
-                await follower.when_stopped()
+                await stopped
             finally:
                 if metrics is not None:
                     await metrics.stopService()

@@ -94,7 +94,7 @@ class _DatabaseArgument(_Verbosity):
         every = self.get("all-dbs")
         if len(args) != 1:
             got = "none" if not args else " ".join(repr(a) for a in args)
-            example = "a server URL (http://host:5984/)" if every else "URL/DB argument (http://host:5984/mydb)"
+            example = "server URL argument (http://host:5984/)" if every else "URL/DB argument (http://host:5984/mydb)"
             raise usage.UsageError(f"expected one {example}, got {got}")
         if every:
             self["server_url"], self["db_name"] = split_server_url(args[0]), None
@@ -247,11 +247,16 @@ class _StderrObserver:
             pass
 
 
+#: The line each follower logs when an error stops it, by its class.
+_STOPPED_ON_ERROR = {
+    "ChangesService": "stopped following {db}",
+    "DatabasesService": "stopped following the databases of {server}",
+}
+
+
 def _reported_at_exit(event: Mapping[str, Any]) -> bool:
     # The service logs the error that stopped it; the command prints that
     # same error as its last line, so the log line would only repeat it.
-    return (
-        event.get("log_namespace", "").endswith(".ChangesService")
-        and event.get("log_format") == "stopped following {db}"
-    )
+    follower = event.get("log_namespace", "").rpartition(".")[2]
+    return follower in _STOPPED_ON_ERROR and event.get("log_format") == _STOPPED_ON_ERROR[follower]
 

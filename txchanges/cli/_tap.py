@@ -258,11 +258,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         metrics = MetricsServer([follower], options["metrics-port"], options["metrics-interface"], reactor=reactor)
         metrics.setName("metrics")
         metrics.setServiceParent(top)
-    follower.setName("follower")
-    follower.setServiceParent(top)
+    # The watcher starts before the follower, so that it also hears of a
+    # failure inside the follower's startService() (an unusable checkpoint).
     watcher = ExitOnFailure(follower, reactor)
     watcher.setName("exit-on-failure")
     watcher.setServiceParent(top)
+    follower.setName("follower")
+    follower.setServiceParent(top)
     return top
 
 
