@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import queue
 import secrets
 import signal
-import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from txchanges.cli._main import FollowOptions, run
+from twisted.python import usage
+
+from txchanges.cli._main import CommandOptions, FollowOptions, run
 
 from .test_cli import TIMEOUT, start, txchanges, write_docs
 
@@ -259,11 +261,18 @@ def test_an_unusable_checkpoint_file_is_one_line_and_status_1(couch_server, tena
     ],
 )
 def test_usage_errors(args, message):
-    """--all-dbs with a database URL or a one-database option, or an --all-dbs option without it: status 2, one line and the hint."""
+    """--all-dbs with a database URL or a one-database option, or an --all-dbs option without it, is a usage error that says so."""
+    with pytest.raises(usage.UsageError) as caught:
+        CommandOptions().parseOptions(["follow", *args])
+    assert message in str(caught.value)
+
+
+def test_a_usage_error_is_one_line_a_hint_and_status_2():
+    """As for one database: the message and where the help is on stderr, nothing on stdout, status 2."""
     out, err = io.BytesIO(), io.StringIO()
-    assert run(["follow", *args], stdout=out, stderr=err) == 2
+    assert run(["follow", "http://127.0.0.1:5984/mydb", "--all-dbs"], stdout=out, stderr=err) == 2
     first, hint = err.getvalue().splitlines()
-    assert first.startswith("txchanges: ") and message in first, first
+    assert first.startswith("txchanges: --all-dbs follows every database of a server, but")
     assert hint == "Run 'txchanges follow --help' for usage."
     assert out.getvalue() == b""
 
