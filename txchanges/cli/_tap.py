@@ -340,15 +340,20 @@ class ExitOnFailure(Service):
         self.follower.when_stopped().addErrback(self._failed)
 
     def _failed(self, failure: Failure) -> None:
-        follower = self.follower
+        follower, error = self.follower, failure.getErrorMessage()
         if isinstance(follower, DatabasesService):
-            what, error = f"the databases of {follower.server.url}", failure.getErrorMessage() + explain(cast(BaseException, failure.value))
+            what = f"the databases of {follower.server.url}"
+            error += explain(cast(BaseException, failure.value))
         else:
-            what, error = follower.db.url, failure.getErrorMessage()
+            what = follower.db.url
         self.log.critical(
             "the follower of {db} stopped on an error ({error}); exiting with status 1", db=what, error=error,
         )
         self._set_exit_status(1)
+        # At once, or once running when it failed inside startService().
+        self._reactor.callWhenRunning(self._stop_reactor)
+
+    def _stop_reactor(self) -> None:
         try:
             self._reactor.stop()
         except ReactorNotRunning:
