@@ -114,3 +114,14 @@ def test_clients_listed() -> None:
     """The runner only names clients that exist."""
     for _, client in run.THROUGHPUT + run.DOCS + run.CALLGRIND:
         assert client.name in clients.CLIENTS
+
+
+def test_the_many_databases_benchmark_runs_and_sees_every_write() -> None:
+    """``benchmarks/many.py --quick``: every write reaches the handler (it fails otherwise), and the report names both targets."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "many.py"), "--quick"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "## Many databases" in done.stdout
+    assert "p99 write-to-handler" in done.stdout and "per idle followed database" in done.stdout

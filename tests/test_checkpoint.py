@@ -427,3 +427,15 @@ def test_local_name_with_prefix_is_refused():
     """A local name that already starts with _local/ raises ValueError naming it."""
     with pytest.raises(ValueError, match="'_local/x'"):
         parse_checkpoint_spec("local:_local/x", DB)
+
+
+def test_a_memory_checkpoint_keeps_a_bounded_history_of_saves() -> None:
+    """A follower that runs for months with the default store must not grow: the last saves are kept, not all."""
+    from txchanges.service._memorycheckpoint import KEPT_SAVES
+
+    store = MemoryCheckpoint()
+    for n in range(5 * KEPT_SAVES):
+        store.save(f"{n}-x")
+    assert KEPT_SAVES <= len(store.saves) <= 2 * KEPT_SAVES
+    assert store.saves[-1] == f"{5 * KEPT_SAVES - 1}-x"
+    assert store.saves == [f"{n}-x" for n in range(5 * KEPT_SAVES - len(store.saves), 5 * KEPT_SAVES)]

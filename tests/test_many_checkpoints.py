@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from urllib.parse import parse_qsl
 import resource
 import signal
@@ -17,7 +19,7 @@ from twisted.internet.defer import gatherResults
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from txchanges import Server
+from txchanges import Server, ServerError
 from txchanges.many.checkpoints import (
     CheckpointError,
     CheckpointsStore,
@@ -130,7 +132,9 @@ def test_file_of_another_identity_is_refused(tmp_path):
     assert isinstance(err, CheckpointError) and str(path) in str(err) and repr(IDENTITY) in err.reason
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"identity": "x"}'])
+@pytest.mark.parametrize(
+    "content", [b"{not json", b"[1, 2]", b'{"identity": "%s"}' % IDENTITY.encode(), b'{"identity": "%s", "seqs": [1]}' % IDENTITY.encode()]
+)
 def test_file_corrupt_is_refused(tmp_path, content):
     """A file that is not JSON, not an object, or holds no seqs fails prepare rather than starting over."""
     path = tmp_path / "cp.json"
@@ -143,6 +147,26 @@ def test_file_missing_directory_is_named(tmp_path):
     missing = tmp_path / "no-such-dir"
     err = failure_of(FileCheckpoints(missing / "cp.json").prepare(IDENTITY))
     assert isinstance(err, CheckpointError) and f"the directory {missing} does not exist" in err.reason
+
+
+def test_file_write_is_synced_then_renamed_then_dir_synced(tmp_path, monkeypatch):
+    """save fsyncs a temporary file, renames it over the old one, then fsyncs the directory."""
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append("replace within the directory" if Path(src).parent == Path(dst).parent else "replace across")
+        real_replace(src, dst)
+
+    store = file_store(tmp_path / "cp.json")
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    result_of(store.save({"orders": SEQ}, ()))
+    assert events == ["fsync file", "replace within the directory", "fsync dir"]
 
 
 @pytest.fixture
@@ -214,11 +238,15 @@ async def test_couch_round_trip(server, db_name):
     assert {k: doc[k] for k in ("db", "seq", "identity")} == {"db": "a/b+c$(d)-e_f", "seq": 42, "identity": IDENTITY}
 
 
-@pytest_twisted.ensureDeferred
-async def test_couch_racing_creators_both_succeed(server, db_name):
-    """Two stores preparing a missing database at once both succeed, whichever creates it."""
-    await gatherResults([CouchCheckpoints(server[db_name]).prepare(IDENTITY) for _ in range(2)])
-    assert db_name in await server.all_dbs()
+def test_couch_database_created_meanwhile_is_fine():
+    """prepare succeeds when the database it found missing was created by another process before its PUT (412)."""
+    client, couch = stub(
+        Answer(404, {"error": "not_found", "reason": "Database does not exist."}),
+        Answer(412, {"error": "file_exists", "reason": "The database could not be created, the file already exists."}),
+    )
+    store = CouchCheckpoints(Server("http://couch.example:5984/", http=client)["coord"])
+    assert stub_result_of(store.prepare(IDENTITY), client) is None
+    assert [(s.method, s.uri) for s in couch.seen] == [("GET", "/coord"), ("PUT", "/coord")]
 
 
 @pytest.mark.parametrize("count", [5, 6])
@@ -234,6 +262,21 @@ async def test_couch_load_pages_and_keeps_to_its_key(server, db_name, count):
     store = CouchCheckpoints(db, page_size=2)
     await store.prepare(IDENTITY)
     assert await store.load() == seqs
+
+
+def test_couch_load_goes_on_after_the_last_row():
+    """The next page starts after the last row read: at its id, skipping it."""
+    def row(name: str) -> dict[str, Any]:
+        doc = {"_id": "txchanges:" + name, "_rev": "1-a", "db": name, "seq": SEQ, "identity": IDENTITY}
+        return {"id": doc["_id"], "doc": doc}
+
+    pages = [Answer(200, {"rows": [row("a"), row("b")]}), Answer(200, {"rows": [row("c")]})]
+    client, couch = stub(Answer(200, {"db_name": "coord"}), *pages)
+    store = CouchCheckpoints(Server("http://couch.example:5984/", http=client)["coord"], page_size=2)
+    stub_result_of(store.prepare(IDENTITY), client)
+    assert stub_result_of(store.load(), client) == {"a": SEQ, "b": SEQ, "c": SEQ}
+    second = dict(parse_qsl(couch.seen[-1].uri.partition("?")[2]))
+    assert (json.loads(second["start_key"]), second["skip"], second["limit"]) == ("txchanges:b", "1", "2")
 
 
 def test_couch_load_asks_for_its_key_range():
@@ -272,6 +315,16 @@ async def test_couch_conflict_is_retried_and_our_seq_wins(server, db_name):
 
 
 @pytest_twisted.ensureDeferred
+async def test_couch_document_deleted_behind_its_back_is_written_anew(server, db_name):
+    """A document deleted by someone else conflicts; the store finds it gone and writes it again."""
+    store = await couch_store(server, db_name)
+    await store.save({"orders": "1-ours"}, ())
+    await server[db_name].delete_doc("txchanges:orders")
+    await store.save({"orders": "2-ours"}, ())
+    assert await (await couch_store(server, db_name)).load() == {"orders": "2-ours"}
+
+
+@pytest_twisted.ensureDeferred
 async def test_couch_removal_done_elsewhere_succeeds(server, db_name):
     """Removing a database whose document is already deleted (a retried batch) succeeds."""
     first = await couch_store(server, db_name)
@@ -281,6 +334,25 @@ async def test_couch_removal_done_elsewhere_succeeds(server, db_name):
     await first.save({}, {"orders"})
     await second.save({"users": "2-x"}, {"orders"})
     assert await (await couch_store(server, db_name)).load() == {"users": "2-x"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_couch_removal_without_load_deletes_the_document(server, db_name):
+    """A store that has not loaded still deletes a removed database's document it never saw."""
+    await (await couch_store(server, db_name)).save({"orders": SEQ, "users": SEQ}, ())
+    await (await couch_store(server, db_name)).save({}, {"orders"})
+    assert await (await couch_store(server, db_name)).load() == {"users": SEQ}
+
+
+def test_couch_removal_of_a_database_without_document_sends_nothing():
+    """Once load has read every document, removing a database that had none makes no request."""
+    client, couch = stub(Answer(200, {"db_name": "coord"}), Answer(200, {"rows": []}))
+    store = CouchCheckpoints(Server("http://couch.example:5984/", http=client)["coord"])
+    stub_result_of(store.prepare(IDENTITY), client)
+    stub_result_of(store.load(), client)
+    asked = len(couch.seen)
+    assert stub_result_of(store.save({}, {"orders"}), client) is None
+    assert len(couch.seen) == asked
 
 
 def test_couch_refused_document_fails_the_save():
@@ -361,6 +433,21 @@ async def test_local_conflict_is_retried_and_our_seq_wins(server, db):
     assert await local_store(server).get(db.name) == "3-ours"
 
 
+def test_local_removed_database_is_forgotten():
+    """A removed database's revision is forgotten: when it comes back, its first save is one PUT."""
+    fake = FakeCouchDB()
+    fake.create_db("orders")
+    store = local_store(fake.server())
+    result_of(store.save({"orders": "1-old"}, ()))
+    fake.delete_db("orders")
+    fake.create_db("orders")
+    result_of(store.save({}, {"orders"}))
+    before = len(fake.requests)
+    result_of(store.save({"orders": "1-new"}, ()))
+    assert [(r.method, r.path) for r in fake.requests[before:]] == [("PUT", ["orders", "_local", "txchanges"])]
+    assert fake.get("orders", "_local/txchanges")["seq"] == "1-new"
+
+
 def test_local_names_with_a_slash():
     """Names holding / and the other allowed characters are one quoted path segment each."""
     fake = FakeCouchDB()
@@ -373,6 +460,19 @@ def test_local_names_with_a_slash():
     assert [result_of(local_store(server).get(n)) for n in names] == [SEQ, SEQ]
     puts = sorted(r.path for r in fake.requests if r.method == "PUT")
     assert puts == [["a/b", "_local", "txchanges"], ["c+d$(e)/f", "_local", "txchanges"]]
+
+
+def test_local_failed_write_fails_the_save_after_the_others():
+    """A write answered with an error fails the save, once the other writes of the batch are done."""
+    client, couch = stub(
+        Answer(201, {"ok": True, "id": "_local/txchanges", "rev": "0-1"}),
+        Answer(500, {"error": "unknown_error", "reason": "boom"}),
+        Answer(201, {"ok": True, "id": "_local/txchanges", "rev": "0-1"}),
+    )
+    store = local_store(Server("http://couch.example:5984/", http=client))
+    with pytest.raises(ServerError, match="boom"):
+        stub_result_of(store.save({"a": SEQ, "b": SEQ, "c": SEQ, "d": SEQ}, ()), client)
+    assert len(couch.seen) == 4
 
 
 class HeldCouch(Resource):

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
 import pytest_twisted
 
-from txchanges import Database, DatabasesService, MemoryCheckpoints, Server
+from txchanges import (
+    CouchCheckpoints,
+    Database,
+    DatabasesService,
+    FileCheckpoints,
+    LocalDocCheckpoints,
+    MemoryCheckpoints,
+    Server,
+)
 from tests._service_helpers import testserver_counts, wait_for, write_docs
+from tests.faultproxy import FaultProxy
 
 
 class Seen:
@@ -112,14 +122,30 @@ async def test_existing_and_new_databases_are_followed(server: Server, tenants: 
         await server.delete_db(other.name)
 
 
+@pytest.mark.parametrize("kind", ["memory", "file", "couch", "local"])
 @pytest_twisted.ensureDeferred
-async def test_a_restart_resumes_every_database_where_it_was(server: Server, tenants: Tenants) -> None:
-    store = MemoryCheckpoints()
+async def test_a_restart_resumes_every_database_where_it_was(
+    server: Server, tenants: Tenants, tmp_path: Path, kind: str
+) -> None:
+    """With each store: what changed while stopped is read, nothing else; a database deleted meanwhile is told
+    (but with _local checkpoints, which go with their database)."""
+    coordination = f"coord{uuid.uuid4().hex[:8]}"
+    memory = MemoryCheckpoints()
+
+    def store() -> Any:
+        # A new store each time, as after a restart (but in memory).
+        return {
+            "memory": lambda: memory,
+            "file": lambda: FileCheckpoints(tmp_path / "checkpoints.json"),
+            "couch": lambda: CouchCheckpoints(server[coordination]),
+            "local": lambda: LocalDocCheckpoints(server),
+        }[kind]()
+
     dbs = [await tenants.create(n) for n in range(4)]
     for db in dbs:
         await write_docs(db, ["a", "b", "c"])
     first = Seen()
-    s = service(server, first, tenants, checkpoint=store)
+    s = service(server, first, tenants, checkpoint=store())
     s.startService()
     await handled_all(first, tenants)
     await s.stopService()
@@ -129,11 +155,14 @@ async def test_a_restart_resumes_every_database_where_it_was(server: Server, ten
     await server.delete_db(dbs[3].name)
     await write_docs(await tenants.create(7), ["g"])
     second = Seen()
-    s = service(server, second, tenants, checkpoint=store)
+    s = service(server, second, tenants, checkpoint=store())
     s.startService()
     try:
         await handled_all(second, tenants, since=first)
-        await wait_for(lambda: dbs[3].name in second.deleted, 10, "the deletion seen by the scan")
+        if kind != "local":
+            # A _local checkpoint goes with its database: that store cannot
+            # tell which databases were followed before.
+            await wait_for(lambda: dbs[3].name in second.deleted, 10, "the deletion seen by the scan")
         await wait_for(lambda: idle(s), 10, "every catch-up over")
         assert len(second.calls) == 4
         assert {(db, doc) for db, doc, _ in second.calls} == {
@@ -141,6 +170,8 @@ async def test_a_restart_resumes_every_database_where_it_was(server: Server, ten
         }
     finally:
         await s.stopService()
+        if kind == "couch":
+            await server.delete_db(coordination)
 
 
 @pytest_twisted.ensureDeferred
@@ -221,3 +252,35 @@ async def test_a_quiet_database_is_served_while_a_busy_one_has_a_backlog(server:
         await handled_all(seen, tenants)
     finally:
         await s.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_db_updates_feed_cut_then_stalled_loses_nothing(
+    couch_server: Any, server: Server, proxy: FaultProxy, tenants: Tenants
+) -> None:
+    """Every connection cut, then every byte held back: the service reconnects, scans again and misses nothing."""
+    dbs = [await tenants.create(n) for n in range(3)]
+    seen = Seen()
+    through = Server(proxy.url_for(couch_server.admin_url))
+    s = DatabasesService(
+        through, seen, match=tenants.match, heartbeat=300, retry_policy=lambda attempt: 0.1, checkpoint_interval=0.2
+    )
+    s.startService()
+    try:
+        await wait_for(lambda: s.state == "following", 10, "the first scan")
+        assert s.stats.scans == 1
+        await write_docs(dbs[0], ["a"])
+        await handled_all(seen, tenants)
+        assert proxy.cut_all() >= 1
+        await write_docs(dbs[1], ["b"])
+        await handled_all(seen, tenants)
+        await wait_for(lambda: s.stats.scans >= 2, 10, "a scan after the feed was lost")
+        proxy.stall()
+        await write_docs(dbs[2], ["c"])
+        await wait_for(lambda: s.stats.reconnects >= 2, 10, "the stalled feed given up")
+        proxy.unstall()
+        await handled_all(seen, tenants)
+        assert len(seen.calls) == 3
+    finally:
+        await s.stopService()
+        await through.close()

@@ -30,8 +30,10 @@ What to use for what:
 ``DatabasesService``
     Follows every matching database of a server at once, through
     ``_db_updates``, with a bounded number of feeds open and one checkpoint
-    per database in a ``CheckpointsStore`` (``MemoryCheckpoints`` by
-    default); ``service.stats`` is a ``DatabasesStats``.
+    per database in a ``CheckpointsStore``: ``MemoryCheckpoints`` by
+    default, ``FileCheckpoints`` (one JSON file), ``CouchCheckpoints`` (a
+    coordination database) or ``LocalDocCheckpoints`` (a ``_local``
+    document in each database); ``service.stats`` is a ``DatabasesStats``.
 ``txchanges.testing``
     ``FakeCouchDB``, an in-memory CouchDB 3 with fault controls, for testing
     handlers with a ``task.Clock``.

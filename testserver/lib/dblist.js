@@ -22,6 +22,7 @@ async function dbInfo(entry) {
     sizes: {file: 0, external: 0, active: 0},
     props: {},
     doc_count: info.doc_count,
+    doc_del_count: entry.deletedIds.size,
     disk_format_version: 8,
     compact_running: false,
     cluster: {q: 1, n: 1, w: 1, r: 1}

@@ -28,8 +28,18 @@ class Entry extends EventEmitter {
     this._scheduled = false;
     // One PouchDB listener per database, fanned out to any number of feeds,
     // so the cost of a write does not grow with the number of open feeds.
+    // Documents whose newest revision is a deletion: GET /{db} reports how
+    // many (doc_del_count), as CouchDB does.
+    this.deletedIds = new Set();
     this._watch = this.db.changes({since: 0, live: true, return_docs: false})
-      .on('change', () => this._schedule(registry))
+      .on('change', (change) => {
+        if (change.deleted) {
+          this.deletedIds.add(change.id);
+        } else {
+          this.deletedIds.delete(change.id);
+        }
+        this._schedule(registry);
+      })
       .on('error', () => {});
   }
 

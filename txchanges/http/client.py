@@ -12,7 +12,7 @@ auth on every request and never appear in a URL, error or ``repr``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Optional, cast
 
 from treq.client import HTTPClient
@@ -30,6 +30,9 @@ from txchanges.errors import ConnectionFailed, CouchError, UncleanEnd, Unexpecte
 from txchanges._reactor import default_reactor
 
 __all__ = ["Server", "Database"]
+
+#: CouchDB's ``[chttpd] max_db_number_for_dbs_info_req`` default.
+_MAX_DBS_INFO_NAMES = 100
 
 
 class _QuietFactory(_HTTP11ClientFactory):
@@ -288,19 +291,44 @@ class Server:
         """
         return self.request_json("GET", "")
 
-    def all_dbs(self, start_key: Any = None, limit: Any = None) -> "Deferred[list[str]]":
+    def all_dbs(
+        self,
+        start_key: Optional[str] = None,
+        end_key: Optional[str] = None,
+        limit: Optional[int] = None,
+    ) -> "Deferred[list[str]]":
         """
-        TEMPORARY
-        """
-        q = []
-        if start_key is not None:
-            q.append(("start_key", json.dumps(start_key)))
-        if limit is not None:
-            q.append(("limit", str(limit)))
-        return self.request_json("GET", "_all_dbs", q)
+        List database names in CouchDB's order (raw string order), one page
+        at a time if asked: the next page starts after the last name seen.
 
-    def dbs_info(self, names: Any) -> "Deferred[list[dict[str, Any]]]":
-        """TEMPORARY"""
+        :param start_key: The first name to list, if it exists.
+        :param end_key: The last name to list (included), if it exists.
+        :param limit: At most this many names.
+        :return: A Deferred firing with the list of database names.
+        """
+        query = [(k, json.dumps(v)) for k, v in (("start_key", start_key), ("end_key", end_key))
+                 if v is not None]
+        if limit is not None:
+            query.append(("limit", str(limit)))
+        return self.request_json("GET", "_all_dbs", query)
+
+    def dbs_info(self, names: Sequence[str]) -> "Deferred[list[dict[str, Any]]]":
+        """
+        Ask for several databases' information in one request (``POST /_dbs_info``).
+
+        :param names: Up to 100 database names (CouchDB's default limit).
+        :raises ValueError: at once, for too many names or one that is not a ``str``.
+        :return: A Deferred firing with one row per name, in order:
+            ``{"key": name, "info": {...}}`` (the body of ``GET /{db}``) or
+            ``{"key": name, "error": "not_found"}``.
+        """
+        if isinstance(names, str):
+            raise ValueError(f"dbs_info takes a sequence of names, not the str {names!r}")
+        if len(names) > _MAX_DBS_INFO_NAMES:
+            raise ValueError(f"dbs_info takes at most {_MAX_DBS_INFO_NAMES} names, not {len(names)}")
+        for name in names:
+            if not isinstance(name, str):
+                raise ValueError(f"a database name must be a str, not {name!r}")
         return self.request_json("POST", "_dbs_info", json_body={"keys": list(names)})
 
     def create_db(self, name: str) -> "Deferred[Database]":

@@ -32,10 +32,13 @@ class CouchCheckpoints:
     "seq", "identity"}``.
 
     The store is the only writer of its documents. It remembers each
-    document's revision (a few dozen bytes per database, not its sequence)
-    to update it; a save whose revision was overtaken (a 409 ``conflict``,
-    or a response lost after the write) reads the document's revision and
-    writes once more, so the sequence being saved wins.
+    document's revision, not its sequence, to update it: about 110 bytes per
+    idle database, and about 130 with the mapping :meth:`load` returns, on
+    top of the name and sequence strings (measured for 10,000 databases by
+    ``python -m benchmarks.checkpoints_memory``). A save whose revision was
+    overtaken (a 409 ``conflict``, or a response lost after the write) reads
+    the document's revision and writes once more, so the sequence being
+    saved wins.
 
     :param db: The coordination database, created by :meth:`prepare` when
         missing. It may be a followed database too: its own checkpoint

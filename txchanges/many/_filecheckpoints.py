@@ -96,6 +96,10 @@ class FileCheckpoints:
         return maybeDeferred(dict, self._seqs)
 
     def get(self, name: str) -> "Deferred[Any]":
+        """
+        :return: A Deferred firing with database *name*'s sequence, or ``None``.
+        :raises RuntimeError: at once, before :meth:`prepare`.
+        """
         self._prepared()
         return maybeDeferred(self._seqs.get, name)
 

@@ -28,7 +28,10 @@ class LocalDocCheckpoints:
     deleted database takes its checkpoint with it.
 
     The store is not :attr:`complete`: :meth:`load` knows nothing and
-    :meth:`get` reads one database's document. It remembers each document's
+    :meth:`get` reads one database's document. So a follower that starts
+    reads every database once (one request for the document, one for the
+    changes), and cannot tell which databases were deleted while it was
+    stopped (no ``on_deleted`` for those); the other stores can. It remembers each document's
     revision (a few bytes per database) to update it; a conflict reads the
     revision and writes once more, so the sequence being saved wins.
 

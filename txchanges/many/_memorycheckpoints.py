@@ -11,6 +11,7 @@ from typing import Any, Optional
 from twisted.internet.defer import Deferred, fail, succeed
 
 from txchanges.many._batch import check_batch
+from txchanges.service._memorycheckpoint import KEPT_SAVES
 from txchanges.service.checkpoint import CheckpointError
 
 __all__ = ["MemoryCheckpoints"]
@@ -22,7 +23,10 @@ class MemoryCheckpoints:
 
     :param seqs: The sequences :meth:`load` fires with before any save.
     :ivar seqs: The current sequence of each database, by name.
-    :ivar saves: Every batch saved, in order, as ``(seqs, removed)``.
+    :ivar saves: The batches saved, in order, as ``(seqs, removed)``: the
+        last :data:`~txchanges.service._memorycheckpoint.KEPT_SAVES` at
+        least, so that a follower that runs for months with this store does
+        not grow without bound.
     :ivar identity: The identity given to :meth:`prepare`, or ``None``.
     """
 
@@ -59,6 +63,9 @@ class MemoryCheckpoints:
         self.seqs.update(seqs)
         for name in removed:
             self.seqs.pop(name, None)
-        self.saves.append((dict(seqs), frozenset(removed)))
+        saves = self.saves
+        saves.append((dict(seqs), frozenset(removed)))
+        if len(saves) > 2 * KEPT_SAVES:
+            del saves[:-KEPT_SAVES]
         return succeed(None)
 

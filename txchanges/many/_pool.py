@@ -131,8 +131,12 @@ class Pool:
             while queue and len(running) < self._size and not self._closed:
                 name = next(iter(queue))
                 del queue[name]
-                running[name] = done = Deferred.fromCoroutine(self._catch_up(name))
+                # Known as running before it starts: a catch-up may get far
+                # (even stop the owner) before its first pause.
+                done: Deferred[Outcome] = Deferred()
+                running[name] = done
                 done.addBoth(self._ended, name)
+                Deferred.fromCoroutine(self._catch_up(name)).chainDeferred(done)
         finally:
             self._pumping = False
 

@@ -23,7 +23,7 @@ BATCH = 100
 async def scan(
     server: Server,
     match: Callable[[str], bool],
-    found: Callable[[str, Any], None],
+    found: Callable[[str, dict[str, Any]], None],
     *,
     page: int = PAGE,
     batch: int = BATCH,
@@ -32,8 +32,9 @@ async def scan(
     Walk every database of *server* once.
 
     :param match: Which names to look at.
-    :param found: Called with each matching database's name and
-        ``update_seq``; a database deleted while the scan runs is left out.
+    :param found: Called with each matching database's name and its
+        information (``update_seq``, ``doc_count``, ...); a database deleted
+        while the scan runs is left out.
     :return: The names of the matching databases seen.
     """
     seen: set[str] = set()
@@ -50,7 +51,7 @@ async def scan(
                 info = row.get("info")
                 if isinstance(info, dict):
                     seen.add(row["key"])
-                    found(row["key"], info.get("update_seq"))
+                    found(row["key"], info)
         if len(names) < page:
             return seen
         # The next page starts just after the last name: "\0" sorts right

@@ -148,6 +148,8 @@ class DatabasesService(Service):
             if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {seconds!r}")
         self._match = predicate(match)
+        if feed_params.get("limit") is not None:
+            raise ValueError(f"DatabasesService(): limit= is not allowed: {_REFUSED['limit']}")
         merged = check_feed_params(DatabasesService, feed_params, params, _REFUSED)
         merged["filter_name"] = filter_name
         # Fail on a bad filter or parameter now rather than at start-up.
@@ -335,10 +337,16 @@ class DatabasesService(Service):
                 await deferLater(self._clock, delay)  # type: ignore[arg-type]
 
     async def _start(self) -> None:
+        # A stop may begin during any step, even from inside one (a handler
+        # failing with on_error="stop" while the scan starts catch-ups):
+        # each step is followed by a look at whether to go on.
         store = self._store
         where = store.describe()
         await self._retrying(f"checking {where}", lambda: store.prepare(self._identity))
-        self._seqs.update(await self._retrying(f"loading the checkpoints from {where}", store.load))
+        seqs = await self._retrying(f"loading the checkpoints from {where}", store.load)
+        if self._stopping is not None:
+            return
+        self._seqs.update(seqs)
         self.log.info("{count} checkpoints in {where}", count=len(self._seqs), where=where)
         self._saves = BatchedSaves(store, self._checkpoint_interval, self._clock, self._crash)
         # The feed first, from where it is now, then the scan: a database
@@ -347,6 +355,10 @@ class DatabasesService(Service):
         try:
             position = await self._retrying("asking where _db_updates is", lambda: current_position(self.server))
         except NotFound:
+            position = None
+        if self._stopping is not None:
+            return
+        if position is None:
             self.log.warn(
                 "{server} has no _db_updates; scanning every database every {interval}s",
                 server=self.server.url, interval=self._rescan_interval,
@@ -363,7 +375,8 @@ class DatabasesService(Service):
             updates.when_stopped().addErrback(self._crash)
         self._state = "scanning"
         await self._scan(first=True)
-        self._state = "following"
+        if self._stopping is None:
+            self._state = "following"
 
     def _rescan(self) -> None:
         # Updates may have been missed: scan again, once the scan under way
@@ -385,6 +398,8 @@ class DatabasesService(Service):
                     "scanning the databases",
                     lambda: Deferred.fromCoroutine(scan(self.server, self._match, lambda n, s: self._found(n, s, first))),
                 )
+                if self._stopping is not None:
+                    return
                 # Followed before, absent now: deleted while nobody listened.
                 for name in [n for n in self._seqs if n not in seen and n not in self._touched]:
                     self._deleted(name)
@@ -396,11 +411,17 @@ class DatabasesService(Service):
         finally:
             self._scanning = False
 
-    def _found(self, name: str, update_seq: Any, first: bool) -> None:
+    def _found(self, name: str, info: dict[str, Any], first: bool) -> None:
+        update_seq = info.get("update_seq")
         known = self._seqs.get(name)
-        if known is None and self._store.complete and first and self._since == "now":
+        if known is not None or not self._store.complete:
+            if known != update_seq:
+                self._pool.dirty(name)
+        elif (first and self._since == "now") or (info.get("doc_count") == 0 and info.get("doc_del_count") == 0):
+            # Nothing to read (or nothing wanted): its checkpoint is where
+            # it is, with no request.
             self._record(name, update_seq)
-        elif known is None or known != update_seq:
+        else:
             self._pool.dirty(name)
 
     # -- what _db_updates tells -----------------------------------------------
@@ -409,7 +430,8 @@ class DatabasesService(Service):
         name = row.get("db_name")
         if not isinstance(name, str) or not self._match(name):
             return
-        self._touched.add(name)
+        if self._scanning:
+            self._touched.add(name)
         if row.get("type") == "deleted":
             self._deleted(name)
         else:

@@ -11,7 +11,10 @@ from twisted.internet.defer import Deferred, succeed
 
 from txchanges.service.checkpoint import check_seq
 
-__all__ = ["MemoryCheckpoint"]
+__all__ = ["MemoryCheckpoint", "KEPT_SAVES"]
+
+#: How many of the latest saves :attr:`MemoryCheckpoint.saves` keeps.
+KEPT_SAVES = 1000
 
 
 class MemoryCheckpoint:
@@ -21,7 +24,9 @@ class MemoryCheckpoint:
 
     :param seq: The sequence :meth:`load` fires with before any save.
     :ivar seq: The current sequence.
-    :ivar saves: Every sequence saved, in order.
+    :ivar saves: The sequences saved, in order: the last
+        :data:`KEPT_SAVES` at least, so that a follower that runs for
+        months with this store does not grow without bound.
     """
 
     def __init__(self, seq: Any = None) -> None:
@@ -34,7 +39,10 @@ class MemoryCheckpoint:
     def save(self, seq: Any) -> "Deferred[None]":
         check_seq(seq)
         self.seq = seq
-        self.saves.append(seq)
+        saves = self.saves
+        saves.append(seq)
+        if len(saves) > 2 * KEPT_SAVES:
+            del saves[:-KEPT_SAVES]
         return succeed(None)
 
     def describe(self) -> str:

@@ -20,6 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from txchanges.testing._client import Pump
+from txchanges.testing._dblist import all_dbs_page, database_info, dbs_info
 from txchanges.testing._feeds import Feed, parse_params
 from txchanges.testing._filters import Functions, build_filter
 from txchanges.testing._store import ErrorResponse, FakeDatabase, check_db_name, dumps
@@ -229,7 +230,10 @@ class CouchResource(Resource):
         name, rest = path[0], path[1:]
         if name == "_all_dbs" and not rest:
             _allow(method, "GET")
-            return 200, sorted(state.dbs)
+            return 200, all_dbs_page(state.dbs, query)
+        if name == "_dbs_info" and not rest:
+            _allow(method, "POST")
+            return 200, dbs_info(state.dbs, body)
         if name == "_up" and not rest:
             return 200, {"status": "ok", "seeds": {}}
         if name == "_db_updates":
@@ -274,11 +278,7 @@ class CouchResource(Resource):
             db.notify()
             return 201, _ok(id=docid, rev=rev)
         _allow(method, "GET")
-        return 200, {"db_name": name, "update_seq": db.seq(db.update_seq), "purge_seq": db.seq(0),
-                     "doc_count": db.doc_count, "doc_del_count": db.doc_del_count,
-                     "sizes": {"file": 0, "external": 0, "active": 0}, "props": {},
-                     "instance_start_time": "0", "compact_running": False,
-                     "cluster": {"q": 1, "n": 1, "w": 1, "r": 1}}
+        return 200, database_info(db)
 
     def _document(
         self, db: FakeDatabase, method: str, docid: str, query: dict[str, str], body: Any
