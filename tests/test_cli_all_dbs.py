@@ -10,6 +10,7 @@ import secrets
 import signal
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -311,3 +312,20 @@ def test_checkpoint_file_holds_every_database(couch_server, tenants, tmp_path):
         follower.stop()
     last = {row["db"]: row["seq"] for row in rows}
     assert json.loads(path.read_text())["seqs"] == last == {a: last[a], b: last[b]}
+
+
+def test_a_closed_stdout_ends_quietly_without_checkpointing_the_unprinted_change(couch_server, tenants, tmp_path):
+    """When the reader closes stdout, the follower exits 0 silently, and the change it could not print stays past the checkpoint."""
+    a = tenants.create("a", ["first"])
+    path = tmp_path / "checkpoints.json"
+    process = start("follow", couch_server.admin_url, "--all-dbs", "--match", tenants.match,
+                    "--checkpoint", f"file:{path}")
+    assert process.stdout is not None and process.stderr is not None
+    assert json.loads(process.stdout.readline())["id"] == "first"
+    process.stdout.close()
+    write_docs(couch_server, a, ["second"])
+    assert process.wait(timeout=TIMEOUT) == 0
+    assert process.stderr.read() == ""
+    seq = json.loads(path.read_text())["seqs"][a]
+    status, body = couch_server.request("GET", f"{a}/_changes?since={urllib.parse.quote(seq, safe='')}")
+    assert status == 200 and [row["id"] for row in body["results"]] == ["second"]
