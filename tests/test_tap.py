@@ -520,7 +520,12 @@ def test_twistd_all_dbs_exits_1_when_it_cannot_start(couch_server, tmp_path, ext
         "txchanges", "--url", couch_server.url, "--all-dbs", "--handler", f"{HANDLERS}:record_db",
         *(arg.format(tmp=tmp_path) for arg in extra), output=tmp_path / "handled.jsonl",
     )
-    log = process.communicate(timeout=TIMEOUT)[0]
+    try:
+        log = process.communicate(timeout=TIMEOUT)[0]
+    finally:
+        if process.returncode is None:  # it hangs: end it, not leave it behind
+            process.kill()
+            process.communicate()
     assert process.returncode == 1, log
     [line] = [line for line in log.splitlines() if "exiting with status 1" in line]
     assert f"the follower of the databases of {couch_server.url} stopped on an error" in line and message in line
