@@ -54,3 +54,22 @@ class RecorderClass:
 def fail(change: dict[str, Any]) -> None:
     """Fails on every change."""
     raise RuntimeError(f"cannot handle {change['id']}")
+
+
+def record_db(db_name: str, change: dict[str, Any]) -> None:
+    """A handler of many databases: appends the database's name, the change's id and seq."""
+    _append({"db": db_name, "id": change["id"], "seq": change["seq"]})
+
+
+def record_deleted(db_name: str) -> None:
+    """Told of a deleted database (--on-deleted): appends its name."""
+    _append({"db": db_name, "deleted": True})
+
+
+def make_db_recorder(server: Any, tag: str = "") -> Callable[[str, dict[str, Any]], None]:
+    """A factory for many databases: the handler it returns also records the server's URL and *tag*."""
+
+    def handle(db_name: str, change: dict[str, Any]) -> None:
+        _append({"db": db_name, "id": change["id"], "server": server.url, "tag": tag})
+
+    return handle

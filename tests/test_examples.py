@@ -1,6 +1,7 @@
 """The runnable examples work against the test server, as a user would run them."""
 
 import json
+import secrets
 import signal
 import urllib.parse
 
@@ -121,3 +122,27 @@ def test_async_for_example(couch_server, db_name):
     lines = run("async_for.py", couch_server.admin_url, db_name, "3").splitlines()
     assert [line.split()[0] for line in lines[:3]] == ["item-0", "item-1", "item-2"]
     assert lines[3].startswith("resume from ")
+
+
+@pytest.mark.runs_example("all_dbs.py")
+def test_all_dbs_example_follows_every_database_of_its_prefix_and_resumes_each(couch_server, tmp_path):
+    """all_dbs.py prints each new document of its three databases with the database's name, stops on SIGTERM with every checkpoint in its file, and a second run prints only what that run wrote."""
+    prefix = f"example-{secrets.token_hex(4)}"
+    names = [f"{prefix}-{n}" for n in range(3)]
+    ckpt = tmp_path / "checkpoints.json"
+    try:
+        first = start_example("all_dbs.py", couch_server.admin_url, prefix, str(ckpt))
+        handled, out, err = lines_then_signal(first, 15, signal.SIGTERM, 60)
+        assert first.returncode == 0, err
+        assert out == "stopped by SIGTERM: handled 15 changes of 3 databases\n"
+        assert sorted(line.split()[0] for line in handled) == sorted(names * 5)
+        assert sorted(json.loads(ckpt.read_text())["seqs"]) == names
+        second = start_example("all_dbs.py", couch_server.admin_url, prefix, str(ckpt))
+        again, out, err = lines_then_signal(second, 15, signal.SIGTERM, 60)
+        assert second.returncode == 0, err
+        assert out == "stopped by SIGTERM: handled 15 changes of 3 databases\n"
+        assert sorted(line.split()[0] for line in again) == sorted(names * 5)
+        assert not set(again) & set(handled)
+    finally:
+        for name in names:
+            couch_server.delete_db(name)

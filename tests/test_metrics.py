@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from txchanges import ChangesService, MemoryCheckpoint, ServiceStats, State
+from txchanges import ChangesService, DatabasesService, DatabasesStats, MemoryCheckpoint, ServiceStats, State
 from txchanges.cli import _options
 from txchanges.cli._tap import Options
 from txchanges.metrics import MetricsServer, render_metrics
@@ -162,3 +163,79 @@ def test_metrics_port_without_prometheus_client_is_a_usage_error(monkeypatch):
     with pytest.raises(usage.UsageError, match=r"pip install 'txchanges\[metrics\]'"):
         options.parseOptions(["--url", "http://127.0.0.1:5984/", "--db", "orders", "--handler",
                               "tests.handlers_for_tests:record", "--metrics-port", "9100"])
+
+
+# -- a follower of many databases ---------------------------------------------
+
+SERVER = "http://127.0.0.1:5984/"
+
+
+class FakeDatabasesFollower:
+    """The three attributes a collector reads of a follower of many databases, set by hand."""
+
+    def __init__(self) -> None:
+        self.server = type("Server", (), {"url": SERVER})()
+        self.state = "following"
+        self.stats = DatabasesStats()
+
+
+def test_collector_reports_a_follower_of_many_databases():
+    """Every DatabasesStats field is a gauge or a counter labelled with the server, and the state is one-hot, next to a follower of one database."""
+    many, one = FakeDatabasesFollower(), FakeFollower()
+    many.stats = DatabasesStats(databases=12, open_feeds=3, waiting=4, oldest_wait=2.5, handled=40, handler_failures=1,
+                                catch_ups=17, catch_up_failures=2, scans=5, deleted=6, reconnects=7, checkpoints=8)
+    one.stats.handled = 9
+    found = samples(render_metrics([one, many], clock=Clock()))
+    server = (("server", SERVER),)
+    assert {name: found[(name, server)] for name in (
+        "txchanges_databases_followed", "txchanges_databases_open_feeds", "txchanges_databases_waiting",
+        "txchanges_databases_oldest_wait_seconds", "txchanges_databases_changes_handled_total",
+        "txchanges_databases_handler_failures_total", "txchanges_databases_catch_ups_total",
+        "txchanges_databases_catch_up_failures_total", "txchanges_databases_scans_total",
+        "txchanges_databases_deleted_total", "txchanges_databases_reconnects_total",
+        "txchanges_databases_checkpoints_saved_total",
+    )} == {
+        "txchanges_databases_followed": 12, "txchanges_databases_open_feeds": 3, "txchanges_databases_waiting": 4,
+        "txchanges_databases_oldest_wait_seconds": 2.5, "txchanges_databases_changes_handled_total": 40,
+        "txchanges_databases_handler_failures_total": 1, "txchanges_databases_catch_ups_total": 17,
+        "txchanges_databases_catch_up_failures_total": 2, "txchanges_databases_scans_total": 5,
+        "txchanges_databases_deleted_total": 6, "txchanges_databases_reconnects_total": 7,
+        "txchanges_databases_checkpoints_saved_total": 8,
+    }
+    states = {labels[1][1]: value for (name, labels), value in found.items() if name == "txchanges_databases_state"}
+    assert states == {"starting": 0, "scanning": 0, "following": 1, "stopping": 0, "stopped": 0}
+    assert found[("txchanges_changes_handled_total", (("db", DB),))] == 9
+
+
+def test_a_follower_of_many_databases_alone_gives_no_empty_families_of_one():
+    """Serving only a follower of many databases shows no txchanges_changes_* family without samples."""
+    text = render_metrics([FakeDatabasesFollower()], clock=Clock()).decode()
+    assert "txchanges_databases_followed" in text and "txchanges_changes_handled_total" not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_collector_follows_a_real_databases_service(server):
+    """Over the test server, the metrics of a DatabasesService count its databases, changes and scan, and show it following."""
+    prefix = f"metrics-{secrets.token_hex(4)}-"
+    names = [prefix + "a", prefix + "b"]
+    for name in names:
+        db = await server.create_db(name)
+        await db.save_docs([{"_id": f"doc-{i}"} for i in range(3)])
+    handled: list[tuple[str, str]] = []
+    service = DatabasesService(server, lambda db, change: handled.append((db, change["id"])), match=f"{prefix}.*",
+                               heartbeat=1000, checkpoint_interval=0.1)
+    service.startService()
+    try:
+        await wait_for(lambda: len(handled) == 6 and service.state == "following" and service.stats.checkpoints > 0,
+                       10, "six changes, the scan and a save")
+        found = samples(render_metrics([service]))
+    finally:
+        await service.stopService()
+        for name in names:
+            await server.delete_db(name)
+    label = (("server", server.url),)
+    assert found[("txchanges_databases_followed", label)] == 2
+    assert found[("txchanges_databases_changes_handled_total", label)] == 6
+    assert found[("txchanges_databases_scans_total", label)] == 1
+    assert found[("txchanges_databases_checkpoints_saved_total", label)] >= 1
+    assert found[("txchanges_databases_state", (("server", server.url), ("state", "following")))] == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.plugin import getPlugins
 from twisted.python import usage
 
-from txchanges import ChangesService, FileCheckpoint, LocalDocCheckpoint, NotFound, Shard
+from txchanges import ChangesService, DatabasesService, FileCheckpoint, LocalDocCheckpoint, NotFound, Shard
 from txchanges.cli import _tap
 from txchanges.cli._tap import ExitOnFailure, Options, makeService
 
@@ -217,6 +218,9 @@ class FakeReactor:
     def stop(self) -> None:
         self.stopped += 1
 
+    def callWhenRunning(self, f: Any) -> None:
+        f()
+
 
 def test_exit_on_failure_stops_the_reactor_with_status_1_only_on_an_error():
     """A follower that fails stops the reactor and sets exit status 1; one stopped normally does neither."""
@@ -400,3 +404,138 @@ def test_make_service_with_a_shard_names_it_in_the_checkpoint_identity(monkeypat
     [made] = RecordingService.made
     assert made["shard"] == Shard(1, 4)
     assert made["checkpoint"].identity.endswith("/_changes shard 1/4")
+
+
+# -- --all-dbs: every matching database of the server --------------------------
+
+ALL = ["--url", "http://127.0.0.1:5984/", "--all-dbs"]
+
+
+class RecordingDatabasesService(DatabasesService):
+    """The real service of many databases, remembering what it was made with."""
+
+    made: list[dict[str, Any]] = []
+
+    def __init__(self, server: Any, handler: Any, **kwargs: Any) -> None:
+        RecordingDatabasesService.made.append(dict(kwargs, server=server, handler=handler))
+        super().__init__(server, handler, **kwargs)
+
+
+def test_all_dbs_makes_a_databases_service_from_the_options(monkeypatch):
+    """--all-dbs gives a DatabasesService with the handler, --on-deleted, --match and the other options, watched for failures."""
+    monkeypatch.setattr(_tap, "DatabasesService", RecordingDatabasesService)
+    RecordingDatabasesService.made.clear()
+    options = parse(
+        *ALL, "--match", "tenant-.*", "--handler", f"{HANDLERS}:record_db", "--on-deleted", f"{HANDLERS}:record_deleted",
+        "--concurrency", "3", "--on-error", "skip", "--max-connections", "7", "--page-size", "50", "--since", "now",
+        "--checkpoint", "couch:checkpoints", "--include-docs",
+        environ={"TXCHANGES_USER": "bob", "TXCHANGES_PASSWORD": "hunter2"},
+    )
+    top = makeService(options)
+    assert isinstance(top.getServiceNamed("follower"), DatabasesService)
+    assert isinstance(top.getServiceNamed("exit-on-failure"), ExitOnFailure)
+    [made] = RecordingDatabasesService.made
+    assert made["server"].url == "http://127.0.0.1:5984/" and "user='bob'" in repr(made["server"])
+    assert made["handler"] is handlers_for_tests.record_db
+    assert made["on_deleted"] is handlers_for_tests.record_deleted
+    assert {k: made[k] for k in ("match", "concurrency", "on_error", "max_connections", "page_size", "since")} == {
+        "match": "tenant-.*", "concurrency": 3, "on_error": "skip", "max_connections": 7, "page_size": 50, "since": "now",
+    }
+    assert made["include_docs"] is True
+    assert made["checkpoint"].describe() == "documents txchanges:* in http://127.0.0.1:5984/checkpoints"
+
+
+def test_all_dbs_handler_factory_is_called_with_the_server(monkeypatch, tmp_path):
+    """With --all-dbs, --handler-factory is called with the Server and the --handler-arg pairs."""
+    monkeypatch.setattr(_tap, "DatabasesService", RecordingDatabasesService)
+    monkeypatch.setenv(handlers_for_tests.OUTPUT_VARIABLE, str(tmp_path / "out.jsonl"))
+    RecordingDatabasesService.made.clear()
+    makeService(parse(*ALL, "--handler-factory", f"{HANDLERS}:make_db_recorder", "--handler-arg", "tag=blue"))
+    [made] = RecordingDatabasesService.made
+    made["handler"]("tenant-1", {"id": "doc-1", "seq": "1-a"})
+    [line] = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert json.loads(line) == {"db": "tenant-1", "id": "doc-1", "server": "http://127.0.0.1:5984/", "tag": "blue"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([*ALL, "--db", "mydb", "--handler", f"{HANDLERS}:record_db"], "--db does not go with --all-dbs"),
+        (["--url", "http://127.0.0.1:5984/", "--handler", f"{HANDLERS}:record"], "--db is required (or --all-dbs"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--on-deleted", f"{HANDLERS}:record_deleted"],
+         "--on-deleted only goes with --all-dbs"),
+        ([*BASE, "--handler", f"{HANDLERS}:record", "--match", "t-.*"], "--match only goes with --all-dbs"),
+        ([*ALL, "--handler", f"{HANDLERS}:record_db", "--on-deleted", f"{HANDLERS}:not_callable"], "is not callable"),
+        ([*ALL, "--handler", f"{HANDLERS}:record_db", "--on-deleted", "tests.no_such_module:x"], "cannot be imported"),
+        ([*ALL, "--handler", f"{HANDLERS}:record_db", "--max-buffered", "8"], "--max-buffered does not go with --all-dbs"),
+        ([*ALL, "--handler", f"{HANDLERS}:record_db", "--max-ahead", "8"], "--max-ahead does not go with --all-dbs"),
+        ([*ALL, "--handler", f"{HANDLERS}:record_db", "--shard", "0/2"], "--shard does not go with --all-dbs"),
+        ([*ALL, "--handler", f"{HANDLERS}:record_db", "--since", "3-abc"], "--since with --all-dbs must be 0 or now"),
+        ([*ALL, "--handler", f"{HANDLERS}:record_db", "--checkpoint", "local:x"], "--checkpoint with --all-dbs"),
+    ],
+)
+def test_all_dbs_usage_errors(args, message):
+    """A one-database option with --all-dbs, an --all-dbs option without it, or a bad --on-deleted is a usage error."""
+    with pytest.raises(usage.UsageError) as caught:
+        parse(*args)
+    assert message in str(caught.value)
+
+
+def test_twistd_follows_every_matching_database_and_tells_of_deletions(couch_server, tmp_path):
+    """twistd -n txchanges --all-dbs calls the handler with each database's name and change, --on-deleted with a deleted one's, and saves every checkpoint on SIGTERM."""
+    prefix = f"tap-{secrets.token_hex(4)}-"
+    kept, gone = prefix + "kept", prefix + "gone"
+    for name in (kept, gone):
+        couch_server.create_db(name)
+        couch_server.request("POST", f"{name}/_bulk_docs", {"docs": [{"_id": f"{name}-{i}"} for i in range(2)]})
+    output, ckpt = tmp_path / "handled.jsonl", tmp_path / "checkpoints.json"
+    try:
+        process = twistd(
+            "txchanges", "--url", couch_server.url, "--all-dbs", "--match", f"{prefix}.*",
+            "--handler", f"{HANDLERS}:record_db", "--on-deleted", f"{HANDLERS}:record_deleted",
+            "--checkpoint", f"file:{ckpt}", "--heartbeat", "2000", output=output,
+            TXCHANGES_USER=couch_server.admin[0], TXCHANGES_PASSWORD=couch_server.admin[1],
+        )
+        try:
+            handled = wait_for_lines(output, 4, process)
+            couch_server.delete_db(gone)
+            told = wait_for_lines(output, 5, process)[4]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            log = process.communicate(timeout=TIMEOUT)[0]
+    finally:
+        couch_server.delete_db(kept)
+        couch_server.delete_db(gone)
+    assert process.returncode in (0, -signal.SIGTERM), log
+    assert sorted((h["db"], h["id"]) for h in handled) == sorted((n, f"{n}-{i}") for n in (kept, gone) for i in range(2))
+    assert told == {"db": gone, "deleted": True}
+    last_of_kept = [h["seq"] for h in handled if h["db"] == kept][-1]
+    assert json.loads(ckpt.read_text())["seqs"] == {kept: last_of_kept}
+    assert "secret" not in log
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "HTTP 401 unauthorized: You are not a server admin."),
+        (["--checkpoint", "file:{tmp}/missing/c.json"], "missing does not exist"),
+    ],
+    ids=["not-an-admin", "unusable-checkpoint"],
+)
+def test_twistd_all_dbs_exits_1_when_it_cannot_start(couch_server, tmp_path, extra, message):
+    """Without a server admin's credentials, or with a checkpoint file it cannot write, twistd logs why and exits 1."""
+    process = twistd(
+        "txchanges", "--url", couch_server.url, "--all-dbs", "--handler", f"{HANDLERS}:record_db",
+        *(arg.format(tmp=tmp_path) for arg in extra), output=tmp_path / "handled.jsonl",
+    )
+    try:
+        log = process.communicate(timeout=TIMEOUT)[0]
+    finally:
+        if process.returncode is None:  # it hangs: end it, not leave it behind
+            process.kill()
+            process.communicate()
+    assert process.returncode == 1, log
+    [line] = [line for line in log.splitlines() if "exiting with status 1" in line]
+    assert f"the follower of the databases of {couch_server.url} stopped on an error" in line and message in line
+    if not extra:
+        assert "--all-dbs needs a server admin's credentials" in line

@@ -26,6 +26,26 @@ credentials):
 ``txchanges_resume_seq_info``               info     ``seq``: the resume point, as JSON when not a string
 ==========================================  =======  ==========================================
 
+A follower of many databases (a :class:`~txchanges.DatabasesService`) has
+metrics of its own, over all its databases, each labelled with ``server``
+(the server's URL, never with credentials):
+
+================================================  =======  ====================================
+``txchanges_databases_followed``                  gauge    databases followed
+``txchanges_databases_open_feeds``                gauge    catch-up feeds open now
+``txchanges_databases_waiting``                   gauge    databases waiting for a feed
+``txchanges_databases_oldest_wait_seconds``       gauge    how long the longest of them waited
+``txchanges_databases_changes_handled_total``     counter  changes the handler finished
+``txchanges_databases_handler_failures_total``    counter  handler calls that failed
+``txchanges_databases_catch_ups_total``           counter  catch-up requests (pages) made
+``txchanges_databases_catch_up_failures_total``   counter  catch-up requests that failed
+``txchanges_databases_scans_total``               counter  scans of every database finished
+``txchanges_databases_deleted_total``             counter  followed databases seen deleted
+``txchanges_databases_reconnects_total``          counter  ``_db_updates`` requests after the first
+``txchanges_databases_checkpoints_saved_total``   counter  batches of checkpoints saved
+``txchanges_databases_state``                     gauge    1 for the current ``state`` label
+================================================  =======  ====================================
+
 ``txchanges_changes_pending`` is what the server last said: in the row that
 ends a feed (rare on a continuous feed), or in the answer to the probe that
 ``pending_interval`` (``--pending-interval``) sets up.
@@ -39,7 +59,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any, Optional, Protocol, cast
+from typing import Any, Optional, Protocol, Union, cast
 
 from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.metrics_core import (
@@ -56,12 +76,13 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from txchanges.many import DatabasesStats
 from txchanges.service._lifecycle_types import State
 from txchanges.service._stats import ServiceStats
 from txchanges._reactor import Clock
 from txchanges._reactor import default_clock, default_reactor
 
-__all__ = ["ServiceCollector", "render_metrics", "metrics_registry", "MetricsResource", "MetricsServer"]
+__all__ = ["ServiceCollector", "DatabasesCollector", "render_metrics", "metrics_registry", "MetricsResource", "MetricsServer"]
 
 
 class Followed(Protocol):
@@ -147,22 +168,103 @@ class ServiceCollector:
         yield from (pending, idle, state, resume)
 
 
+class FollowedDatabases(Protocol):
+    """
+    What a :class:`DatabasesCollector` reads: a
+    :class:`~txchanges.DatabasesService`, or anything with the same three
+    attributes.
+    """
+
+    @property
+    def server(self) -> Any: ...  # has a credential-free ``url``
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def stats(self) -> DatabasesStats: ...
+
+
+#: Any follower a :class:`MetricsServer` serves.
+AnyFollower = Union[Followed, FollowedDatabases]
+
+_DATABASES_GAUGES = (
+    ("txchanges_databases_followed", "Databases followed.", "databases"),
+    ("txchanges_databases_open_feeds", "Catch-up feeds open now (_db_updates aside).", "open_feeds"),
+    ("txchanges_databases_waiting", "Databases with changes to read, waiting for a feed.", "waiting"),
+    ("txchanges_databases_oldest_wait_seconds", "Seconds the database waiting longest has waited.", "oldest_wait"),
+)
+_DATABASES_COUNTERS = (
+    ("txchanges_databases_changes_handled", "Changes the handler finished, over every database.", "handled"),
+    ("txchanges_databases_handler_failures", "Handler calls that failed.", "handler_failures"),
+    ("txchanges_databases_catch_ups", "Catch-up requests made (a page of one database's changes each).", "catch_ups"),
+    ("txchanges_databases_catch_up_failures", "Catch-up requests that failed.", "catch_up_failures"),
+    ("txchanges_databases_scans", "Scans of every database finished.", "scans"),
+    ("txchanges_databases_deleted", "Followed databases seen deleted.", "deleted"),
+    ("txchanges_databases_reconnects", "_db_updates requests made after the first.", "reconnects"),
+    ("txchanges_databases_checkpoints_saved", "Batches of checkpoints saved.", "checkpoints"),
+)
+_DATABASES_STATES = ("starting", "scanning", "following", "stopping", "stopped")
+
+
+class DatabasesCollector:
+    """
+    A ``prometheus_client`` collector of followers of many databases, read
+    at scrape time.
+
+    :param followers: The followers, each of a different server URL.
+    """
+
+    def __init__(self, followers: Sequence[FollowedDatabases]) -> None:
+        self._followers = list(followers)
+
+    def collect(self) -> Iterable[Metric]:
+        """
+        :return: The metric families, with one sample per follower.
+        """
+        gauges = {name: GaugeMetricFamily(name, doc, labels=["server"]) for name, doc, _ in _DATABASES_GAUGES}
+        counters = {name: CounterMetricFamily(name, doc, labels=["server"]) for name, doc, _ in _DATABASES_COUNTERS}
+        state = GaugeMetricFamily(
+            "txchanges_databases_state", "1 for the follower's current state, 0 for the others.",
+            labels=["server", "state"],
+        )
+        for follower in self._followers:
+            server = follower.server.url
+            stats = follower.stats
+            for families, table in ((gauges, _DATABASES_GAUGES), (counters, _DATABASES_COUNTERS)):
+                for name, _, attribute in table:
+                    families[name].add_metric([server], getattr(stats, attribute))
+            current = str(follower.state)
+            names = _DATABASES_STATES if current in _DATABASES_STATES else (*_DATABASES_STATES, current)
+            for name in names:
+                state.add_metric([server, name], 1.0 if name == current else 0.0)
+        yield from gauges.values()
+        yield from counters.values()
+        yield state
+
+
 def metrics_registry(
-    followers: Sequence[Followed], *, clock: Optional[Clock] = None, process: bool = True
+    followers: Sequence[AnyFollower], *, clock: Optional[Clock] = None, process: bool = True
 ) -> CollectorRegistry:
     """
-    :return: A new registry with a :class:`ServiceCollector` of
-        *followers* and, when *process*, the process' CPU and memory
-        (``process_*``).
+    :return: A new registry with a :class:`ServiceCollector` of the
+        followers of one database among *followers*, a
+        :class:`DatabasesCollector` of those of many, and, when *process*,
+        the process' CPU and memory (``process_*``).
     """
+    many = [f for f in followers if isinstance(f.stats, DatabasesStats)]
+    single = [f for f in followers if not isinstance(f.stats, DatabasesStats)]
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServiceCollector(followers, clock=clock))
+    if single or not many:
+        registry.register(ServiceCollector(single, clock=clock))
+    if many:
+        registry.register(DatabasesCollector(many))
     if process:
         ProcessCollector(registry=registry)
     return registry
 
 
-def render_metrics(followers: Sequence[Followed], *, clock: Optional[Clock] = None) -> bytes:
+def render_metrics(followers: Sequence[AnyFollower], *, clock: Optional[Clock] = None) -> bytes:
     """
     :return: The Prometheus text exposition (format 0.0.4) of *followers*.
     """
@@ -201,7 +303,7 @@ class MetricsServer(Service):
     Serves followers' metrics at ``http://INTERFACE:PORT/metrics`` while
     running.
 
-    :param followers: The followers to expose.
+    :param followers: The followers to expose: of one database or of many.
     :param port: The TCP port; ``0`` picks a free one (see :attr:`port`).
     :param interface: The address to listen on; the loopback one by default.
     :param reactor: The reactor; the global one when omitted.
@@ -213,7 +315,7 @@ class MetricsServer(Service):
 
     def __init__(
         self,
-        followers: Sequence[Followed],
+        followers: Sequence[AnyFollower],
         port: int,
         interface: str = "127.0.0.1",
         *,

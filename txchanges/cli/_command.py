@@ -19,11 +19,13 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txchanges.cli._alldbs import check_server, explain
 from txchanges.cli._longpoll import LongpollFollower
-from txchanges.cli._options import open_database
-from txchanges.cli._printer import Printer, silence_stdout
+from txchanges.cli._options import open_database, open_server
+from txchanges.cli._printer import DatabasesPrinter, Printer, silence_stdout
 from txchanges.cli._progressline import ProgressLine, show_progress
-from txchanges.http.client import Database
+from txchanges.http.client import Database, Server
+from txchanges.many import DatabasesService
 from txchanges.feed.consumer import Consumer
 from txchanges.errors import TxChangesError
 from txchanges.service._service import ChangesService
@@ -50,7 +52,8 @@ class Command:
     :class:`~txchanges.service._signals.StopSignals`); a later one ends the process
     at once.
 
-    :param name: ``"follow"`` or ``"fetch"``.
+    :param name: ``"follow"`` (of one database, or of many with
+        ``--all-dbs``) or ``"fetch"``.
     :param options: Its parsed options.
     """
 
@@ -86,17 +89,18 @@ class Command:
         if self._signal is not None:  # stopped before it began
             self._finished(None)
             return
+        options = self._options
         try:
-            options = self._options
             url = options["server_url"]
-            db = open_database(
-                url, options["db_name"], self._environ, self._reactor, options["auth"],
-                **options.server_options(url, self._environ),
-            )
+            connection = dict(auth=options["auth"], **options.server_options(url, self._environ))
+            if options.get("all-dbs"):
+                work = self._follow_all(open_server(url, self._environ, self._reactor, **connection))
+            else:
+                db = open_database(url, options["db_name"], self._environ, self._reactor, **connection)
+                work = self._fetch(db) if self._name == "fetch" else self._follow(db)
         except Exception:
             self._finished(Failure())
             return
-        work = self._fetch(db) if self._name == "fetch" else self._follow(db)
         self._running = Deferred.fromCoroutine(work)
         self._running.addBoth(self._finished)
 
@@ -136,7 +140,8 @@ class Command:
         if isinstance(error, BrokenPipeError):
             silence_stdout(self._out)
             return 0
-        self._err.write(f"txchanges: {describe(error)}\n")
+        hint = explain(error) if self._options.get("all-dbs") else ""
+        self._err.write(f"txchanges: {describe(error)}{hint}\n")
         return 1
 
     async def _fetch(self, db: Database) -> None:
@@ -176,6 +181,29 @@ class Command:
             if metrics is not None:
                 await metrics.stopService()
             await db.server.close()
+
+    async def _follow_all(self, server: Server) -> None:
+        options = self._options
+        printer = DatabasesPrinter(self._out, lambda: self.stop())
+        try:
+            store = options.checkpoints_store(server)
+            await check_server(server)
+            follower = DatabasesService(
+                server, printer.change, on_deleted=printer.deleted, checkpoint=store, clock=self._reactor,
+                **options.databases_kwargs(),
+            )
+            self.stop = follower.stopService
+            metrics = self._start_metrics(follower)
+            # Asked first: a store that cannot be used stops it inside startService().
+            stopped = follower.when_stopped()
+            follower.startService()
+            try:
+                await stopped
+            finally:
+                if metrics is not None:
+                    await metrics.stopService()
+        finally:
+            await server.close()
 
     def _start_metrics(self, follower: Any) -> Any:
         if self._options["metrics-port"] is None:

@@ -3,6 +3,8 @@ The ``txchanges`` command (also ``python -m txchanges``).
 
 - ``txchanges follow URL/DB`` prints every change as one JSON line on
   stdout, through reconnects, resuming from ``--checkpoint``;
+- ``txchanges follow URL --all-dbs`` does so for every matching database
+  of a server, each line with the database's name in ``"db"``;
 - ``txchanges fetch URL/DB`` prints the normal feed's body and exits.
 
 Data goes to stdout, logs and progress to stderr, so the output pipes into
@@ -34,8 +36,9 @@ from twisted.logger import (
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from txchanges.cli._alldbs import AllDatabasesOptions, split_server_url
 from txchanges.cli._command import Command, describe
-from txchanges.cli._options import FeedOptions, FollowerOptions, positive_int, split_database_url
+from txchanges.cli._options import FeedOptions, positive_int, split_database_url
 from txchanges._reactor import default_reactor
 
 __all__ = ["main", "run", "CommandOptions", "FetchOptions", "FollowOptions"]
@@ -88,10 +91,15 @@ class _DatabaseArgument(_Verbosity):
         super().parseOptions([*flat, "--", *args])
 
     def parseArgs(self, *args: str) -> None:
+        every = self.get("all-dbs")
         if len(args) != 1:
             got = "none" if not args else " ".join(repr(a) for a in args)
-            raise usage.UsageError(f"expected one URL/DB argument (http://host:5984/mydb), got {got}")
-        self["server_url"], self["db_name"] = split_database_url(args[0])
+            example = "server URL argument (http://host:5984/)" if every else "URL/DB argument (http://host:5984/mydb)"
+            raise usage.UsageError(f"expected one {example}, got {got}")
+        if every:
+            self["server_url"], self["db_name"] = split_server_url(args[0]), None
+        else:
+            self["server_url"], self["db_name"] = split_database_url(args[0])
 
 
 class FetchOptions(_DatabaseArgument, FeedOptions):
@@ -109,16 +117,22 @@ class FetchOptions(_DatabaseArgument, FeedOptions):
             self["feed_params"]["limit"] = self["limit"]
 
 
-class FollowOptions(_DatabaseArgument, FollowerOptions):
+class FollowOptions(_DatabaseArgument, AllDatabasesOptions):
     """
-    ``txchanges follow URL/DB``: print every change as a JSON line.
+    ``txchanges follow URL/DB``: print every change as a JSON line;
+    ``txchanges follow URL --all-dbs``: those of every matching database,
+    each with a ``"db"`` field.
     """
 
-    synopsis = "URL/DB [options]"
+    synopsis = "URL/DB [options], or: txchanges follow URL --all-dbs [options]"
     longdesc = (
         "Print every change of the database as one JSON line, reconnecting after failures "
         "and resuming from --checkpoint. Progress goes to stderr when it is a terminal and "
-        "stdout is not."
+        "stdout is not. With --all-dbs, URL is a server's and every matching database is "
+        "followed: each line has a \"db\" field with the database's name, and a followed "
+        "database that is deleted prints {\"db\": NAME, \"db_deleted\": true}. It needs a server "
+        "admin; --since is 0 or now there, and --shard, --feed, --limit, --checkpoint-every, "
+        "--dedup-window and --pending-interval do not go with it."
     )
     optParameters: list[list[Any]] = [
         ["limit", None, None, "Exit after this many changes, once the checkpoint is saved.", positive_int],
@@ -234,11 +248,16 @@ class _StderrObserver:
             pass
 
 
+#: The line each follower logs when an error stops it, by its class.
+_STOPPED_ON_ERROR = {
+    "ChangesService": "stopped following {db}",
+    "DatabasesService": "stopped following the databases of {server}",
+}
+
+
 def _reported_at_exit(event: Mapping[str, Any]) -> bool:
     # The service logs the error that stopped it; the command prints that
     # same error as its last line, so the log line would only repeat it.
-    return (
-        event.get("log_namespace", "").endswith(".ChangesService")
-        and event.get("log_format") == "stopped following {db}"
-    )
+    follower = event.get("log_namespace", "").rpartition(".")[2]
+    return follower in _STOPPED_ON_ERROR and event.get("log_format") == _STOPPED_ON_ERROR[follower]
 

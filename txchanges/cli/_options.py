@@ -40,6 +40,7 @@ __all__ = [
     "check_session",
     "credentials_from",
     "open_database",
+    "open_server",
     "split_database_url",
 ]
 
@@ -217,7 +218,9 @@ class FollowerOptions(FeedOptions):
          "that plus 5 s reconnects.", positive_int],
         ["checkpoint", None, "memory",
          "Where the resume point is kept: memory (lost at exit), file:PATH, or local:NAME "
-         "(a _local/NAME document in the followed database)."],
+         "(a _local/NAME document in the followed database); with --all-dbs: memory, "
+         "file:PATH, couch:DBNAME (a database of the same server) or local (a _local document "
+         "in each followed database)."],
         ["checkpoint-every", None, 100,
          "Save the checkpoint after this many changes (and at least every 5 s, and on stop).",
          positive_int],
@@ -247,16 +250,22 @@ class FollowerOptions(FeedOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
+        self.check_checkpoint_spec()
+        if self["metrics-port"] is not None and not have_prometheus_client():
+            raise usage.UsageError(
+                "--metrics-port needs the prometheus_client package: "
+                "pip install 'txchanges[metrics]'"
+            )
+
+    def check_checkpoint_spec(self) -> None:
+        """
+        :raises usage.UsageError: when ``--checkpoint`` is not a store's spec.
+        """
         spec = self["checkpoint"]
         kind, sep, where = spec.partition(":")
         if spec != "memory" and not (sep and where and kind in ("file", "local")):
             raise usage.UsageError(
                 f"--checkpoint: expected memory, file:PATH or local:NAME, got {spec!r}"
-            )
-        if self["metrics-port"] is not None and not have_prometheus_client():
-            raise usage.UsageError(
-                "--metrics-port needs the prometheus_client package: "
-                "pip install 'txchanges[metrics]'"
             )
 
     def service_kwargs(self) -> dict[str, Any]:
@@ -379,18 +388,17 @@ def split_database_url(url: str) -> tuple[str, str]:
     return server, check_db_name(unquote(name))
 
 
-def open_database(
-    server_url: str, name: str, environ: Mapping[str, str], reactor: Any = None, auth: str = "basic",
-    **server_options: Any,
-) -> Database:
+def open_server(
+    server_url: str, environ: Mapping[str, str], reactor: Any = None, auth: str = "basic", **server_options: Any
+) -> Server:
     """
     :param auth: How the credentials are sent (``--auth``): ``"basic"`` or
         ``"session"``.
     :param server_options: More keyword arguments of
         :class:`~txchanges.Server`, e.g. those of
         :meth:`~txchanges.cli._connection.ConnectionOptions.server_options`.
-    :return: The :class:`~txchanges.Database` *name* on *server_url*, with
-        the credentials of :func:`credentials_from` or the token of
+    :return: The :class:`~txchanges.Server` at *server_url*, with the
+        credentials of :func:`credentials_from` or the token of
         :func:`authorization_from`; nothing is sent yet.
     :raises usage.UsageError: for ``--auth session`` without a user and
         password, or with a token.
@@ -403,7 +411,18 @@ def open_database(
         auth=None if auth == "basic" else auth,
         reactor=reactor,
         **server_options,
-    )[name]
+    )
+
+
+def open_database(
+    server_url: str, name: str, environ: Mapping[str, str], reactor: Any = None, auth: str = "basic",
+    **server_options: Any,
+) -> Database:
+    """
+    :return: The :class:`~txchanges.Database` *name* on the server of
+        :func:`open_server`; nothing is sent yet.
+    """
+    return open_server(server_url, environ, reactor, auth, **server_options)[name]
 
 
 def check_session(url: str, environ: Mapping[str, str], auth: str) -> None:

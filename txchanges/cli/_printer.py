@@ -1,6 +1,7 @@
 """
-The command's output: each change a JSON line on stdout, and a quiet end
-when the reader of stdout goes away.
+The command's output: each change a JSON line on stdout (with its database's
+name when following many), and a quiet end when the reader of stdout goes
+away.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import json
 import os
 from typing import Any, BinaryIO, Callable, Optional
 
-__all__ = ["Printer", "silence_stdout"]
+__all__ = ["Printer", "DatabasesPrinter", "silence_stdout"]
 
 
 class Printer:
@@ -41,6 +42,26 @@ class Printer:
             self._left -= 1
             if self._left == 0:
                 self._stop()
+
+
+class DatabasesPrinter:
+    """
+    The output of a follower of many databases: each change as a JSON line
+    that starts with its database's name, ``{"db": NAME, "seq": ...}``, and
+    ``{"db": NAME, "db_deleted": true}`` for a followed database that was
+    deleted. A closed stdout stops the follower, as with :class:`Printer`.
+    """
+
+    def __init__(self, out: BinaryIO, stop: Callable[[], object]) -> None:
+        self._printer = Printer(out, None, stop)
+
+    def change(self, db: str, change: dict[str, Any]) -> None:
+        """The handler: ``handler(db_name, change)``."""
+        self._printer({"db": db, **change})
+
+    def deleted(self, db: str) -> None:
+        """Told of a deleted database (``on_deleted``)."""
+        self._printer({"db": db, "db_deleted": True})
 
 
 def silence_stdout(out: BinaryIO) -> None:

@@ -1,6 +1,10 @@
 """
 The twistd plugin: ``twistd -n txchanges --url URL --db NAME --handler
-MODULE:NAME``.
+MODULE:NAME``, or ``--url URL --all-dbs [--match REGEX] --handler
+MODULE:NAME`` to follow every matching database of the server (a
+:class:`~txchanges.DatabasesService`; the handler is called as
+``handler(db_name, change)``, and ``--on-deleted MODULE:NAME`` is told of
+each followed database that is deleted).
 
 The handler is chosen by one of two options:
 
@@ -9,8 +13,9 @@ The handler is chosen by one of two options:
   refused here: use ``--handler-factory`` to build an object once.
 - ``--handler-factory MODULE:NAME`` names a callable that is called once,
   when the service is made, as ``factory(db, **handler_args)`` with the
-  followed :class:`~txchanges.Database` and the ``--handler-arg KEY=VALUE``
-  pairs (strings); it returns the per-change callable.
+  followed :class:`~txchanges.Database` (with ``--all-dbs``, the
+  :class:`~txchanges.Server`) and the ``--handler-arg KEY=VALUE`` pairs
+  (strings); it returns the per-change callable.
 
 twistd does not put the current directory on ``sys.path``: a handler in the
 project folder needs ``PYTHONPATH=.`` (the usage error says so). A usage
@@ -28,92 +33,57 @@ saves the checkpoint, then twistd ends the process with that same signal
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import inspect
 import logging
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
-from twisted.python.reflect import namedAny
 
+from txchanges.cli._alldbs import AllDatabasesOptions, explain
+from txchanges.cli._loading import load_object
 from txchanges.cli._options import (
-    FollowerOptions,
     authorization_from,
     check_db_name,
     check_server_url,
     check_session,
     credentials_from,
     open_database,
+    open_server,
 )
 from txchanges.service._onerror import ON_ERROR
 from txchanges.service._options import buffer_bounds
 from txchanges._reactor import default_reactor
-from txchanges.http.client import Database
+from txchanges.http.client import Database, Server
+from txchanges.many import DatabasesService
 from txchanges.service._service import ChangesService
 
 __all__ = ["Options", "makeService", "ExitOnFailure", "load_object"]
 
 
-def load_object(spec: str, option: str) -> Any:
+class Options(AllDatabasesOptions):
     """
-    Import ``package.module:name`` (or the dotted ``package.module.name``).
-
-    :raises usage.UsageError: naming *option*, *spec* and the reason when it
-        cannot be imported, whatever the module raised.
+    The plugin's options: :class:`~txchanges.cli._alldbs.AllDatabasesOptions`
+    plus the server, the database and the handler.
     """
-    module_name, sep, attribute = spec.partition(":")
-    try:
-        if not sep:
-            return namedAny(spec)
-        if not module_name or not attribute:
-            raise ValueError("expected MODULE:NAME")
-        obj: Any = __import__(module_name, fromlist=["_"])
-        for part in attribute.split("."):
-            obj = getattr(obj, part)
-        return obj
-    except Exception as e:  # importing runs the user's code: anything can fail
-        message = f"{option} {spec!r} cannot be imported: {type(e).__name__}: {e}"
-        raise usage.UsageError(message + _not_on_path_hint(module_name or spec)) from None
 
-
-def _not_on_path_hint(dotted: str) -> str:
-    # The commonest cause: twistd, unlike "python -m", does not put the
-    # current directory on sys.path, so a handler in the project folder is
-    # not found.
-    top = dotted.split(".")[0]
-    try:
-        missing = importlib.util.find_spec(top) is None
-    except (ImportError, ValueError):
-        missing = True
-    if not top.isidentifier() or not missing:
-        return ""
-    return (
-        f" (twistd does not look in the current directory: run it as PYTHONPATH=. twistd ... from the"
-        f" folder holding {top}, or install {top} as a package)"
+    synopsis = (
+        "--url URL (--db NAME | --all-dbs) (--handler MODULE:NAME | --handler-factory MODULE:NAME) [options]"
     )
-
-
-class Options(FollowerOptions):
-    """
-    The plugin's options: :class:`~txchanges.cli._options.FollowerOptions` plus
-    the server, the database and the handler.
-    """
-
-    synopsis = "--url URL --db NAME (--handler MODULE:NAME | --handler-factory MODULE:NAME) [options]"
     longdesc = (
         "Follow a CouchDB database's continuous _changes feed and hand every change to a "
         "Python handler, reconnecting after failures and resuming from a checkpoint. "
         "Credentials come from the URL or from the TXCHANGES_USER and TXCHANGES_PASSWORD "
         "environment variables, or a bearer token from TXCHANGES_TOKEN; they are never logged. Delivery is at least once: make "
         "the handler idempotent. The process exits with status 1 when the follower stops "
-        "on an error it cannot retry."
+        "on an error it cannot retry. With --all-dbs, every matching database of the server "
+        "is followed and the handler is called as NAME(db_name, change)."
     )
     optParameters: list[list[Any]] = [
         ["url", None, None, "The CouchDB server, e.g. http://127.0.0.1:5984/ (credentials allowed)."],
@@ -134,7 +104,17 @@ class Options(FollowerOptions):
         ["on-error", None, "stop",
          "When the handler fails: stop (exit, checkpoint before that change), retry "
          "(with backoff), or skip (log it and go on)."],
+        ["on-deleted", None, None,
+         "With --all-dbs: MODULE:NAME of a callable called with the name of each followed "
+         "database that is deleted."],
     ]
+
+    single_db_only = dict(
+        AllDatabasesOptions.single_db_only,
+        db="--all-dbs follows every matching database of --url (see --match)",
+        **{"max-buffered": "it is a one-database option", "max-ahead": "it is a one-database option"},
+    )
+    all_dbs_only = (*AllDatabasesOptions.all_dbs_only, "on-deleted")
 
     def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
         super().__init__()
@@ -168,11 +148,13 @@ class Options(FollowerOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
-        for required in ("url", "db"):
-            if not self[required]:
-                raise usage.UsageError(f"--{required} is required")
+        if not self["url"]:
+            raise usage.UsageError("--url is required")
+        if not self["all-dbs"] and not self["db"]:
+            raise usage.UsageError("--db is required (or --all-dbs, to follow every matching database)")
         check_server_url(self["url"], "--url")
-        check_db_name(self["db"])
+        if self["db"]:
+            check_db_name(self["db"])
         credentials_from(self["url"], self.environ)
         authorization_from(self["url"], self.environ)
         check_session(self["url"], self.environ, self["auth"])
@@ -185,6 +167,12 @@ class Options(FollowerOptions):
             message = str(e).replace("max_buffered", "--max-buffered").replace("max_ahead", "--max-ahead")
             raise usage.UsageError(message) from None
         self._check_handler()
+        self["on-deleted-object"] = None
+        if self["on-deleted"] is not None:
+            on_deleted = load_object(self["on-deleted"], "--on-deleted")
+            if not callable(on_deleted):
+                raise usage.UsageError(f"--on-deleted {self['on-deleted']!r} is not callable")
+            self["on-deleted-object"] = on_deleted
 
     def _check_handler(self) -> None:
         plain, factory = self["handler"], self["handler-factory"]
@@ -212,8 +200,9 @@ class Options(FollowerOptions):
                 pass  # no signature to check (a builtin); the call will tell
         self["handler-object"] = obj
 
-    def build_handler(self, db: Database) -> Callable[[dict[str, Any]], Any]:
+    def build_handler(self, db: "Database | Server") -> Callable[..., Any]:
         """
+        :param db: The followed database, or the server with ``--all-dbs``.
         :return: The per-change callable: the ``--handler`` object, or what
             the ``--handler-factory`` returns for *db*.
         :raises TypeError: when the factory returns something not callable.
@@ -243,16 +232,54 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 
     :param reactor: The reactor; the global one when omitted.
     :return: A :class:`~twisted.application.service.MultiService` holding
-        the :class:`~txchanges.ChangesService` (named ``"follower"``), the
+        the :class:`~txchanges.ChangesService` (with ``--all-dbs``, the
+        :class:`~txchanges.DatabasesService`) named ``"follower"``, the
         service that stops the process when it fails (``"exit-on-failure"``)
         and, with ``--metrics-port``, the metrics endpoint (``"metrics"``).
     """
     reactor = default_reactor(reactor)
+    follower: "ChangesService | DatabasesService"
+    if options["all-dbs"]:
+        server = open_server(
+            options["url"], options.environ, reactor, options["auth"],
+            **options.server_options(options["url"], options.environ),
+        )
+        follower = DatabasesService(
+            server,
+            options.build_handler(server),
+            checkpoint=options.checkpoints_store(server),
+            concurrency=options["concurrency"],
+            on_error=options["on-error"],
+            on_deleted=options["on-deleted-object"],
+            clock=reactor,
+            **options.databases_kwargs(),
+        )
+    else:
+        follower = _changes_service(options, reactor)
+    top = _Process(reactor)
+    if options["metrics-port"] is not None:
+        from txchanges.metrics import MetricsServer
+
+        # Started first: a port in use fails the start before any change is read.
+        metrics = MetricsServer([follower], options["metrics-port"], options["metrics-interface"], reactor=reactor)
+        metrics.setName("metrics")
+        metrics.setServiceParent(top)
+    # The watcher starts before the follower, so that it also hears of a
+    # failure inside the follower's startService() (an unusable checkpoint).
+    watcher = ExitOnFailure(follower, reactor)
+    watcher.setName("exit-on-failure")
+    watcher.setServiceParent(top)
+    follower.setName("follower")
+    follower.setServiceParent(top)
+    return top
+
+
+def _changes_service(options: Options, reactor: Any) -> ChangesService:
     db = open_database(
         options["url"], options["db"], options.environ, reactor, options["auth"],
         **options.server_options(options["url"], options.environ),
     )
-    follower = ChangesService(
+    return ChangesService(
         db,
         options.build_handler(db),
         checkpoint=options.checkpoint_store(db),
@@ -263,20 +290,6 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         clock=reactor,
         **options.service_kwargs(),
     )
-    top = _Process(reactor)
-    if options["metrics-port"] is not None:
-        from txchanges.metrics import MetricsServer
-
-        # Started first: a port in use fails the start before any change is read.
-        metrics = MetricsServer([follower], options["metrics-port"], options["metrics-interface"], reactor=reactor)
-        metrics.setName("metrics")
-        metrics.setServiceParent(top)
-    follower.setName("follower")
-    follower.setServiceParent(top)
-    watcher = ExitOnFailure(follower, reactor)
-    watcher.setName("exit-on-failure")
-    watcher.setServiceParent(top)
-    return top
 
 
 class _Process(MultiService):
@@ -323,7 +336,7 @@ class ExitOnFailure(Service):
 
     def __init__(
         self,
-        follower: ChangesService,
+        follower: "ChangesService | DatabasesService",
         reactor: Any,
         set_exit_status: Optional[Callable[[int], object]] = None,
     ) -> None:
@@ -336,11 +349,20 @@ class ExitOnFailure(Service):
         self.follower.when_stopped().addErrback(self._failed)
 
     def _failed(self, failure: Failure) -> None:
+        follower, error = self.follower, failure.getErrorMessage()
+        if isinstance(follower, DatabasesService):
+            what = f"the databases of {follower.server.url}"
+            error += explain(cast(BaseException, failure.value))
+        else:
+            what = follower.db.url
         self.log.critical(
-            "the follower of {db} stopped on an error ({error}); exiting with status 1",
-            db=self.follower.db.url, error=failure.getErrorMessage(),
+            "the follower of {db} stopped on an error ({error}); exiting with status 1", db=what, error=error,
         )
         self._set_exit_status(1)
+        # At once, or once running when it failed inside startService().
+        self._reactor.callWhenRunning(self._stop_reactor)
+
+    def _stop_reactor(self) -> None:
         try:
             self._reactor.stop()
         except ReactorNotRunning:
