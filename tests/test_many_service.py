@@ -195,12 +195,15 @@ async def test_a_deleted_database_is_told_and_one_created_again_is_read_from_its
         await s.stopService()
 
 
+@pytest.mark.parametrize("kind", ["memory", "local"])
 @pytest_twisted.ensureDeferred
-async def test_since_now_skips_what_is_there_at_start_up(server: Server, tenants: Tenants) -> None:
+async def test_since_now_skips_what_is_there_at_start_up(server: Server, tenants: Tenants, kind: str) -> None:
+    """Also with _local checkpoints, which load nothing at start-up."""
     db = await tenants.create(1)
     await write_docs(db, ["old1", "old2"])
     seen = Seen()
-    s = service(server, seen, tenants, since="now")
+    store = MemoryCheckpoints() if kind == "memory" else LocalDocCheckpoints(server)
+    s = service(server, seen, tenants, since="now", checkpoint=store)
     s.startService()
     try:
         await wait_for(lambda: s.state == "following", 10, "the first scan")

@@ -157,6 +157,9 @@ def test_a_stop_waits_for_running_calls_then_saves_what_is_done() -> None:
     # The change done is behind the checkpoint, the ones never finished are not.
     assert store.seqs == {first: first_done[first]}
     assert s.state == "stopped"
+    fired: list[Any] = []
+    s.when_stopped().addBoth(fired.append)
+    assert fired == [None]
 
 
 def test_the_handler_failing_with_on_error_stop_stops_the_service() -> None:
@@ -178,6 +181,10 @@ def test_the_handler_failing_with_on_error_stop_stops_the_service() -> None:
     fake.flush()
     assert s.state == "stopped" and not s.running
     assert len(failures) == 1 and failures[0].check(ValueError)
+    # Asked once stopped, when_stopped() says the same at once.
+    later: list[Any] = []
+    s.when_stopped().addErrback(later.append)
+    assert len(later) == 1 and later[0].check(ValueError)
     assert store.seqs["a"] != fake.update_seq("a")
 
 

@@ -195,6 +195,11 @@ class DatabasesService(Service):
         self._state = "stopped"
         self._stopping: Optional[Deferred[None]] = None
         self._waiters: list[Deferred[None]] = []
+        self._outcome: Optional[Failure] = None
+        # With since="now" and a store that loads nothing (one _local
+        # document per database): where the first scan found each database,
+        # its start if the store has no checkpoint for it.
+        self._now: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"<DatabasesService of {self.server!r} {self._state}>"
@@ -269,7 +274,14 @@ class DatabasesService(Service):
             stopped it otherwise.
         """
         d: Deferred[None] = Deferred()
-        self._waiters.append(d)
+        if self._state == "stopped" and self._stopping is not None and self._stopping.called:
+            # Stopped already: say how at once.
+            if self._outcome is None:
+                d.callback(None)
+            else:
+                d.errback(self._outcome)
+        else:
+            self._waiters.append(d)
         return d
 
     def _task(self, coroutine: Any) -> None:
@@ -313,6 +325,7 @@ class DatabasesService(Service):
             except Exception:
                 failure = failure or Failure()
         self._state = "stopped"
+        self._outcome = failure
         self.log.info("stopped following the databases of {server}", server=self.server.url)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
@@ -414,7 +427,11 @@ class DatabasesService(Service):
     def _found(self, name: str, info: dict[str, Any], first: bool) -> None:
         update_seq = info.get("update_seq")
         known = self._seqs.get(name)
-        if known is not None or not self._store.complete:
+        if known is None and not self._store.complete:
+            if first and self._since == "now":
+                self._now[name] = update_seq
+            self._pool.dirty(name)
+        elif known is not None:
             if known != update_seq:
                 self._pool.dirty(name)
         elif (first and self._since == "now") or (info.get("doc_count") == 0 and info.get("doc_del_count") == 0):
@@ -471,6 +488,11 @@ class DatabasesService(Service):
             since = await self._store.get(name)
             if self._stopping is not None:
                 return Outcome(0, False, True)
+            start = self._now.pop(name, None)
+            if since is None and start is not None:
+                # since="now": no checkpoint yet, so from where the scan found it.
+                self._record(name, start)
+                since = start
         handler = self._handler
         catch_up: Optional[CatchUp] = None
 
