@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests._write_order import record_write_order
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
@@ -211,21 +212,9 @@ def test_file_interrupted_write_leaves_no_temp_file(tmp_path, monkeypatch):
 
 def test_file_write_is_synced_then_renamed_then_dir_synced(tmp_path, monkeypatch):
     """save fsyncs the new file, then renames it over the old one, then fsyncs the directory."""
-    events: list[str] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
-        real_fsync(fd)
-
-    def replace(src: Any, dst: Any) -> None:
-        events.append("replace")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
+    events = record_write_order(monkeypatch)
     result_of(FileCheckpoint(tmp_path / "cp.json").save("1-a"))
-    assert events == ["fsync file", "replace", "fsync dir"]
+    assert events == ["fsync file", "replace within the directory", "fsync dir"]
 
 
 def test_file_save_into_missing_directory_fails(tmp_path):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import stat
 from urllib.parse import parse_qsl
 import resource
 import signal
@@ -13,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests._write_order import record_write_order
 import pytest_twisted
 from treq.testing import StubTreq
 from twisted.web.resource import Resource
@@ -150,20 +150,8 @@ def test_file_missing_directory_is_named(tmp_path):
 
 def test_file_write_is_synced_then_renamed_then_dir_synced(tmp_path, monkeypatch):
     """save fsyncs a temporary file, renames it over the old one, then fsyncs the directory."""
-    events: list[str] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
-        real_fsync(fd)
-
-    def replace(src: Any, dst: Any) -> None:
-        events.append("replace within the directory" if Path(src).parent == Path(dst).parent else "replace across")
-        real_replace(src, dst)
-
     store = file_store(tmp_path / "cp.json")
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
+    events = record_write_order(monkeypatch)
     result_of(store.save({"orders": SEQ}, ()))
     assert events == ["fsync file", "replace within the directory", "fsync dir"]
 
