@@ -165,3 +165,28 @@ async def test_continuous_service_through_a_proxy_that_buffers_in_blocks_loses_n
     report(report_summary, "proxy buffering 4 KiB blocks, continuous, heartbeat 0.5 s",
            trickle_handled_before_the_burst=len(waited), trickle_wait=f"{trickle_wait:.2f}s",
            stalls=service.stats.reconnects)
+
+
+@pytest_twisted.ensureDeferred
+async def test_continuous_service_through_a_proxy_that_buffers_whole_responses_follows_with_longpoll(
+    couch_server, direct, report_summary, quick_watchdog
+):
+    """Through a proxy that holds every response until it ends, a continuous feed never brings a byte; after two such stalls in a row the service follows with longpoll requests that end within a heartbeat, and every change arrives, once."""
+    proxy, server = behind(couch_server, buffering="all")
+    handled = Handled()
+    service = ChangesService(server[direct.name], handled, heartbeat=500, retry_policy=SCALED_RETRY)
+    started = time.monotonic()
+    service.startService()
+    try:
+        await direct.save_docs([{"_id": f"early-{n}"} for n in range(3)])
+        await wait_for(lambda: len(handled.at) == 3, 20, "the changes written before the switch")
+        switched = time.monotonic() - started
+        latencies = [await write_and_wait(direct, handled, f"doc-{n}") for n in range(5)]
+    finally:
+        await service.stopService()
+        await server.close()
+        await proxy.stop()
+    assert sorted(handled.keys) == sorted(set(handled.keys)) and len(handled.keys) == 8
+    assert any("feed=longpoll" in target for _, target in proxy.requests)
+    report(report_summary, "proxy buffering whole responses, continuous service, heartbeat 0.5 s",
+           first_change_after=f"{switched:.2f}s", latency_after=f"{max(latencies):.3f}s max")

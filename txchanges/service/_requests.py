@@ -26,6 +26,7 @@ from txchanges.feed._normal import RowsProtocol
 from txchanges.feed._params import feed_request
 from txchanges.feed._protocol import ChangesProtocol
 from txchanges.feed._rows import LastSeq
+from txchanges.errors import Stalled
 from txchanges._reactor import Clock
 from txchanges.feed._watchdog import idle_limit
 from txchanges.http.client import Database
@@ -36,7 +37,13 @@ from txchanges.service._run import Run
 from txchanges.service._stats import ServiceStats
 from txchanges.service.shard import Shard
 
-__all__ = ["Attempt", "FeedRequests"]
+__all__ = ["Attempt", "FeedRequests", "HELD_BACK"]
+
+#: Continuous requests in a row that stall before any byte of their body
+#: (heartbeats included) arrives, after which a service follows with
+#: longpoll requests that end within a heartbeat: what a proxy that holds
+#: responses back until they end lets through.
+HELD_BACK = 2
 
 
 class Attempt:
@@ -48,6 +55,7 @@ class Attempt:
     :ivar catch_up: Whether it is the normal feed that follows a renewal.
     :ivar stopped: Whether a stop ended it.
     :ivar renewed: Whether the service ended it after *max_duration*.
+    :ivar heard: Whether any byte of its body arrived (a heartbeat counts).
     """
 
     feed: FeedRun
@@ -59,6 +67,7 @@ class Attempt:
         self.catch_up = catch_up
         self.stopped = False
         self.renewed = False
+        self.heard = False
         #: The clock's call that will end it after *max_duration*.
         self.renewal: Optional[Cancellable] = None
 
@@ -135,6 +144,10 @@ class FeedRequests:
         self._position = since
         # Whether the next request is a catch-up.
         self._catch_up = False
+        # Continuous requests in a row that stalled before a byte of body
+        # came, heartbeats included; at HELD_BACK, every request is a
+        # longpoll that ends by itself.
+        self._held_back = 0
 
     def connect(self, machine: Inputs) -> Attempt:
         """
@@ -153,6 +166,12 @@ class FeedRequests:
             self._log.info("asking for the changes of {db} since {since} once", db=self._db.url, since=since)
             request = feed_request("normal", since, self._params)
             limit = idle_limit(None, None)
+        elif self._held_back >= HELD_BACK:
+            # Something between here and CouchDB holds a response back until
+            # it ends: ask for responses that end within a heartbeat.
+            attempt.catch_up = True
+            request = feed_request("longpoll", since, dict(self._params, timeout=self._heartbeat))
+            limit = idle_limit(None, self._heartbeat)
         else:
             self._log.info("requesting changes of {db} since {since}", db=self._db.url, since=since)
             request = feed_request("continuous", since, dict(self._params, heartbeat=self._heartbeat))
@@ -175,6 +194,7 @@ class FeedRequests:
         stats, clock = self._stats, self._clock
 
         def activity() -> None:
+            attempt.heard = True
             stats.last_activity = clock.seconds()
             on_activity()
 
@@ -188,6 +208,25 @@ class FeedRequests:
         if attempt.catch_up:
             return RowsProtocol(on_change, activity, self._max_line_length)
         return ChangesProtocol(on_change, activity, self._max_line_length)
+
+    def _note_held_back(self, attempt: Attempt, result: Failure) -> None:
+        # A continuous response whose body never brought a byte, not even a
+        # heartbeat, is held back on the way (a proxy that buffers
+        # responses): after HELD_BACK of them in a row, follow with requests
+        # that end by themselves, which such a proxy passes on.
+        if attempt.catch_up:
+            return
+        if not (result.check(Stalled) and not attempt.heard):
+            self._held_back = 0
+            return
+        self._held_back += 1
+        if self._held_back == HELD_BACK:
+            self._log.warn(
+                "no byte of {db}'s feed came through in {count} requests in a row: something holds responses "
+                "back until they end (a buffering proxy?); following with longpoll requests that end within "
+                "{heartbeat} ms",
+                db=self._db.url, count=HELD_BACK, heartbeat=self._heartbeat,
+            )
 
     def _renew(self, attempt: Attempt) -> None:
         # The response has run for max_duration: end it here, and let a
@@ -244,6 +283,7 @@ class FeedRequests:
             machine.ended()
             return
         assert isinstance(result, Failure), result
+        self._note_held_back(attempt, result)
         # A response that moved the feed on, or lasted, was a good one.
         if moved or self._clock.seconds() - attempt.started >= self._heartbeat / 1000:
             self._backoff.reset()
