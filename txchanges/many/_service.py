@@ -196,6 +196,9 @@ class DatabasesService(Service):
         self._stopping: Optional[Deferred[None]] = None
         self._waiters: list[Deferred[None]] = []
         self._outcome: Optional[Failure] = None
+        # With since="now", until the first scan is over: the databases
+        # _db_updates told of that have no checkpoint yet.
+        self._early: Optional[set[str]] = set() if since == "now" else None
         # With since="now" and a store that loads nothing (one _local
         # document per database): where the first scan found each database,
         # its start if the store has no checkpoint for it.
@@ -388,6 +391,9 @@ class DatabasesService(Service):
             updates.when_stopped().addErrback(self._crash)
         self._state = "scanning"
         await self._scan(first=True)
+        early, self._early = self._early or set(), None
+        for name in early:
+            self._pool.dirty(name)
         if self._stopping is None:
             self._state = "following"
 
@@ -449,6 +455,11 @@ class DatabasesService(Service):
             return
         if self._scanning:
             self._touched.add(name)
+        if row.get("type") != "deleted" and self._early is not None and name not in self._seqs:
+            # since="now" and the first scan under way: whether this database
+            # starts now or from its beginning is known once the scan is over.
+            self._early.add(name)
+            return
         if row.get("type") == "deleted":
             self._deleted(name)
         else:
