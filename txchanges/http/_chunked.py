@@ -31,6 +31,9 @@ _HEXDIGITS = b"0123456789abcdefABCDEF"
 # Size lines without extensions, each ending in CRLF.
 _SIZE_LINES = re.compile(rb"(?:[0-9a-fA-F]{1,16}\r\n)*\Z")
 _minus = operator.sub
+# Chunks at least this long are taken one step per chunk rather than by one
+# search for CRLF over the whole read: see _large_chunks.
+_LARGE_CHUNK = 256
 
 
 def _chunk_size(line: bytes) -> int:
@@ -169,6 +172,8 @@ class ChunkedDecoder:
             return pos
         if size and data.find(b"\n", eol + 2, eol + 2 + size) == eol + 1 + size:
             pos = _one_line_chunks(data, pos, out)
+        elif size >= _LARGE_CHUNK:
+            return _large_chunks(data, pos, out)
         return _plain_chunks(data, pos, out)
 
 
@@ -245,6 +250,52 @@ def _plain_chunks(data: bytes, pos: int, out: list[Union[bytes, list[bytes]]]) -
         del chunks[pairs:], sizes[pairs:], lengths[pairs:]
     out.extend(chunks)
     return pos + sum(map(len, sizes)) + sum(lengths) + 4 * pairs
+
+
+def _large_chunks(data: bytes, pos: int, out: list[Union[bytes, list[bytes]]]) -> int:
+    """
+    Take a run of complete, plain chunks of any size by jumping from one
+    size line to the next.
+
+    :func:`_plain_chunks` looks for CRLF in every byte of the read, which
+    for chunks of a kilobyte or more (a backlog, or a feed after a proxy or
+    a TLS layer) costs more than a step of Python per chunk; here only the
+    size lines are searched. Each size line must be bare hex digits (checked
+    once for the whole run) and each chunk must end in CRLF.
+
+    :return: Where the run ends.
+    """
+    find = data.find
+    end = len(data)
+    starts: list[int] = []
+    sizes: list[bytes] = []
+    chunks: list[bytes] = []
+    while True:
+        eol = find(b"\r\n", pos, pos + 18)
+        if eol < 0:
+            break
+        line = data[pos:eol]
+        try:
+            size = int(line, 16)
+        except ValueError:
+            break
+        start = eol + 2
+        stop = start + size
+        if not size or stop + 2 > end or not data.startswith(b"\r\n", stop):
+            break
+        starts.append(pos)
+        sizes.append(line)
+        chunks.append(data[start:stop])
+        pos = stop + 2
+    if not chunks:
+        return pos
+    # int() also takes signs, blanks, underscores and a 0x prefix.
+    if not _SIZE_LINES.match(b"\r\n".join(sizes) + b"\r\n"):
+        bad = next(i for i, line in enumerate(sizes) if not _SIZE_LINES.match(line + b"\r\n"))
+        del chunks[bad:]
+        pos = starts[bad]
+    out.extend(chunks)
+    return pos
 
 
 def _agreeing(numbers: list[int], lengths: list[int]) -> int:
