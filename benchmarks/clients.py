@@ -120,6 +120,26 @@ def consumer(url: str) -> int:
     return _react(main)
 
 
+def consumer_batch(url: str) -> int:
+    from txchanges import Consumer
+
+    async def main(reactor: Any) -> int:
+        server = _server(url)
+        count = 0
+
+        def on_batch(rows: list[dict[str, Any]]) -> None:
+            nonlocal count
+            count += len(rows)
+
+        c = Consumer(server["db"])
+        c.register_batch_callback(on_batch)
+        await c.wait(since=0, heartbeat=10000)
+        await server.close()
+        return count
+
+    return _react(main)
+
+
 def service(url: str) -> int:
     from twisted.internet.defer import Deferred
 
@@ -387,6 +407,7 @@ def task_sleep(reactor: Any, seconds: float) -> Any:
 
 CLIENTS: dict[str, Callable[[str], int]] = {
     "consumer": consumer,
+    "consumer-batch": consumer_batch,
     "service": service,
     "normal-stream": normal_stream,
     "fetch": fetch,

@@ -23,10 +23,9 @@ from typing import Any, Optional
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-from txchanges.feed._body import BodyReader
+from txchanges.feed._delivery import Delivery, Lines, RunReader
 from txchanges.feed._ends import Stopped, describe_end
 from txchanges.http._linereceiver import ILineReceiver
-from txchanges.feed._rows import Row, iter_lines
 from txchanges.errors import LineTooLong, UncleanEnd
 
 __all__ = ["ChangesProtocol", "Stopped", "DEFAULT_MAX_LINE_LENGTH"]
@@ -40,13 +39,14 @@ DEFAULT_MAX_LINE_LENGTH = 64 * 1024 * 1024
 
 
 @implementer(ILineReceiver)
-class ChangesProtocol(BodyReader):
+class ChangesProtocol(RunReader):
     """
     Read a continuous feed's body and deliver its rows.
 
     Pausing, holding rows back and the end of the body are
-    :class:`~txchanges.feed._body.BodyReader`'s; this class splits the body into
-    lines and bounds their length.
+    :class:`~txchanges.feed._body.BodyReader`'s, and handing each change
+    over at the least cost :class:`~txchanges.feed._delivery.RunReader`'s;
+    this class splits the body into lines and bounds their length.
 
     :ivar finished: A :class:`Deferred` that fires once, with:
 
@@ -116,7 +116,7 @@ class ChangesProtocol(BodyReader):
             self._pending_length = 0
         self._deliver_now(self._rows(lines, None))
 
-    def _read(self, data: bytes) -> Optional[Iterator[Row]]:
+    def _read(self, data: bytes) -> Optional[Iterator[Delivery]]:
         if self._pending:
             if b"\n" not in data:
                 self._add_pending(data)
@@ -135,7 +135,8 @@ class ChangesProtocol(BodyReader):
             if self._pending_length > self._max:
                 too_long = b"".join(self._pending)
         if lines:
-            return self._rows(lines, too_long)
+            # No line of a read shorter than the bound can be too long.
+            return self._rows(lines, too_long, len(data) <= self._max)
         if too_long is not None:
             self._fail_too_long(too_long)
         return None
@@ -146,21 +147,25 @@ class ChangesProtocol(BodyReader):
         if self._pending_length > self._max:
             self._fail_too_long(b"".join(self._pending))
 
-    def _rows(self, lines: list[bytes], unfinished_too_long: Optional[bytes]) -> Iterator[Row]:
+    def _rows(self, lines: list[bytes], unfinished_too_long: Optional[bytes], short: bool = False) -> Iterator[Delivery]:
         """
-        The rows of complete lines; if a line, or the unfinished one after
-        them, is too long, the rows before it and then :class:`LineTooLong`.
+        What complete lines hold, to be parsed as they are delivered; if a
+        line, or the unfinished one after them, is too long, the lines
+        before it and then :class:`LineTooLong`.
+
+        :param short: Whether the lines are known to be short enough.
         """
-        if unfinished_too_long is None and max(map(len, lines)) <= self._max:
-            return iter_lines(lines)
+        if unfinished_too_long is None and (short or max(map(len, lines)) <= self._max):
+            return iter((Lines(lines),))
         return self._rows_up_to_too_long(lines, unfinished_too_long)
 
-    def _rows_up_to_too_long(self, lines: list[bytes], unfinished: Optional[bytes]) -> Iterator[Row]:
+    def _rows_up_to_too_long(self, lines: list[bytes], unfinished: Optional[bytes]) -> Iterator[Delivery]:
         first = next((i for i, line in enumerate(lines) if len(line) > self._max), None)
         if first is not None:
             unfinished = lines[first]
             del lines[first:]
-        yield from iter_lines(lines)
+        if lines:
+            yield Lines(lines)
         assert unfinished is not None
         raise LineTooLong(self._max, unfinished[:1024])
 
@@ -176,5 +181,6 @@ class ChangesProtocol(BodyReader):
         self._fail(UncleanEnd(why))
 
     def _discard(self) -> None:
+        super()._discard()
         self._pending = []
         self._pending_length = 0

@@ -13,14 +13,16 @@ from typing import Any, Callable
 from twisted.internet.defer import CancelledError
 
 from txchanges.errors import UnexpectedResponse
-from txchanges.feed._aiter import ChangeStream
+from txchanges.feed._aiter import BatchStream, ChangeStream
 from txchanges.feed._collect import BodyCollector
+from txchanges.feed._batches import BatchProtocol
 from txchanges.feed._dispatch import Callback, Dispatcher
 from txchanges.feed._ends import Stopped
 from txchanges.feed._feed import FeedRun
 from txchanges.feed._normal import RowsProtocol
 from txchanges.feed._params import FeedRequest
 from txchanges.feed._protocol import ChangesProtocol
+from txchanges.feed._runs import batches_of
 from txchanges._reactor import Clock
 from txchanges.feed._watchdog import idle_limit
 from txchanges.http.client import Database
@@ -36,12 +38,14 @@ class FeedRunner:
     :param db: The database followed.
     :param clock: Time for the stall watchdog.
     :param max_line_length: The longest row accepted, in bytes.
+    :param max_batch: The most changes a batch callback is handed at once.
     """
 
-    def __init__(self, db: Database, clock: Clock, max_line_length: int) -> None:
+    def __init__(self, db: Database, clock: Clock, max_line_length: int, max_batch: int) -> None:
         self._db = db
         self._clock = clock
         self._max_line_length = max_line_length
+        self._max_batch = max_batch
         self._runs: set[FeedRun] = set()
 
     async def rows(self, request: FeedRequest, callback: Callback) -> dict[str, Any]:
@@ -99,8 +103,14 @@ class FeedRunner:
                 ctype.decode("latin-1") or None,
                 raw.decode("utf-8", "replace"),
             ) from None
-        for row in rows:
-            dispatch.row(row)
+        if dispatch.batched:
+            for batch in batches_of(rows, self._max_batch):
+                held = dispatch.batch(batch)
+                if held is not None:
+                    await held
+        else:
+            for row in rows:
+                dispatch.row(row)
         await dispatch.drain()
         return result  # type: ignore[no-any-return]
 
@@ -119,8 +129,16 @@ class FeedRunner:
         """
 
         def make_protocol(on_activity: Callable[[], None]) -> ChangesProtocol:
-            protocol = ChangesProtocol(dispatch.row, on_activity, self._max_line_length)
+            protocol: ChangesProtocol
+            if dispatch.batched:
+                protocol = BatchProtocol(dispatch.batch, on_activity, self._max_line_length, self._max_batch)
+            else:
+                protocol = ChangesProtocol(dispatch.row, on_activity, self._max_line_length)
+                dispatch.attach(protocol)
             dispatch.on_failure = protocol.stop
+            # A batch callback's Deferred holds the next batch back.
+            dispatch.hold = run.pause
+            dispatch.release = run.resume
             return protocol
 
         run = FeedRun(
@@ -129,6 +147,7 @@ class FeedRunner:
         try:
             end = await self._track(run)
         finally:
+            dispatch.detach()
             # Callbacks still running hold the feed's result back, and their
             # failure wins over a clean end: nothing is reported done early.
             await dispatch.drain()
@@ -141,6 +160,13 @@ class FeedRunner:
         A continuous feed for ``async for``; :meth:`stop` does not end it.
         """
         return ChangeStream(self._db, request, self._clock, limit, self._max_line_length)
+
+    def batch_stream(self, request: FeedRequest, limit: float, max_batch: int) -> BatchStream:
+        """
+        A continuous feed for ``async for``, a batch at a time; :meth:`stop`
+        does not end it.
+        """
+        return BatchStream(self._db, request, self._clock, limit, self._max_line_length, max_batch)
 
     async def _track(self, run: FeedRun) -> Any:
         self._runs.add(run)

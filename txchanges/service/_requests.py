@@ -207,7 +207,11 @@ class FeedRequests:
         on_change = self._sift if self._sifting else self._scheduler.take
         if attempt.catch_up:
             return RowsProtocol(on_change, activity, self._max_line_length)
-        return ChangesProtocol(on_change, activity, self._max_line_length)
+        protocol = ChangesProtocol(on_change, activity, self._max_line_length)
+        if not self._sifting:
+            # The handler is called from the feed itself while it can be.
+            self._scheduler.watch(protocol)
+        return protocol
 
     def _note_held_back(self, attempt: Attempt, result: Failure) -> None:
         # A continuous response whose body never brought a byte, not even a

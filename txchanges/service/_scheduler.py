@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections import deque
 from types import CoroutineType
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txchanges._reactor import Clock
+from txchanges.feed._delivery import RunReader
 from txchanges.service._onerror import OnError
 from txchanges.service._options import check_options, default_max_ahead
 from txchanges.service._progress import Progress
@@ -87,6 +88,7 @@ class Scheduler:
         self._countdown = checkpoint_every
         self.handled = 0
         self.failures = 0
+        self._feed: Optional[RunReader] = None
 
     @property
     def buffered(self) -> int:
@@ -121,10 +123,80 @@ class Scheduler:
             self._adopt(row, result)
             return
         self.handled += 1
-        self._countdown -= 1
-        if self._progress.done_at_once(row["seq"]) and self._countdown <= 0:
-            self._countdown = self._checkpoint_every
-            self._listener.checkpoint()
+        countdown = self._countdown = self._countdown - 1
+        # Progress.done_at_once(), inline: this runs once per change.
+        seq = row["seq"]
+        if seq is not None:
+            self._progress.resume = seq
+            if countdown <= 0:
+                self._countdown = self._checkpoint_every
+                self._listener.checkpoint()
+
+    # -- the feed's watcher: the handler called from the feed itself -------------
+
+    #: The feed tells how many changes the handler was done with at once.
+    counting = True
+
+    def watch(self, feed: RunReader) -> None:
+        """
+        Choose what *feed* hands its changes to (see :meth:`pick`) from now
+        on, instead of the last feed watched.
+        """
+        feed.watcher = self
+        self._feed = feed
+
+    def pick(self) -> Handler:
+        """
+        What the feed should hand the next changes to: while nothing is
+        running, waiting or tracked, the handler itself, so that a change
+        costs the feed one call and no bookkeeping of its own (the feed
+        tells :meth:`passed` what it did, once per read); otherwise
+        :meth:`take`.
+        """
+        if self._running or self._waiting or self._pumping or self._halted:
+            return self.take
+        return self._handler
+
+    def passed(self, on_row: Any, count: int, seq: Any) -> None:
+        """
+        The handler, called by the feed, returned ``None`` for *count*
+        changes, the newest seq among them being *seq*: they are done.
+        """
+        if on_row is not self._handler:
+            return
+        self.handled += count
+        countdown = self._countdown = self._countdown - count
+        # Progress.done_at_once(): nothing is tracked while the feed calls
+        # the handler itself.
+        if seq is not None:
+            self._progress.resume = seq
+            if countdown <= 0:
+                self._countdown = self._checkpoint_every
+                self._listener.checkpoint()
+
+    def returned(self, on_row: Any, row: dict[str, Any], result: Any) -> bool:
+        """
+        The handler, called by the feed, returned *result* for *row*: done
+        at once, or adopted when it goes on (then the feed hands the next
+        changes to :meth:`take`).
+        """
+        if on_row is not self._handler:
+            return False
+        if type(result) is CoroutineType or isinstance(result, Deferred):
+            self._adopt(row, result)
+            return True
+        self.passed(on_row, 1, row["seq"])
+        return False
+
+    def raised(self, on_row: Any, row: dict[str, Any], failure: Failure) -> bool:
+        """
+        The handler, called by the feed, raised for *row*: the ``on_error``
+        policy decides, as for a call :meth:`take` made.
+        """
+        if on_row is not self._handler:
+            return False
+        self._adopt(row, failure)
+        return True
 
     def discard(self, row: dict[str, Any]) -> None:
         """
@@ -305,6 +377,9 @@ class Scheduler:
         retries. Running handler calls go on; see :meth:`drain`.
         """
         self._halted = True
+        if self._feed is not None:
+            # A feed calling the handler itself calls it no more.
+            self._feed.repick()
         waiting, self._waiting = self._waiting, deque()
         for job in waiting:
             self._listener.dropped(job.row)
