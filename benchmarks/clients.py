@@ -73,6 +73,8 @@ def _feed_end(url: str) -> Any:
 
 #: Set by --treq-feeds: read feeds through treq.
 FAST_FEEDS = True
+#: Set by --max-batch: the most changes in one batch of the batch clients.
+MAX_BATCH: Any = None
 
 
 def _server(url: str) -> Any:
@@ -131,7 +133,7 @@ def consumer_batch(url: str) -> int:
             nonlocal count
             count += len(rows)
 
-        c = Consumer(server["db"])
+        c = Consumer(server["db"], **({} if MAX_BATCH is None else {"max_batch": MAX_BATCH}))
         c.register_batch_callback(on_batch)
         await c.wait(since=0, heartbeat=10000)
         await server.close()
@@ -426,13 +428,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("changes", type=int, help="how many changes the client must see")
     parser.add_argument("--no-orjson", action="store_true", help="hide orjson from this process")
     parser.add_argument("--treq-feeds", action="store_true", help="read feeds through treq")
+    parser.add_argument("--max-batch", type=int, help="the most changes in one batch (batch clients; their default)")
     parser.add_argument("--follower", choices=("service", "consumer"), default="service",
                         help="what follows the feed in the latency client")
     args = parser.parse_args(argv)
     if args.no_orjson:
         sys.modules["orjson"] = None  # type: ignore[assignment]
-    global FAST_FEEDS
+    global FAST_FEEDS, MAX_BATCH
     FAST_FEEDS = not args.treq_feeds
+    MAX_BATCH = args.max_batch
     if args.client == "latency":
         result = latency(args.url, args.changes, args.follower)
         print(json.dumps(dict(result, client="latency", follower=args.follower,

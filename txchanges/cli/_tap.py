@@ -17,6 +17,10 @@ The handler is chosen by one of two options:
   :class:`~txchanges.Server`) and the ``--handler-arg KEY=VALUE`` pairs
   (strings); it returns the per-change callable.
 
+With ``--batch N`` the handler is called with a list of changes instead
+(at most N, those of one read of the feed, never two of one document), one
+batch at a time: the service's ``batch_handler``.
+
 twistd does not put the current directory on ``sys.path``: a handler in the
 project folder needs ``PYTHONPATH=.`` (the usage error says so). A usage
 error is printed as two lines on stderr, with status 2.
@@ -107,12 +111,18 @@ class Options(AllDatabasesOptions):
         ["on-deleted", None, None,
          "With --all-dbs: MODULE:NAME of a callable called with the name of each followed "
          "database that is deleted."],
+        ["batch", None, None,
+         "Call the handler with a list of at most N changes (those of one read of the feed, "
+         "never two of one document) instead of each change; one batch at a time, and "
+         "--on-error applies to the whole batch.",
+         lambda v: _int_at_least(v, 1, "--batch")],
     ]
 
     single_db_only = dict(
         AllDatabasesOptions.single_db_only,
         db="--all-dbs follows every matching database of --url (see --match)",
-        **{"max-buffered": "it is a one-database option", "max-ahead": "it is a one-database option"},
+        **{"max-buffered": "it is a one-database option", "max-ahead": "it is a one-database option",
+           "batch": "it is a one-database option"},
     )
     all_dbs_only = (*AllDatabasesOptions.all_dbs_only, "on-deleted")
 
@@ -166,6 +176,12 @@ class Options(AllDatabasesOptions):
         except ValueError as e:
             message = str(e).replace("max_buffered", "--max-buffered").replace("max_ahead", "--max-ahead")
             raise usage.UsageError(message) from None
+        if self["batch"] is not None and (
+            self["concurrency"] != 1 or self["max-buffered"] is not None or self["max-ahead"] is not None
+        ):
+            raise usage.UsageError(
+                "--batch takes one batch at a time: --concurrency, --max-buffered and --max-ahead do not apply"
+            )
         self._check_handler()
         self["on-deleted-object"] = None
         if self["on-deleted"] is not None:
@@ -203,8 +219,9 @@ class Options(AllDatabasesOptions):
     def build_handler(self, db: "Database | Server") -> Callable[..., Any]:
         """
         :param db: The followed database, or the server with ``--all-dbs``.
-        :return: The per-change callable: the ``--handler`` object, or what
-            the ``--handler-factory`` returns for *db*.
+        :return: The callable called with each change (with each batch,
+            with ``--batch``): the ``--handler`` object, or what the
+            ``--handler-factory`` returns for *db*.
         :raises TypeError: when the factory returns something not callable.
         """
         obj = self["handler-object"]
@@ -279,15 +296,22 @@ def _changes_service(options: Options, reactor: Any) -> ChangesService:
         options["url"], options["db"], options.environ, reactor, options["auth"],
         **options.server_options(options["url"], options.environ),
     )
+    handler = options.build_handler(db)
+    if options["batch"] is None:
+        handling: dict[str, Any] = dict(
+            handler=handler,
+            concurrency=options["concurrency"],
+            max_buffered=options["max-buffered"],
+            max_ahead=options["max-ahead"],
+        )
+    else:
+        handling = dict(batch_handler=handler, max_batch=options["batch"])
     return ChangesService(
         db,
-        options.build_handler(db),
         checkpoint=options.checkpoint_store(db),
-        concurrency=options["concurrency"],
-        max_buffered=options["max-buffered"],
-        max_ahead=options["max-ahead"],
         on_error=options["on-error"],
         clock=reactor,
+        **handling,
         **options.service_kwargs(),
     )
 

@@ -3,7 +3,7 @@ The continuous feed a batch at a time: :class:`BatchProtocol` hands its
 callable every change parsed from one read of the body as one list.
 
 The changes of a read are parsed together (see
-:func:`~txchanges.feed._runs.parse_run`) and cut into batches by
+:func:`~txchanges.feed._runs.parse_changes`) and cut into batches by
 :func:`~txchanges.feed._runs.batches_of`: at most *max_batch* changes each,
 and never two changes of one document in one batch. Heartbeats, the end
 row and errors end the batch before them; an error is raised after the
@@ -20,12 +20,17 @@ from typing import Any, Callable, Optional
 
 from txchanges.feed._delivery import Delivery, Lines
 from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
-from txchanges.feed._runs import Run, batches_of, last_seq_of, parse_run
+from txchanges.feed._runs import LIMIT, UNPARSED, Run, batches_of, item_of, iter_items, last_seq_of, parse_changes
 
 __all__ = ["BatchProtocol", "DEFAULT_MAX_BATCH", "check_max_batch"]
 
-#: The most changes in one batch unless said otherwise.
-DEFAULT_MAX_BATCH = 1000
+#: The most changes in one batch unless said otherwise. A 64 KiB read of a
+#: backlog holds about 400 changes without documents; a batch of 200 is
+#: large enough that what a batch costs is lost in the cost of its changes,
+#: and small enough that the rows it holds (two or three objects each) stay
+#: below the count of new objects that starts a pass of the cyclic garbage
+#: collector (700), which larger batches pay for once or more each.
+DEFAULT_MAX_BATCH = 200
 
 
 def check_max_batch(max_batch: object) -> int:
@@ -66,12 +71,34 @@ class BatchProtocol(ChangesProtocol):
         self._max_batch = check_max_batch(max_batch)
 
     def _deliver_lines(self, unparsed: Lines, items: Iterator[Delivery]) -> Optional[Iterator[Delivery]]:
-        # Parsed all at once: the changes among them come back as runs.
         lines = unparsed.lines
-        return chain(parse_run(lines[unparsed.start:] if unparsed.start else lines), items)
+        run, end, other, unique = parse_changes(lines, unparsed.start, self._max_batch)
+        if other is LIMIT:
+            # A batch is full: the rest of the lines are parsed once it is
+            # handed over, so that at most one batch is held.
+            items = chain((Lines(lines, end),), items)
+        elif end < len(lines):
+            # A line that is not a change: its item, then the lines after it.
+            line = lines[end]
+            first = iter_items([line]) if other is UNPARSED else item_of(other, line)
+            items = chain(first, (Lines(lines, end + 1),), items)
+        if not run:
+            return items
+        if unique and len(run) <= self._max_batch:
+            return self._deliver_batches([run], items)
+        return self._deliver_batches(batches_of(run, self._max_batch), items)
 
     def _deliver_run(self, run: Run, start: int, items: Iterator[Delivery]) -> Optional[Iterator[Delivery]]:
-        batches = batches_of(run[start:] if start else run, self._max_batch)
+        return self._deliver_batches(batches_of(run[start:] if start else run, self._max_batch), items)
+
+    def _deliver_batches(self, batches: list[Run], items: Iterator[Delivery]) -> Optional[Iterator[Delivery]]:
+        """
+        Hand *batches* over, in order, until a pause, a stop or a failure.
+
+        :return: What to go on with (*items*); ``None`` when delivery is
+            over for now (paused: the batches left, then *items*, are the
+            backlog).
+        """
         on_batch: Callable[[Run], object] = self._on_row  # type: ignore[assignment]
         for i, batch in enumerate(batches):
             # Before the call: the batch is the callable's to change.

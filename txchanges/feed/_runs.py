@@ -1,18 +1,20 @@
 """
-The complete lines of one read, parsed at once: the continuous feed's fast
-path, and the batches a batch callback is handed.
+Parsing a continuous feed's lines fast, and cutting changes into batches.
 
-A read of a busy feed holds tens or hundreds of change rows and nothing
-else. :func:`parse_run` parses them with one parser call per line driven
-from C (``map``), checks in C that every one is a change row (a dict with
-``seq``, ``id`` and ``changes``), and returns them as one list, a *run*;
-only a read that holds something else (a heartbeat, the end row, an error
-row, a bad line, ``_db_updates`` rows) takes the line-by-line way of
-:func:`~txchanges.feed._rows.iter_lines`, with the same rows and errors in
-the same places. Either way the result is an iterator of *items*: a run (a
-list of change rows, in order), ``None`` for a heartbeat, or the
-:class:`~txchanges.feed._rows.LastSeq` that ends the feed; a bad line is
-raised where it stands, after the items before it.
+The continuous feed's readers (:mod:`txchanges.feed._delivery`,
+:mod:`txchanges.feed._batches`) parse a read's complete lines in a loop of
+their own with :data:`fast_loads`, and check that each is a change row (a
+dict with ``seq``, ``id`` and ``changes``) with three lookups that raise
+for anything else. Only a line that is something else (a heartbeat, the
+end row, an error row, a bad line, a ``_db_updates`` row, what only the
+standard library reads) takes the line-by-line way of
+:func:`~txchanges.feed._rows.iter_lines`, through :func:`iter_items` or
+:func:`item_of`, with the same rows and errors in the same places.
+
+What a reader delivers from are *items*: a run (a list of change rows, in
+order), ``None`` for a heartbeat, or the
+:class:`~txchanges.feed._rows.LastSeq` that ends the feed; a bad line's
+error is raised where it stands, after the items before it.
 
 :func:`batches_of` cuts a run into batches: at most *max_batch* changes
 each, and never two changes of one document in one batch, so that a handler
@@ -24,33 +26,40 @@ This module is pure (no Twisted).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from itertools import islice
 from operator import itemgetter
 from typing import Any, Union
 
-from txchanges.errors import FeedError
 from txchanges.feed._rows import (
     ChangeRow,
     LastSeq,
     Row,
     _classify,
     _orjson_loads,
-    _rows_json,
     _scan_once,
     iter_lines,
 )
 
-__all__ = ["Run", "Item", "fast_loads", "parse_run", "iter_items", "item_of", "batches_of", "doc_key", "last_seq_of"]
+__all__ = [
+    "Run",
+    "Item",
+    "fast_loads",
+    "parse_changes",
+    "UNPARSED",
+    "LIMIT",
+    "iter_items",
+    "item_of",
+    "batches_of",
+    "doc_key",
+    "last_seq_of",
+]
 
 #: Change rows in feed order: a read's, or a batch.
 Run = list[ChangeRow]
 
-#: What :func:`parse_run` yields: a run of changes, ``None`` for a
-#: heartbeat, or the end row.
+#: What a continuous feed's reader delivers from: a run of changes,
+#: ``None`` for a heartbeat, or the end row.
 Item = Union[Run, LastSeq, None]
-
-# Raises KeyError or TypeError for anything but a change row.
-_change_keys = itemgetter("seq", "id", "changes")
-
 
 def _json_loads(line: bytes) -> Any:
     """
@@ -84,68 +93,49 @@ def iter_items(lines: list[bytes]) -> Iterator[Item]:
     return _gathered(iter_lines(lines))
 
 
-def parse_run(lines: list[bytes]) -> Iterator[Item]:
+def parse_changes(lines: list[bytes], start: int, limit: int) -> tuple[Run, int, Any, bool]:
     """
-    Parse complete lines, in order.
+    Parse lines from *start* on while they are change rows, *limit* of them
+    at most.
 
-    :param lines: Lines without their ``\\n``, none longer than the
-        protocol accepts.
-    :return: The items of :mod:`this module <txchanges.feed._runs>`: one run
-        when every line is a change row; otherwise the rows as
-        :func:`~txchanges.feed._rows.iter_lines` gives them, the changes
-        between two other rows gathered in runs. A bad line's
-        :class:`~txchanges.errors.ErrorRow` or
-        :class:`~txchanges.errors.MalformedRow` is raised when the iteration
-        reaches it.
+    :return: ``(run, end, other, unique)``: the changes parsed, in order;
+        the index of the first line not parsed (``len(lines)`` when there is
+        none); what that line parsed into when it is not a change row
+        (:data:`UNPARSED` when it did not parse, :data:`LIMIT` when it is
+        left for the next batch); and whether the changes are of as many
+        documents as there are changes.
     """
-    if _orjson_loads is None:
-        return _parsed_by_json(lines)
-    try:
-        parsed = list(map(_orjson_loads, lines))
-    except ValueError:
-        # A heartbeat, a bad line, or what only the standard library reads
-        # (NaN, a lone surrogate, deep nesting).
-        return _gathered(iter_lines(lines))
-    try:
-        list(map(_change_keys, parsed))
-    except (KeyError, TypeError):
-        return _gathered(_classified(parsed, lines))
-    return iter((parsed,))
+    run: Run = []
+    append = run.append
+    ids: set[Any] = set()
+    add = ids.add
+    loads = fast_loads
+    other: Any = LIMIT
+    for line in islice(lines, start, start + limit):
+        try:
+            row = loads(line)
+        except ValueError:
+            other = UNPARSED
+            break
+        try:
+            # A change row is a dict with these three keys; for anything
+            # else one of them raises (an id that cannot be hashed too:
+            # the slower way takes that one).
+            row["changes"]
+            add(row["id"])
+            row["seq"]
+        except (KeyError, TypeError):
+            other = row
+            break
+        append(row)
+    end = start + len(run)
+    return run, end, other if end < len(lines) else UNPARSED, len(ids) == len(run)
 
 
-def _parsed_by_json(lines: list[bytes]) -> Iterator[Item]:
-    """
-    :func:`parse_run` with the standard library's parser, line by line.
-    """
-    rows: list[Any] = []
-    append = rows.append
-    try:
-        for row in _rows_json(lines):
-            append(row)
-    except FeedError as e:
-        return _gathered(_then_raise(rows, e))
-    try:
-        list(map(_change_keys, rows))
-    except (KeyError, TypeError):
-        return _gathered(iter(rows))
-    return iter((rows,))
-
-
-def _then_raise(rows: list[Row], error: FeedError) -> Iterator[Row]:
-    yield from rows
-    raise error
-
-
-def _classified(parsed: list[Any], lines: list[bytes]) -> Iterator[Row]:
-    """
-    The rows of lines already parsed: what
-    :func:`~txchanges.feed._rows.iter_lines` gives, without parsing again.
-    """
-    for obj, line in zip(parsed, lines):
-        if type(obj) is dict and "changes" in obj and "id" in obj and "seq" in obj:
-            yield obj
-        else:
-            yield _classify(obj, line)
+#: What :func:`parse_changes` says of a line that did not parse...
+UNPARSED = object()
+#: ...and of one it left for the next batch.
+LIMIT = object()
 
 
 def _gathered(rows: Iterator[Row]) -> Iterator[Item]:

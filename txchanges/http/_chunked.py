@@ -289,9 +289,10 @@ def _large_chunks(data: bytes, pos: int, out: list[Union[bytes, list[bytes]]]) -
         pos = stop + 2
     if not chunks:
         return pos
-    # int() also takes signs, blanks, underscores and a 0x prefix.
-    if not _SIZE_LINES.match(b"\r\n".join(sizes) + b"\r\n"):
-        bad = next(i for i, line in enumerate(sizes) if not _SIZE_LINES.match(line + b"\r\n"))
+    # int() also takes signs, blanks, underscores and a 0x prefix; each size
+    # line is not empty (int() refused that) and at most 16 long (the find).
+    if b"".join(sizes).translate(None, _HEXDIGITS):
+        bad = next(i for i, line in enumerate(sizes) if line.translate(None, _HEXDIGITS))
         del chunks[bad:]
         pos = starts[bad]
     out.extend(chunks)

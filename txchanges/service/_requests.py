@@ -14,7 +14,7 @@ hours; then the continuous requests go on from it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -33,7 +33,9 @@ from txchanges.http.client import Database
 from txchanges.service._lifecycle_types import Cancellable, Inputs
 from txchanges.service._progress import DedupWindow
 from txchanges.service._retry import Backoff, next_try
+from txchanges.service._batches import BatchScheduler
 from txchanges.service._run import Run
+from txchanges.service._scheduler import Scheduler
 from txchanges.service._stats import ServiceStats
 from txchanges.service.shard import Shard
 
@@ -127,7 +129,9 @@ class FeedRequests:
         self._db = db
         self._run = run
         self._path = path
-        self._scheduler = run.scheduler
+        # A batch handler's scheduler, or the per-change one.
+        self._batches = run.scheduler
+        self._scheduler = cast(Scheduler, run.scheduler)
         self._params = params
         self._heartbeat = heartbeat
         self._max_duration = max_duration
@@ -204,6 +208,8 @@ class FeedRequests:
                 attempt.renewal = clock.callLater(self._max_duration, self._renew, attempt)
         # Once per change: straight to the scheduler, unless some changes
         # are passed over.
+        if isinstance(self._batches, BatchScheduler):
+            return self._batches.protocol(attempt.catch_up, activity, self._max_line_length)
         on_change = self._sift if self._sifting else self._scheduler.take
         if attempt.catch_up:
             return RowsProtocol(on_change, activity, self._max_line_length)

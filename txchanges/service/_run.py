@@ -6,7 +6,7 @@ saver, the feed request in flight; and how it winds them down.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union, cast
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
@@ -16,6 +16,7 @@ from txchanges.feed._feed import FeedRun
 from txchanges.service._lifecycle_types import Inputs
 from txchanges.service._progress import DedupWindow, Progress
 from txchanges.service._saver import CheckpointSaver
+from txchanges.service._batches import BatchHandler, BatchScheduler
 from txchanges.service._scheduler import Scheduler
 from txchanges.service._scheduler_types import Handler
 from txchanges._reactor import Clock
@@ -34,6 +35,10 @@ class Run:
     :param machine: Told when the handler failed with ``on_error="stop"``.
     :param dedup: Forgets the changes that will not be done.
     :param interval: Seconds between checkpoints saved by the clock.
+    :param batches: For a batch handler, the
+        :class:`~txchanges.service._batches.BatchScheduler`'s own keyword
+        arguments (``max_batch``, ``shard``, ``stats``); it then takes
+        *on_error*, *retry_delay* and *checkpoint_every* from *scheduling*.
     :param scheduling: The :class:`Scheduler`'s keyword arguments.
     :ivar feed: The feed request in flight, which backpressure pauses.
     """
@@ -41,7 +46,7 @@ class Run:
     def __init__(
         self,
         since: Any,
-        handler: Handler,
+        handler: Union[Handler, BatchHandler],
         store: CheckpointStore,
         saved: Any,
         machine: Inputs,
@@ -49,6 +54,7 @@ class Run:
         *,
         interval: float,
         clock: Clock,
+        batches: Optional[dict[str, Any]] = None,
         **scheduling: Any,
     ) -> None:
         self.feed: Optional[FeedRun] = None
@@ -57,7 +63,15 @@ class Run:
         self._clock = clock
         progress = self.progress = Progress(since)
         self.saver = CheckpointSaver(store, lambda: progress.resume, interval, clock, saved, self.failed)
-        self.scheduler = Scheduler(handler, progress, self, clock=clock, **scheduling)
+        self.scheduler: Union[Scheduler, BatchScheduler]
+        if batches is None:
+            self.scheduler = Scheduler(cast(Handler, handler), progress, self, clock=clock, **scheduling)
+        else:
+            self.scheduler = BatchScheduler(
+                cast(BatchHandler, handler), progress, self, clock=clock, on_error=scheduling["on_error"],
+                retry_delay=scheduling["retry_delay"], checkpoint_every=scheduling["checkpoint_every"],
+                dedup=dedup, **batches,
+            )
 
     def passed(self, seq: Any) -> None:
         """

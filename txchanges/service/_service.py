@@ -22,6 +22,8 @@ from txchanges.service._pending import PendingProbe
 from txchanges.service._progress import DedupWindow
 from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH
 from txchanges.service._retry import Backoff
+from txchanges.feed._batches import DEFAULT_MAX_BATCH
+from txchanges.service._batches import BatchHandler, choose_handler
 from txchanges.service._requests import Attempt, FeedRequests
 from txchanges.service._run import Run
 from txchanges.service._options import buffer_bounds
@@ -61,6 +63,15 @@ class ChangesService(Service):
     :param handler: Called with each change (a dict, as the server sent it).
         It may return a Deferred or be a coroutine function; the change is
         done when it returns or its result fires.
+    :param batch_handler: Instead of *handler*: called with a batch of
+        changes, a list of the changes parsed from one read of the feed (at
+        most *max_batch*, never two of one document), in feed order. One
+        batch at a time: while it runs (its Deferred or coroutine) the feed
+        waits; once it is done the checkpoint moves past the batch.
+        *on_error* applies to the whole batch. Giving both, or neither, is a
+        ``TypeError``; with it, *concurrency*, *max_buffered* and
+        *max_ahead* are a ``ValueError``.
+    :param max_batch: The most changes in one batch.
     :param since: Where to start when the checkpoint store has nothing:
         ``0``/``None`` (the beginning), ``"now"``, or an opaque sequence.
     :param checkpoint: Where the resume point is kept; in memory by default.
@@ -138,8 +149,10 @@ class ChangesService(Service):
     def __init__(
         self,
         db: Database,
-        handler: Handler,
+        handler: Optional[Handler] = None,
         *,
+        batch_handler: Optional[BatchHandler] = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
         since: Any = None,
         checkpoint: Optional[CheckpointStore] = None,
         heartbeat: int = 30000,
@@ -164,8 +177,7 @@ class ChangesService(Service):
     ) -> None:
         if not isinstance(db, Database):
             raise TypeError(f"ChangesService needs a Database, not {type(db).__name__}")
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, not {handler!r}")
+        chosen, self._max_batch = choose_handler(handler, batch_handler, max_batch, concurrency, max_buffered, max_ahead)
         if not isinstance(heartbeat, int) or isinstance(heartbeat, bool) or heartbeat <= 0:
             raise ValueError(f"heartbeat must be a positive number of milliseconds, not {heartbeat!r}")
         if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
@@ -190,7 +202,7 @@ class ChangesService(Service):
         feed_request("continuous", since if since != "now" else None, merged)
         clock = default_clock(clock)
         self.db = db
-        self._handler = handler
+        self._handler = chosen
         self._since = since
         self._store: CheckpointStore = checkpoint if checkpoint is not None else MemoryCheckpoint()
         self._heartbeat = heartbeat
@@ -308,6 +320,7 @@ class ChangesService(Service):
             interval=self._interval, clock=self._clock, concurrency=self._concurrency,
             max_buffered=self._max_buffered, max_ahead=self._max_ahead, on_error=self._on_error,
             retry_delay=self._retry, checkpoint_every=self._every,
+            batches=None if self._max_batch is None else dict(max_batch=self._max_batch, shard=self._shard, stats=self._stats),
         )
         self._requests = FeedRequests(
             self.db, run, self._feed_path(), since, self._params, heartbeat=self._heartbeat,
