@@ -16,7 +16,9 @@ What to use for what:
 ``Consumer``
     couchdbkit's API with Deferreds: ``fetch`` (the normal feed),
     ``wait_once`` (longpoll), ``register_callback`` and ``wait`` (the
-    continuous feed), and ``changes()``, a ``ChangeStream`` for ``async for``.
+    continuous feed), and ``changes()``, a ``ChangeStream`` for ``async for``;
+    ``register_batch_callback`` and ``batches()``, a ``BatchStream``, hand
+    over the changes of one read at once.
     Their feed parameters (and the service's) are the keywords of
     ``FeedParams``; a filter's own parameters go in ``params={...}``.
 ``ChangesService``
@@ -56,7 +58,7 @@ txchanges``); the twistd plugin is ``twistd -n txchanges``.
 
 from txchanges import errors, many, service
 from txchanges.errors import *  # noqa: F403
-from txchanges.feed._aiter import ChangeStream
+from txchanges.feed._aiter import BatchStream, ChangeStream
 from txchanges.feed._feedparams import FeedParams
 from txchanges.feed.consumer import Consumer
 from txchanges.http._timeouts import Timeouts
@@ -75,6 +77,7 @@ __all__ = [
     "TLSPolicy",
     "Consumer",
     "ChangeStream",
+    "BatchStream",
     "FeedParams",
 ]
 __all__ += service.__all__

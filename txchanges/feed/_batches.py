@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from txchanges.feed._delivery import Delivery, Lines
 from txchanges.feed._protocol import DEFAULT_MAX_LINE_LENGTH, ChangesProtocol
-from txchanges.feed._runs import LIMIT, UNPARSED, Run, batches_of, item_of, iter_items, last_seq_of, parse_changes
+from txchanges.feed._runs import LIMIT, Run, batches_of, iter_items, last_seq_of, parse_changes
 
 __all__ = ["BatchProtocol", "DEFAULT_MAX_BATCH", "check_max_batch"]
 
@@ -78,10 +78,9 @@ class BatchProtocol(ChangesProtocol):
             # handed over, so that at most one batch is held.
             items = chain((Lines(lines, end),), items)
         elif end < len(lines):
-            # A line that is not a change: its item, then the lines after it.
-            line = lines[end]
-            first = iter_items([line]) if other is UNPARSED else item_of(other, line)
-            items = chain(first, (Lines(lines, end + 1),), items)
+            # A line that is not a change: the rest of the read line by line
+            # (the rows of a _db_updates feed are batched that way).
+            items = chain(iter_items(lines[end:]), items)
         if not run:
             return items
         if unique and len(run) <= self._max_batch:

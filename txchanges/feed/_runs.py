@@ -195,6 +195,8 @@ def batches_of(run: Run, max_batch: int) -> list[Run]:
     :return: The batches; ``[run]`` itself, not a copy, when it is one
         batch already.
     """
+    if not run:
+        return []
     if len(run) <= max_batch:
         try:
             ids = set(map(_id, run))
