@@ -217,3 +217,18 @@ async def test_async_for_batches_gets_every_change_once_while_the_feed_waits():
         await couch.close()
     assert seen == feed.keys()
     assert stream.last_seq == feed.last_seq
+
+
+@pytest_twisted.ensureDeferred
+async def test_batches_last_seq_is_the_last_batch_handed_over():
+    """Leaving the loop after a batch, last_seq is that batch's last seq: where to resume."""
+    feed = build_feed(50)
+    server = FeedServer(feed, chunk=None, reactor=reactor)
+    couch = Server("http://127.0.0.1:5984/", reactor=MemoryNet(server, reactor, window=1))
+    try:
+        async with Consumer(couch["db"]).batches(since=0, heartbeat=False, max_batch=4) as stream:
+            async for batch in stream:
+                break
+    finally:
+        await couch.close()
+    assert stream.last_seq == batch[-1]["seq"] != feed.last_seq
