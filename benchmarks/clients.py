@@ -18,9 +18,14 @@ The clients:
 
 ``consumer``
     txchanges ``Consumer.wait`` with a registered callback.
+``consumer-batch``
+    txchanges ``Consumer.wait`` with a registered batch callback
+    (``--max-batch`` sets the consumer's ``max_batch``).
 ``service``
     txchanges ``ChangesService`` with a handler and an in-memory checkpoint;
     done when the checkpoint reaches the feed's ``last_seq``.
+``service-batch``
+    the same with a ``batch_handler`` (``--max-batch`` sets ``max_batch``).
 ``normal-stream``
     txchanges ``Consumer.fetch_rows`` on the normal feed: rows handed over
     as they are parsed.
@@ -142,7 +147,7 @@ def consumer_batch(url: str) -> int:
     return _react(main)
 
 
-def service(url: str) -> int:
+def service(url: str, batched: bool = False) -> int:
     from twisted.internet.defer import Deferred
 
     from txchanges import ChangesService, MemoryCheckpoint
@@ -165,7 +170,16 @@ def service(url: str) -> int:
             nonlocal count
             count += 1
 
-        svc = ChangesService(server["db"], handler, since=0, checkpoint=Checkpoint(), heartbeat=10000)
+        def batch_handler(rows: list[dict[str, Any]]) -> None:
+            nonlocal count
+            count += len(rows)
+
+        handling: dict[str, Any] = {"handler": handler}
+        if batched:
+            handling = {"batch_handler": batch_handler}
+            if MAX_BATCH is not None:
+                handling["max_batch"] = MAX_BATCH
+        svc = ChangesService(server["db"], since=0, checkpoint=Checkpoint(), heartbeat=10000, **handling)
         svc.startService()
         await reached
         await svc.stopService()
@@ -411,6 +425,7 @@ CLIENTS: dict[str, Callable[[str], int]] = {
     "consumer": consumer,
     "consumer-batch": consumer_batch,
     "service": service,
+    "service-batch": lambda url: service(url, batched=True),
     "normal-stream": normal_stream,
     "fetch": fetch,
     "treq-lines": treq_lines,

@@ -77,7 +77,7 @@ def python_blocks_in(heading):
 
 
 #: The sections whose "Runs as it is" block a test below runs.
-RUN_SECTIONS = ["## Quick start", "### Monitoring", "## Testing your handlers"]
+RUN_SECTIONS = ["## Quick start", "### Monitoring", "## Testing your handlers", "### Batch delivery"]
 
 
 def test_every_block_that_runs_as_it_is_is_run():
@@ -102,6 +102,13 @@ def test_testing_block_runs():
     """The txchanges.testing example runs as it is, with no server."""
     (code,) = python_blocks_in("## Testing your handlers")
     assert code.startswith("# Runs as it is")
+    _run(code)
+
+
+def test_batch_block_runs():
+    """The batch handler example runs as it is, with no server, and checks the batches it was handed."""
+    (code,) = python_blocks_in("### Batch delivery")
+    assert code.startswith("# Runs as it is") and "batch_handler=" in code and "assert batches ==" in code
     _run(code)
 
 
