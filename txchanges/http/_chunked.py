@@ -30,6 +30,7 @@ MAX_LINE = 4096
 _HEXDIGITS = b"0123456789abcdefABCDEF"
 # Size lines without extensions, each ending in CRLF.
 _SIZE_LINES = re.compile(rb"(?:[0-9a-fA-F]{1,16}\r\n)*\Z")
+_SIZE_LINE = re.compile(rb"[0-9a-fA-F]{1,16}\r\n")
 _minus = operator.sub
 
 
@@ -169,6 +170,10 @@ class ChunkedDecoder:
             return pos
         if size and data.find(b"\n", eol + 2, eol + 2 + size) == eol + 1 + size:
             pos = _one_line_chunks(data, pos, out)
+        elif data.find(b"\r\n", eol + 2, eol + 2 + size) >= 0:
+            # CRLF inside chunk data, as between the rows of a normal
+            # feed (",\r\n"): splitting on CRLF cannot find the chunks.
+            return _sized_chunks(data, pos, out)
         return _plain_chunks(data, pos, out)
 
 
@@ -215,6 +220,30 @@ def _one_line_prefix(sizes: list[bytes], lines: list[bytes], ends: list[bytes]) 
         if end != b"\r" or not _SIZE_LINES.match(size + b"\n") or int(size, 16) != len(line) + 1:
             return i
     return len(sizes)
+
+
+def _sized_chunks(data: bytes, pos: int, out: list[Union[bytes, list[bytes]]]) -> int:
+    """
+    Take a run of complete chunks whose size lines are bare hex digits,
+    whatever their data holds, one short loop per chunk: for chunks that
+    each hold many lines.
+
+    :return: Where the run ends.
+    """
+    end = len(data)
+    match = _SIZE_LINE.match
+    append = out.append
+    while True:
+        line = match(data, pos)
+        if line is None:
+            break
+        start = line.end()
+        stop = start + int(data[pos:start - 2], 16)
+        if stop == start or stop + 2 > end or data[stop:stop + 2] != b"\r\n":
+            break
+        append(data[start:stop])
+        pos = stop + 2
+    return pos
 
 
 def _plain_chunks(data: bytes, pos: int, out: list[Union[bytes, list[bytes]]]) -> int:
