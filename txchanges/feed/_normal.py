@@ -24,7 +24,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from typing import Any, Optional
 
@@ -35,7 +35,8 @@ from twisted.web.http import PotentialDataLoss
 
 from txchanges.feed._body import BodyReader
 from txchanges.feed._ends import describe_end
-from txchanges.feed._rows import LastSeq, parse_array
+from txchanges.feed._rowruns import parse_pieces, run_of_rows
+from txchanges.feed._rows import LastSeq
 from txchanges.errors import LineTooLong, MalformedRow, UncleanEnd
 
 __all__ = ["RowsProtocol"]
@@ -48,9 +49,6 @@ _BLANKS = re.compile(r"\s*")
 _HEAD_WINDOW = 64
 
 _HEAD_STATE, _ROW, _COMMA, _TAIL, _WHOLE = range(5)
-
-# The blanks that may end a line of rows (CouchDB ends each with ",\r").
-_LINE_END = " \t\r\n"
 
 
 def _ran_out(error: BaseException, length: int) -> bool:
@@ -145,11 +143,13 @@ class RowsProtocol(BodyReader):
             cut = decoded.rfind("\n")
             if cut >= 0:
                 text = self._text + decoded
-                batch = self._batch(text, len(text) - len(decoded) + cut)
-                if batch is not None:
-                    # The rest of the read, an unfinished row as a rule,
-                    # goes the slow way.
-                    return chain(batch, self._rows())
+                start = 0
+                if state == _COMMA:
+                    start = _BLANKS.match(text).end()  # type: ignore[union-attr]
+                    start = start + 1 if text[start:start + 1] == "," else -1
+                run = run_of_rows(text, start, len(text) - len(decoded) + cut) if start >= 0 else None
+                if run is not None:
+                    return chain.from_iterable(self._pieces(text, start, *run))
                 self._text = text
                 return self._rows()
         self._text += decoded
@@ -262,56 +262,24 @@ class RowsProtocol(BodyReader):
             raise UncleanEnd("the body ended before the end of its results")
         yield self._rest()
 
-    def _batch(self, text: str, cut: int) -> Optional[list[Any]]:
+    def _pieces(self, text: str, start: int, end: int, cut: int) -> Iterator[Iterable[Any]]:
         """
-        Parse the rows that end before *cut* (a newline in *text*) in one
-        call, and keep the text after them.
-
-        :return: The rows, or ``None`` (nothing kept) when the text before
-            *cut* is not a run of whole rows: the row-by-row scan then
-            reads it, and says what is wrong with it if anything is.
+        The rows ``text[start:end]`` that end a line before *cut*, a list
+        per piece parsed; then the rows the rest of the text completes, or
+        of the text from the first piece that does not parse, scanned row by
+        row. A value that is not an object among the rows shows as one.
         """
-        start = 0
-        if self._state == _COMMA:
-            start = _BLANKS.match(text).end()  # type: ignore[union-attr]
-            if text[start:start + 1] != ",":
-                return None
-            start += 1
-        end = self._rows_end(text, start, cut)
-        if end < 0 or text[end] != ",":
-            # No comma after the last line: the end of the results may be
-            # in this read ("\n]" cannot be inside a string).
-            close = text.rfind("\n]", start, cut)
-            if close > start:
-                cut = close
-                end = self._rows_end(text, start, cut)
-            if end < 0:
-                return None
-        after = _ROW if text[end] == "," else _COMMA
-        rows = parse_array(text[start:end])
-        if rows is None:
-            return None
-        self._text = text[cut + 1:]
-        self._state = after
+        stopped = yield from parse_pieces(text, start, end)
+        if stopped == end:
+            self._text = text[cut + 1:]
+            # After the comma of the last row, or after a last row without.
+            self._state = _ROW if text[end] == "," else _COMMA
+        else:
+            self._text = text[stopped:]
+            self._state = _ROW
         self._retry_at = 0
-        return rows
-
-    @staticmethod
-    def _rows_end(text: str, start: int, cut: int) -> int:
-        """
-        Where the rows before *cut* end: at the comma after the last one,
-        or just after it when it has none yet; ``-1`` when what comes
-        before *cut* does not end with a row.
-        """
-        end = cut
-        while end > start and text[end - 1] in _LINE_END:
-            end -= 1
-        if end == start:
-            return -1
-        last = text[end - 1]
-        if last == ",":
-            return end - 1
-        return end if last == "}" else -1
+        # The rest of the read, an unfinished row as a rule, goes the slow way.
+        yield self._rows()
 
     def _returned(self, result: object) -> None:
         """
