@@ -1,8 +1,9 @@
 """
-The continuous feed requests of a :class:`~txchanges.ChangesService`, one at
-a time: each sent from the newest position the feed reached, its changes
-handed to the scheduler (or passed over), and how it ended told to the
-lifecycle.
+The feed requests of a :class:`~txchanges.ChangesService`, one at a time:
+each sent from the newest position the feed reached, its changes handed to
+the scheduler (or passed over), and how it ended told to the lifecycle.
+They are continuous feed requests, but while the follower catches up (see
+:mod:`txchanges.service._catchup`), pages of the normal feed.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txchanges.feed._body import BodyReader
 from txchanges.feed._feed import FeedRun
+from txchanges.feed._normal import RowsProtocol
 from txchanges.feed._params import feed_request
 from txchanges.feed._protocol import ChangesProtocol
 from txchanges.feed._rows import LastSeq
 from txchanges._reactor import Clock
 from txchanges.feed._watchdog import idle_limit
 from txchanges.http.client import Database
+from txchanges.service._catchup import CatchUp
 from txchanges.service._lifecycle_types import Inputs
 from txchanges.service._progress import DedupWindow
 from txchanges.service._retry import Backoff, next_try
@@ -32,20 +36,21 @@ __all__ = ["Attempt", "FeedRequests"]
 
 class Attempt:
     """
-    One request of the continuous feed: the lifecycle's data while
-    connecting and streaming.
+    One feed request: the lifecycle's data while connecting and streaming.
 
     :ivar started: Clock time it was sent.
     :ivar stopped: Whether a stop ended it.
+    :ivar page: Whether it is a page of the normal feed.
     """
 
     feed: FeedRun
     #: Fires with what the feed ended with, or fails with its error.
     done: "Deferred[Any]"
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, started: float, page: bool = False) -> None:
         self.started = started
         self.stopped = False
+        self.page = page
 
     def run(self, feed: FeedRun) -> "Deferred[Any]":
         """
@@ -76,6 +81,7 @@ class FeedRequests:
     :param stats: Where what the requests see is counted.
     :param backoff: Times the retries; reset after a good response.
     :param log: Where each request and its end are told.
+    :param catch_up: Whether a request is a page of the normal feed.
     """
 
     def __init__(
@@ -93,6 +99,7 @@ class FeedRequests:
         backoff: Backoff,
         clock: Clock,
         log: Logger,
+        catch_up: CatchUp,
     ) -> None:
         self._db = db
         self._run = run
@@ -110,6 +117,7 @@ class FeedRequests:
         self._log = log
         # Where the next request starts: the newest position the feed reached.
         self._position = since
+        self._catch_up = catch_up
 
     def connect(self, machine: Inputs) -> Attempt:
         """
@@ -121,12 +129,18 @@ class FeedRequests:
         """
         run = self._run
         since = self._position
-        self._log.info("requesting changes of {db} since {since}", db=self._db.url, since=since)
-        attempt = Attempt(self._clock.seconds())
+        page = self._catch_up.paging
+        if page:
+            self._log.info("catching up: requesting a page of changes of {db} since {since}", db=self._db.url, since=since)
+            request = self._catch_up.request(since)
+        else:
+            self._log.info("requesting changes of {db} since {since}", db=self._db.url, since=since)
+            request = feed_request("continuous", since, dict(self._params, heartbeat=self._heartbeat))
+        attempt = Attempt(self._clock.seconds(), page)
         feed = FeedRun(
             self._db.server,
             self._db.path("_changes"),
-            feed_request("continuous", since, dict(self._params, heartbeat=self._heartbeat)),
+            request,
             self._clock,
             idle_limit(self._heartbeat, None),
             lambda on_activity: self._make_protocol(machine, attempt, on_activity),
@@ -137,7 +151,7 @@ class FeedRequests:
         attempt.run(feed).addBoth(self._feed_over, machine, attempt)
         return attempt
 
-    def _make_protocol(self, machine: Inputs, attempt: Attempt, on_activity: Callable[[], None]) -> ChangesProtocol:
+    def _make_protocol(self, machine: Inputs, attempt: Attempt, on_activity: Callable[[], None]) -> BodyReader:
         stats, clock = self._stats, self._clock
 
         def activity() -> None:
@@ -149,6 +163,8 @@ class FeedRequests:
         # Once per change: straight to the scheduler, unless some changes
         # are passed over.
         on_change = self._sift if self._sifting else self._scheduler.take
+        if attempt.page:
+            return RowsProtocol(on_change, activity, self._max_line_length)
         return ChangesProtocol(on_change, activity, self._max_line_length)
 
     def _sift(self, row: dict[str, Any]) -> None:
@@ -169,10 +185,13 @@ class FeedRequests:
         if run.feed is attempt.feed:
             run.feed = None
         protocol = attempt.feed.protocol
-        moved = isinstance(protocol, ChangesProtocol) and protocol.last_seq is not None
+        moved = protocol is not None and protocol.last_seq is not None
         if moved:
             self._position = protocol.last_seq  # type: ignore[union-attr]
         if attempt.stopped:
+            return
+        if attempt.page and isinstance(result, dict):
+            self._page_ended(result, machine)
             return
         if isinstance(result, LastSeq):
             self._stats.pending = result.pending
@@ -188,8 +207,24 @@ class FeedRequests:
             self._backoff.reset()
         error = result.value
         assert error is not None
+        self._catch_up.failed()
         delay = next_try(self._backoff, error, f"changes feed from {self._position}", self._log)
         if delay is None:
             machine.crash(result)
         else:
             machine.lost(delay)
+
+    def _page_ended(self, rest: dict[str, Any], machine: Inputs) -> None:
+        # A page of the normal feed ended cleanly: its last_seq passes the
+        # changes it holds; ask at once for the next page, or follow the
+        # continuous feed. Not a reconnect: the feed goes on.
+        pending = rest.get("pending")
+        self._stats.pending = pending if isinstance(pending, int) else None
+        last_seq = rest.get("last_seq")
+        if last_seq is not None:
+            self._run.passed(last_seq)
+        self._catch_up.page_ended(pending)
+        if not self._catch_up.paging:
+            self._log.info("caught up at {seq}; following the continuous feed", seq=self._position)
+        self._backoff.reset()
+        machine.ended()
