@@ -31,6 +31,13 @@ The clients:
     as they are parsed.
 ``fetch``
     txchanges ``Consumer.fetch`` on the normal feed: the whole body at once.
+``service-catch-up``
+    ``service`` with ``catch_up="normal"``: the backlog read through pages
+    of the normal feed, then the continuous feed.
+``raw-normal-orjson``
+    a blocking socket, a de-chunking loop, and ``orjson.loads`` per row of
+    the normal feed (each on its line, as CouchDB sends it): the floor for
+    a Python client of the normal feed.
 ``treq-lines``
     plain treq (``unbuffered=True``) + ``LineOnlyReceiver`` + ``json.loads``
     per line: the obvious Twisted client.
@@ -40,6 +47,8 @@ The clients:
 
 ``--treq-feeds`` makes the txchanges clients read feeds through treq
 (``Server(fast_feeds=False)``) instead of txchanges' own HTTP/1.1 reader.
+``--seq-interval N`` makes ``normal-stream`` and ``raw-normal-orjson`` ask
+for the normal feed with ``seq_interval=N`` (as nano's ``spool`` does).
 
 One more client measures latency rather than throughput, against the
 project's CouchDB-compatible test server rather than the canned one:
@@ -60,7 +69,7 @@ import socket
 import sys
 import time
 import urllib.request
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 CONTINUOUS = "db/_changes?feed=continuous&since=0&heartbeat=10000"
@@ -80,6 +89,10 @@ def _feed_end(url: str) -> Any:
 FAST_FEEDS = True
 #: Set by --max-batch: the most changes in one batch of the batch clients.
 MAX_BATCH: Any = None
+#: Set by --seq-interval: the normal feed's seq_interval.
+SEQ_INTERVAL: int | None = None
+#: Set by --catch-up-page: the changes in a page of service-catch-up.
+CATCH_UP_PAGE: int | None = None
 
 
 def _server(url: str) -> Any:
@@ -147,7 +160,7 @@ def consumer_batch(url: str) -> int:
     return _react(main)
 
 
-def service(url: str, batched: bool = False) -> int:
+def service(url: str, batched: bool = False, **options: Any) -> int:
     from twisted.internet.defer import Deferred
 
     from txchanges import ChangesService, MemoryCheckpoint
@@ -179,7 +192,9 @@ def service(url: str, batched: bool = False) -> int:
             handling = {"batch_handler": batch_handler}
             if MAX_BATCH is not None:
                 handling["max_batch"] = MAX_BATCH
-        svc = ChangesService(server["db"], since=0, checkpoint=Checkpoint(), heartbeat=10000, **handling)
+        # The continuous feed from the start, unless a client says otherwise.
+        options.setdefault("catch_up", "continuous")
+        svc = ChangesService(server["db"], since=0, checkpoint=Checkpoint(), heartbeat=10000, **handling, **options)
         svc.startService()
         await reached
         await svc.stopService()
@@ -187,6 +202,12 @@ def service(url: str, batched: bool = False) -> int:
         return count
 
     return _react(main)
+
+
+def service_catch_up(url: str) -> int:
+    if CATCH_UP_PAGE is None:
+        return service(url, catch_up="normal")
+    return service(url, catch_up="normal", catch_up_page=CATCH_UP_PAGE)
 
 
 def normal_stream(url: str) -> int:
@@ -200,7 +221,10 @@ def normal_stream(url: str) -> int:
             nonlocal count
             count += 1
 
-        await Consumer(server["db"]).fetch_rows(on_row, since=0)
+        if SEQ_INTERVAL is None:
+            await Consumer(server["db"]).fetch_rows(on_row, since=0)
+        else:
+            await Consumer(server["db"]).fetch_rows(on_row, since=0, seq_interval=SEQ_INTERVAL)
         await server.close()
         return count
 
@@ -261,40 +285,53 @@ def treq_lines(url: str) -> int:
 # -- raw socket ----------------------------------------------------------------
 
 
-def _raw(url: str, loads: Callable[[bytes], Any]) -> int:
-    """Read the chunked continuous feed from a blocking socket, parsing each line with *loads*."""
+def _raw_reads(url: str, path: str) -> Iterator[bytes]:
+    """Send one GET from a blocking socket and yield the de-chunked body of each read, until the last chunk."""
     parts = urlsplit(url)
     sock = socket.create_connection((parts.hostname, parts.port))
     sock.sendall(
         b"GET /%s HTTP/1.1\r\nHost: %s:%d\r\nAccept: application/json\r\n\r\n"
-        % (CONTINUOUS.encode(), parts.hostname.encode(), parts.port)
+        % (path.encode(), parts.hostname.encode(), parts.port)
     )
     buf = b""
     while b"\r\n\r\n" not in buf:
         buf += sock.recv(65536)
     head, buf = buf.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
+    try:
+        while True:
+            # De-chunk what arrived: complete chunks go to the body, the rest waits.
+            body = []
+            pos = 0
+            ended = False
+            while True:
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    break
+                size = int(buf[pos:eol].split(b";", 1)[0], 16)
+                if size == 0:
+                    ended = True
+                    break
+                if len(buf) < eol + 2 + size + 2:
+                    break
+                body.append(buf[eol + 2:eol + 2 + size])
+                pos = eol + 2 + size + 2
+            buf = buf[pos:]
+            yield b"".join(body)
+            data = b"" if ended else sock.recv(65536)
+            if not data:
+                return
+            buf += data
+    finally:
+        sock.close()
+
+
+def _raw(url: str, loads: Callable[[bytes], Any]) -> int:
+    """Read the chunked continuous feed from a blocking socket, parsing each line with *loads*."""
     count = 0
     partial = b""
-    ended = False
-    while True:
-        # De-chunk what arrived: complete chunks go to the body, the rest waits.
-        body = []
-        pos = 0
-        while True:
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                break
-            size = int(buf[pos:eol].split(b";", 1)[0], 16)
-            if size == 0:
-                ended = True
-                break
-            if len(buf) < eol + 2 + size + 2:
-                break
-            body.append(buf[eol + 2:eol + 2 + size])
-            pos = eol + 2 + size + 2
-        buf = buf[pos:]
-        lines = (partial + b"".join(body)).split(b"\n")
+    for body in _raw_reads(url, CONTINUOUS):
+        lines = (partial + body).split(b"\n")
         partial = lines.pop()
         for line in lines:
             if not line:
@@ -303,13 +340,8 @@ def _raw(url: str, loads: Callable[[bytes], Any]) -> int:
             if "changes" in row:
                 count += 1
             elif "last_seq" in row:
-                ended = True
-                break
-        data = b"" if ended else sock.recv(65536)
-        if not data:
-            sock.close()
-            return count
-        buf += data
+                return count
+    return count
 
 
 def raw_json(url: str) -> int:
@@ -320,6 +352,28 @@ def raw_orjson(url: str) -> int:
     import orjson
 
     return _raw(url, orjson.loads)
+
+
+def raw_normal_orjson(url: str) -> int:
+    """Read the normal feed, each row on its line as CouchDB sends it, parsing each row with orjson."""
+    import orjson
+
+    loads = orjson.loads
+    count = 0
+    partial = b""
+    path = NORMAL + ("" if SEQ_INTERVAL is None else f"&seq_interval={SEQ_INTERVAL}")
+    for body in _raw_reads(url, path):
+        lines = (partial + body).split(b"\n")
+        partial = lines.pop()
+        for line in lines:
+            # A row's line ends in ",\r" (the last one in nothing); around
+            # the rows, the head, "],", and the tail with last_seq.
+            if line[:7] == b'{"seq":':
+                if "changes" in loads(line.rstrip(b",\r")):
+                    count += 1
+            elif line[:11] == b'"last_seq":':
+                return count
+    return count
 
 
 # -- latency -------------------------------------------------------------------
@@ -427,11 +481,27 @@ CLIENTS: dict[str, Callable[[str], int]] = {
     "service": service,
     "service-batch": lambda url: service(url, batched=True),
     "normal-stream": normal_stream,
+    "service-catch-up": service_catch_up,
     "fetch": fetch,
     "treq-lines": treq_lines,
     "raw-json": raw_json,
     "raw-orjson": raw_orjson,
+    "raw-normal-orjson": raw_normal_orjson,
 }
+
+
+def _import_before_the_clock(client: str) -> None:
+    """Import what *client* imports itself, so that the time measured is reading the feed, not importing (about 0.4 s)."""
+    if client.startswith("raw-"):
+        if "orjson" in client:
+            import orjson  # noqa: F401
+        return
+    import treq  # noqa: F401
+    import twisted.internet.reactor  # noqa: F401
+    from twisted.internet import defer, task  # noqa: F401
+    from twisted.protocols import basic  # noqa: F401
+
+    import txchanges  # noqa: F401
 
 
 def main(argv: list[str]) -> int:
@@ -444,14 +514,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-orjson", action="store_true", help="hide orjson from this process")
     parser.add_argument("--treq-feeds", action="store_true", help="read feeds through treq")
     parser.add_argument("--max-batch", type=int, help="the most changes in one batch (batch clients; their default)")
+    parser.add_argument("--seq-interval", type=int, help="the normal feed's seq_interval")
+    parser.add_argument("--catch-up-page", type=int, help="changes per page of service-catch-up")
     parser.add_argument("--follower", choices=("service", "consumer"), default="service",
                         help="what follows the feed in the latency client")
     args = parser.parse_args(argv)
     if args.no_orjson:
         sys.modules["orjson"] = None  # type: ignore[assignment]
-    global FAST_FEEDS, MAX_BATCH
+    global FAST_FEEDS, MAX_BATCH, SEQ_INTERVAL, CATCH_UP_PAGE
     FAST_FEEDS = not args.treq_feeds
     MAX_BATCH = args.max_batch
+    SEQ_INTERVAL = args.seq_interval
+    CATCH_UP_PAGE = args.catch_up_page
     if args.client == "latency":
         result = latency(args.url, args.changes, args.follower)
         print(json.dumps(dict(result, client="latency", follower=args.follower,
@@ -460,10 +534,11 @@ def main(argv: list[str]) -> int:
               flush=True)
         return 0 if result["writes"] == args.changes else 1
     run = CLIENTS[args.client]
+    _import_before_the_clock(args.client)
     started = time.perf_counter()
     count = run(args.url)
     seconds = time.perf_counter() - started
-    if args.client == "raw-orjson":
+    if args.client in ("raw-orjson", "raw-normal-orjson"):
         parser_name = "orjson"
     elif args.client in ("raw-json", "treq-lines"):
         parser_name = "json"

@@ -18,7 +18,9 @@ serves one database, ``db``, of N changes:
   ``timeout``.
 - ``GET /db/_changes`` (``feed=normal``, the default): CouchDB's normal body,
   ``{"results":[`` rows separated by ``,\\r\\n`` ``],"last_seq":...}``, in
-  ~1490-byte chunks; ``since`` and ``limit`` page through it.
+  ~1490-byte chunks; ``since`` and ``limit`` page through it, and with
+  ``seq_interval=N`` only every Nth row carries its seq, the others
+  ``"seq":null``, as CouchDB 3 does. ``POST`` is answered as ``GET``.
 - ``GET /db``: the database info, with ``update_seq`` (the last seq) and
   ``doc_count`` (N), which clients use to know where the feed ends.
 - ``GET /``: the welcome document.
@@ -88,6 +90,11 @@ def row_line(n: int, docs: bool) -> bytes:
     return json.dumps(row, separators=(",", ":")).encode("utf-8")
 
 
+def without_seq(line: bytes) -> bytes:
+    """A row's JSON with ``"seq":null`` in place of its seq (a ``seq_interval`` row)."""
+    return b'{"seq":null' + line[line.index(b'",', 8) + 1:]
+
+
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -113,7 +120,9 @@ class Feed:
         self.last_seq = seq(changes) if changes else "0"
         self._lines: list[bytes] | None = None
         self._continuous: bytes | None = None
-        self._normal: bytes | None = None
+        # Normal bodies by (start, limit, seq_interval): the clients of a
+        # benchmark ask for the same ones round after round.
+        self._normal: dict[tuple[int, int | None, int | None], bytes] = {}
         self._lock = threading.Lock()
 
     @property
@@ -143,17 +152,22 @@ class Feed:
         text = b"\n".join(lines + [self.end_row()]) + b"\n"
         return chunk_all(text) + LAST_CHUNK
 
-    def normal(self, start: int = 0, limit: int | None = None) -> bytes:
+    def normal(self, start: int = 0, limit: int | None = None, seq_interval: int | None = None) -> bytes:
         """The chunked normal body of *limit* rows after the first *start*."""
-        if start == 0 and limit is None:
-            lines = self.lines
+        key = (start, limit, seq_interval)
+        lines = self.lines
+        with self._lock:
+            body = self._normal.get(key)
+        if body is None:
+            stop = len(lines) if limit is None else min(len(lines), start + limit)
+            last = seq(stop) if stop else "0"
+            page = lines[start:stop]
+            if seq_interval:
+                page = [line if k % seq_interval == 0 else without_seq(line) for k, line in enumerate(page, 1)]
+            body = self._render_normal(page, last, len(lines) - stop)
             with self._lock:
-                if self._normal is None:
-                    self._normal = self._render_normal(lines, self.last_seq)
-                return self._normal
-        stop = len(self.lines) if limit is None else min(len(self.lines), start + limit)
-        last = seq(stop) if stop else "0"
-        return self._render_normal(self.lines[start:stop], last, len(self.lines) - stop)
+                self._normal[key] = body
+        return body
 
     def _render_normal(self, lines: list[bytes], last_seq: str, pending: int = 0) -> bytes:
         head = b'{"results":[\n'
@@ -219,7 +233,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if kind == "normal" or kind == "longpoll" and start < feed.changes:
             limit = int(query["limit"]) if "limit" in query else None
-            self._chunked(feed.normal(start, limit))
+            interval = int(query["seq_interval"]) if "seq_interval" in query else None
+            self._chunked(feed.normal(start, limit, interval))
         elif kind == "continuous" and start < feed.changes:
             self._chunked(feed.continuous(start))
         elif kind in ("continuous", "longpoll"):

@@ -2,7 +2,7 @@
 """
 The txchanges benchmark, in one command:
 
-    python benchmarks/run.py            # the full run; rewrites BENCHMARKS.md
+    python benchmarks/run.py            # the full run; rewrites BENCHMARKS.md but the sections of other scripts
     python benchmarks/run.py --quick    # a short run that checks everything works
 
 It starts the canned feed server (:mod:`benchmarks.feedserver`) as separate
@@ -46,6 +46,8 @@ from typing import Any, Optional
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.sections import kept_sections  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -565,7 +567,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(text)
     target = args.markdown or (None if quick else ROOT / "BENCHMARKS.md")
     if target is not None:
-        target.write_text(text + "\n")
+        # The sections other scripts write (benchmarks/sections.py) stay.
+        target.write_text(text + "\n" + kept_sections(target))
         progress(f"wrote {target}")
     progress(f"finished in {time.monotonic() - started:.0f} s")
     return 0

@@ -14,7 +14,7 @@ from twisted.logger import capturedLogs
 
 from txchanges import BatchStream, Consumer, Server
 
-from .fakecouch import Answer, result_of, stub
+from .fakecouch import Answer, stub
 from .memorynet import MemoryNet
 from .scriptedfeed import FeedServer, build_feed, held_back
 from .test_consumer_unit import Streaming, consumer_on, outcome, row

@@ -117,6 +117,12 @@ class BodyReader(Protocol):
         Forget what is buffered: nothing more will be delivered.
         """
 
+    def _returned(self, result: object) -> None:
+        """
+        The callable returned *result*, not ``None``: ignored here; a
+        subclass may pause until it fires, or raise to fail the body.
+        """
+
     # -- the transport's side ------------------------------------------------
 
     @property
@@ -289,7 +295,11 @@ class BodyReader(Protocol):
             for row in rows:
                 if type(row) is dict:
                     try:
-                        on_row(row)
+                        result = on_row(row)
+                        # Most callables return nothing: one comparison,
+                        # no call, for them.
+                        if result is not None:
+                            self._returned(result)
                     except Exception as e:
                         self._fail(e)
                         return False
@@ -304,10 +314,7 @@ class BodyReader(Protocol):
                     if self._paused:
                         self._backlog = rows
                         return False
-                elif row is None:
-                    self.heartbeats += 1
-                else:
-                    self._end_row(row)
+                elif not self._not_a_change(row):
                     return False
         except FeedError as e:
             self._fail(e)
@@ -315,6 +322,19 @@ class BodyReader(Protocol):
         return True
 
     # -- the end -------------------------------------------------------------
+
+    def _not_a_change(self, row: Any) -> bool:
+        """
+        Take what the rows hold besides changes: ``None``, a heartbeat, or
+        the :class:`~txchanges.feed._rows.LastSeq` that ends the body.
+
+        :return: Whether delivery goes on.
+        """
+        if row is None:
+            self.heartbeats += 1
+            return True
+        self._end_row(row)
+        return False
 
     def _end_row(self, end: LastSeq) -> None:
         """

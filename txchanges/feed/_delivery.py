@@ -218,7 +218,7 @@ class RunReader(BodyReader):
                     break
                 result = on_row(row)
                 if result is not None:
-                    self._returned(on_row, row, result, lines)
+                    self._report_returned(on_row, row, result, lines)
         except Exception as e:
             at = self._stop_point(len(lines), -1)
             if not self._raised(on_row, row, lines, at):
@@ -254,7 +254,7 @@ class RunReader(BodyReader):
             for row in rows:
                 result = on_row(row)
                 if result is not None:
-                    self._returned(on_row, row, result, run)
+                    self._report_returned(on_row, row, result, run)
         except Exception as e:
             at = self._stop_point(len(run), -1)
             if not self._raised(on_row, row, run, at):
@@ -295,7 +295,7 @@ class RunReader(BodyReader):
         assert self._delivering is not None
         return length - length_hint(self._delivering[1])
 
-    def _returned(self, on_row: Any, row: dict[str, Any], result: Any, listed: list[Any]) -> None:
+    def _report_returned(self, on_row: Any, row: dict[str, Any], result: Any, listed: list[Any]) -> None:
         watcher = self.watcher
         if watcher is None:
             return

@@ -54,9 +54,10 @@ __all__ = [
     "parse_line",
     "iter_lines",
     "iter_rows",
+    "parse_array",
 ]
 
-_orjson_loads: Optional[Callable[[bytes], Any]]
+_orjson_loads: Optional[Callable[[Union[bytes, str]], Any]]
 try:
     from orjson import loads as _orjson_loads
 except ImportError:
@@ -260,3 +261,28 @@ def iter_rows(lines: bytes) -> Iterator[Row]:
     # The buffer ends in "\n", so the last piece is always empty.
     del split[-1]
     return iter_lines(split)
+
+
+def parse_array(items: str) -> Optional[list[Any]]:
+    """
+    Parse a run of comma-separated JSON values in one call, as the elements
+    of one array.
+
+    :param items: The text between an array's brackets.
+    :return: The values, or ``None`` when *items* is not such a run (or
+        only the standard library accepts it: the caller's slower path
+        then reads it the standard library's way).
+    """
+    text = "[" + items + "]"
+    if _orjson_loads is not None:
+        try:
+            values = _orjson_loads(text)
+        except ValueError:
+            return None
+        return values  # type: ignore[no-any-return]
+    try:
+        values, end = _scan_once(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        return None
+    return values if end == len(text) else None
+

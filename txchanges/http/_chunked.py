@@ -172,7 +172,9 @@ class ChunkedDecoder:
             return pos
         if size and data.find(b"\n", eol + 2, eol + 2 + size) == eol + 1 + size:
             pos = _one_line_chunks(data, pos, out)
-        elif size >= _LARGE_CHUNK:
+        elif size >= _LARGE_CHUNK or data.find(b"\r\n", eol + 2, eol + 2 + size) >= 0:
+            # Large chunks, or CRLF inside chunk data as between the rows of
+            # a normal feed (",\r\n"): splitting on CRLF cannot find those.
             return _large_chunks(data, pos, out)
         return _plain_chunks(data, pos, out)
 

@@ -54,7 +54,7 @@ class UpdatesFeed(ChangesService):
             Database(server, GLOBAL_CHANGES), on_update, since=since, heartbeat=heartbeat,
             retry_policy=retry_policy, give_up_after=give_up_after, clock=clock, stop_timeout=0,
             # No filter: the feed's position moves with every row it sends.
-            feed_max_duration=None,
+            feed_max_duration=None, catch_up="continuous",
         )
         self._on_lost = on_lost
 

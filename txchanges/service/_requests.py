@@ -3,6 +3,9 @@ The feed requests of a :class:`~txchanges.ChangesService`, one at a time:
 each sent from the newest position the feed reached, its changes handed to
 the scheduler (or passed over), and how it ended told to the lifecycle.
 
+While the follower catches up (see :mod:`txchanges.service._catchup`), they
+are pages of the normal feed.
+
 They are continuous requests, but for one kind: a continuous request that
 has run for *max_duration* seconds is ended by the service, and the next
 request is a normal feed from the same position (a catch-up), which hands
@@ -30,6 +33,7 @@ from txchanges.errors import Stalled
 from txchanges._reactor import Clock
 from txchanges.feed._watchdog import idle_limit
 from txchanges.http.client import Database
+from txchanges.service._catchup import CatchUp
 from txchanges.service._lifecycle_types import Cancellable, Inputs
 from txchanges.service._progress import DedupWindow
 from txchanges.service._retry import Backoff, next_try
@@ -54,7 +58,9 @@ class Attempt:
     connecting and streaming.
 
     :ivar started: Clock time it was sent.
-    :ivar catch_up: Whether it is the normal feed that follows a renewal.
+    :ivar catch_up: Whether its body is read whole, as a normal feed's: the
+        normal feed that follows a renewal, a page, or a longpoll request.
+    :ivar page: Whether it is a page of the catch-up.
     :ivar stopped: Whether a stop ended it.
     :ivar renewed: Whether the service ended it after *max_duration*.
     :ivar heard: Whether any byte of its body arrived (a heartbeat counts).
@@ -67,6 +73,7 @@ class Attempt:
     def __init__(self, started: float, catch_up: bool = False) -> None:
         self.started = started
         self.catch_up = catch_up
+        self.page = False
         self.stopped = False
         self.renewed = False
         self.heard = False
@@ -106,6 +113,7 @@ class FeedRequests:
     :param stats: Where what the requests see is counted.
     :param backoff: Times the retries; reset after a good response.
     :param log: Where each request and its end are told.
+    :param pages: Whether a request is a page of the normal feed.
     """
 
     def __init__(
@@ -125,6 +133,7 @@ class FeedRequests:
         backoff: Backoff,
         clock: Clock,
         log: Logger,
+        pages: CatchUp,
     ) -> None:
         self._db = db
         self._run = run
@@ -152,6 +161,7 @@ class FeedRequests:
         # came, heartbeats included; at HELD_BACK, every request is a
         # longpoll that ends by itself.
         self._held_back = 0
+        self._pages = pages
 
     def connect(self, machine: Inputs) -> Attempt:
         """
@@ -166,7 +176,12 @@ class FeedRequests:
         # A catch-up that fails is not tried again: the retry is continuous.
         catch_up, self._catch_up = self._catch_up, False
         attempt = Attempt(self._clock.seconds(), catch_up)
-        if catch_up:
+        if self._pages.paging:
+            self._log.info("catching up: requesting a page of changes of {db} since {since}", db=self._db.url, since=since)
+            attempt.catch_up = attempt.page = True
+            request = self._pages.request(since)
+            limit = idle_limit(None, None)
+        elif catch_up:
             self._log.info("asking for the changes of {db} since {since} once", db=self._db.url, since=since)
             request = feed_request("normal", since, self._params)
             limit = idle_limit(None, None)
@@ -281,6 +296,9 @@ class FeedRequests:
             self._stats.reconnects += 1
             machine.ended()
             return
+        if attempt.page and isinstance(result, dict):
+            self._page_ended(result, machine)
+            return
         if attempt.catch_up and isinstance(result, dict):
             # A normal feed's end: the rest of its body.
             result = LastSeq(result.get("last_seq"), result.get("pending"), result)
@@ -299,8 +317,24 @@ class FeedRequests:
             self._backoff.reset()
         error = result.value
         assert error is not None
+        self._pages.failed()
         delay = next_try(self._backoff, error, f"changes feed from {self._position}", self._log)
         if delay is None:
             machine.crash(result)
         else:
             machine.lost(delay)
+
+    def _page_ended(self, rest: dict[str, Any], machine: Inputs) -> None:
+        # A page of the normal feed ended cleanly: its last_seq passes the
+        # changes it holds; ask at once for the next page, or follow the
+        # continuous feed. Not a reconnect: the feed goes on.
+        pending = rest.get("pending")
+        self._stats.pending = pending if isinstance(pending, int) else None
+        last_seq = rest.get("last_seq")
+        if last_seq is not None:
+            self._run.passed(last_seq)
+        self._pages.page_ended(pending)
+        if not self._pages.paging:
+            self._log.info("caught up at {seq}; following the continuous feed", seq=self._position)
+        self._backoff.reset()
+        machine.ended()

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import Unpack
 
+from txchanges.service._catchup import DEFAULT_PAGE, CatchUp, check_catch_up
 from txchanges.service._lifecycle import Lifecycle
 from txchanges.service._lifecycle_types import Core, Inputs, State
 from txchanges.feed._params import feed_request
@@ -40,6 +41,9 @@ from txchanges._reactor import default_clock
 __all__ = ["ChangesService", "ServiceStats", "State"]
 
 Handler = Callable[[dict[str, Any]], Any]
+
+#: How the service catches up by default (see *catch_up*).
+CATCH_UP_DEFAULT = "continuous"
 
 # Parameters the service sets itself.
 _REFUSED = dict(
@@ -122,6 +126,13 @@ class ChangesService(Service):
         those of one period for one that rarely matches, whatever the
         period. The default, 300 s, is 24 requests an hour, next to 120
         heartbeats.
+    :param catch_up: How to read a backlog: ``"normal"`` reads pages of
+        *catch_up_page* changes of the normal feed (with ``seq_interval``)
+        at start-up and after a failure, for as long as a page or more is
+        pending, then follows the continuous feed; ``"continuous"`` follows
+        the continuous feed from the start. Never pages with a filter,
+        ``limit`` or ``descending``.
+    :param catch_up_page: Changes per page of the normal feed.
     :param pending_interval: Ask the server every this many seconds how
         many of the database's changes lie past the resume point, for
         :attr:`ServiceStats.pending` (a continuous feed tells only when it
@@ -168,6 +179,8 @@ class ChangesService(Service):
         shard: Optional[Shard] = None,
         pending_interval: Optional[float] = None,
         feed_max_duration: Optional[float] = FEED_MAX_DURATION,
+        catch_up: str = CATCH_UP_DEFAULT,
+        catch_up_page: int = DEFAULT_PAGE,
         stop_timeout: float = 30.0,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
         clock: Optional[Clock] = None,
@@ -196,6 +209,7 @@ class ChangesService(Service):
             )
         if shard is not None and not isinstance(shard, Shard):
             raise TypeError(f"shard must be a Shard, not {shard!r}")
+        check_catch_up(catch_up, catch_up_page)
         merged = check_feed_params(ChangesService, feed_params, params, _REFUSED)
         merged["filter_name"] = filter_name
         # Fail on a bad filter or parameter now rather than at start-up.
@@ -218,6 +232,8 @@ class ChangesService(Service):
         self._shard = shard
         self._pending_interval = pending_interval
         self._feed_max_duration = feed_max_duration
+        self._catch_up = catch_up
+        self._catch_up_page = catch_up_page
         self._probe: Optional[PendingProbe] = None
         buffered, ahead = buffer_bounds(concurrency, max_buffered, max_ahead, on_error)
         self._concurrency = concurrency
@@ -327,6 +343,8 @@ class ChangesService(Service):
             max_duration=self._feed_max_duration, max_line_length=self._max_line_length,
             shard=self._shard, dedup=self._dedup, stats=self._stats, backoff=self._backoff, clock=self._clock,
             log=self.log,
+            # A sequence as often as a checkpoint may want one.
+            pages=CatchUp(self._catch_up if self._max_batch is None else "continuous", self._catch_up_page, self._params, seq_interval=self._every),
         )
         if self._pending_interval is not None:
             self._probe = PendingProbe(
