@@ -20,8 +20,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txchanges._reactor import Clock, default_clock
-from txchanges.errors import CouchError, TxChangesError
-from txchanges.group._config import check_config
+from txchanges.errors import TxChangesError
+from txchanges.group._config import GroupError, check_config
 from txchanges.group._coordinator import Coordinator
 from txchanges.group._couchstore import CouchLeaseStore
 from txchanges.group._lease import Member, Timing
@@ -197,7 +197,7 @@ class GroupService(Service):
                 await check_config(self.store, self._settings)
                 break
             except TxChangesError as e:
-                if is_terminal(e) or not isinstance(e, (CouchError, TxChangesError)):
+                if is_terminal(e) or isinstance(e, GroupError):
                     raise
                 attempt += 1
                 self.log.warn("cannot reach {where} ({error}); retrying", where=self.store.describe(), error=e)
