@@ -56,6 +56,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from txchanges.group._service import GroupService
 from txchanges.service._lifecycle_types import State
 from txchanges.service._stats import ServiceStats
 from txchanges._reactor import Clock
@@ -126,7 +127,10 @@ class ServiceCollector:
             "txchanges_resume_seq", "Where a restart would resume (opaque).", labels=["db"]
         )
         now = self._clock.seconds()
+        yield from _group_metrics([cast(GroupService, f) for f in self._followers if isinstance(f, GroupService)])
         for follower in self._followers:
+            if isinstance(follower, GroupService):
+                continue
             db = follower.db.url
             stats = follower.stats
             for name, _, attribute in _COUNTERS:
@@ -145,6 +149,31 @@ class ServiceCollector:
                 resume.add_metric([db], {"seq": text})
         yield from counters.values()
         yield from (pending, idle, state, resume)
+
+
+#: A worker group's counters and gauges: name, help, GroupStats attribute.
+_GROUP = (
+    ("txchanges_group_units_owned", "Units whose lease the worker holds.", "units_owned", GaugeMetricFamily),
+    ("txchanges_group_members", "Live members of the group the worker sees.", "members", GaugeMetricFamily),
+    ("txchanges_group_rebalances", "Times the units the worker should own changed.", "rebalances", CounterMetricFamily),
+    ("txchanges_group_lease_renewals", "Lease writes that succeeded.", "renewals", CounterMetricFamily),
+    ("txchanges_group_lease_renewals_failed", "Lease writes that failed or were refused.", "renewals_failed",
+     CounterMetricFamily),
+    ("txchanges_group_leases_lost", "Leases that ended before they were renewed, or were taken.", "lost",
+     CounterMetricFamily),
+    ("txchanges_group_changes_handled", "Changes handled by the worker's running units.", "handled",
+     CounterMetricFamily),
+)
+
+
+def _group_metrics(workers: Sequence[GroupService]) -> Iterable[Metric]:
+    families = {name: kind(name, doc, labels=["group", "worker"]) for name, doc, _, kind in _GROUP}
+    for worker in workers:
+        stats = worker.stats
+        for name, _, attribute, _ in _GROUP:
+            families[name].add_metric([worker.group, worker.worker], getattr(stats, attribute))
+    if workers:
+        yield from families.values()
 
 
 def metrics_registry(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Mapping
 from types import FrameType
 from typing import Any, BinaryIO, Callable, Optional, TextIO, cast
@@ -26,7 +27,8 @@ from txchanges.cli._progressline import ProgressLine, show_progress
 from txchanges.http.client import Database
 from txchanges.feed.consumer import Consumer
 from txchanges.errors import TxChangesError
-from txchanges.service._service import ChangesService
+from txchanges.group._couchstore import CouchLeaseStore
+from txchanges.group._status import group_status
 from txchanges.service._signals import AGAIN, ECHO_WINDOW, FIRST, StopSignals
 
 __all__ = ["Command", "describe"]
@@ -50,7 +52,7 @@ class Command:
     :class:`~txchanges.service._signals.StopSignals`); a later one ends the process
     at once.
 
-    :param name: ``"follow"`` or ``"fetch"``.
+    :param name: ``"follow"``, ``"fetch"`` or ``"group"``.
     :param options: Its parsed options.
     """
 
@@ -87,11 +89,12 @@ class Command:
             self._finished(None)
             return
         try:
-            db = open_database(self._options["server_url"], self._options["db_name"], self._environ, self._reactor)
+            name = self._options["group-db"] if self._name == "group" else self._options["db_name"]
+            db = open_database(self._options["server_url"], name, self._environ, self._reactor)
         except Exception:
             self._finished(Failure())
             return
-        work = self._fetch(db) if self._name == "fetch" else self._follow(db)
+        work = {"fetch": self._fetch, "group": self._group_status}.get(self._name, self._follow)(db)
         self._running = Deferred.fromCoroutine(work)
         self._running.addBoth(self._finished)
 
@@ -144,25 +147,33 @@ class Command:
         finally:
             await db.server.close()
 
+    async def _group_status(self, db: Database) -> None:
+        try:
+            text = await group_status(CouchLeaseStore(db, self._options["group"]), time.time())
+            self._out.write(text.encode("utf-8"))
+            self._out.flush()
+        finally:
+            await db.server.close()
+
     async def _follow(self, db: Database) -> None:
         options = self._options
         printer = Printer(self._out, options["limit"], lambda: self.stop())
-        store = options.checkpoint_store(db)
         follower: Any
         if options["feed"] == "longpoll":
             follower = LongpollFollower(
-                db, printer, since=options["since"], checkpoint=store, heartbeat=options["heartbeat"],
+                db, printer, since=options["since"], checkpoint=options.checkpoint_store(db), heartbeat=options["heartbeat"],
                 give_up_after=options["give-up-after"], limit=options["limit"], shard=options["shard"],
                 clock=self._reactor, params=options["params"],
                 **options["feed_params"],
             )
             self.stop, start = follower.stop, follower.start
         else:
-            follower = ChangesService(db, printer, checkpoint=store, clock=self._reactor, **options.service_kwargs())
+            follower = options.follower(db, printer, self._reactor)
             self.stop, start = follower.stopService, follower.startService
         metrics = self._start_metrics(follower)  # first: a port in use fails before any change is read
         start()
-        progress = ProgressLine(self._err, self._reactor, follower) if show_progress(self._out, self._err) else None
+        grouped = options["group"] is not None
+        progress = ProgressLine(self._err, self._reactor, follower) if show_progress(self._out, self._err) and not grouped else None
         try:
             await follower.when_stopped()
         finally:

@@ -246,16 +246,14 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     """
     reactor = default_reactor(reactor)
     db = open_database(options["url"], options["db"], options.environ, reactor)
-    follower = ChangesService(
+    follower = options.follower(
         db,
         options.build_handler(db),
-        checkpoint=options.checkpoint_store(db),
+        reactor,
         concurrency=options["concurrency"],
         max_buffered=options["max-buffered"],
         max_ahead=options["max-ahead"],
         on_error=options["on-error"],
-        clock=reactor,
-        **options.service_kwargs(),
     )
     top = _Process(reactor)
     if options["metrics-port"] is not None:
@@ -329,10 +327,15 @@ class ExitOnFailure(Service):
         super().startService()
         self.follower.when_stopped().addErrback(self._failed)
 
+    def _where(self) -> str:
+        # A worker group's follower has no single database.
+        db: Any = getattr(self.follower, "db", None)
+        return str(db.url) if db is not None else repr(self.follower)
+
     def _failed(self, failure: Failure) -> None:
         self.log.critical(
             "the follower of {db} stopped on an error ({error}); exiting with status 1",
-            db=self.follower.db.url, error=failure.getErrorMessage(),
+            db=self._where(), error=failure.getErrorMessage(),
         )
         self._set_exit_status(1)
         try:

@@ -7,6 +7,7 @@ loses - and keeps a timer on the end of the earliest lease.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Protocol
 
@@ -70,6 +71,7 @@ class Coordinator:
     :param clock: Timers (the reactor).
     :param monotonic: The time every decision uses: a clock that only moves
         forward, on this machine only.
+    :param wall: Wall-clock time, written in documents for people to read.
     :param on_ownership: Told ``(unit, "granted" | "ended", monotonic time)``:
         when a lease is won (the unit may hand over changes from then) and
         the last moment it could hand one over when it ends.
@@ -85,8 +87,11 @@ class Coordinator:
         clock: Clock,
         monotonic: Callable[[], float],
         on_ownership: Optional[Callable[[str, str, float], None]] = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.member = member
+        self._wall = wall
+        self._checkpoints: dict[str, tuple[Any, float]] = {}
         self._store = store
         self._units = units
         self._clock = clock
@@ -243,12 +248,24 @@ class Coordinator:
     def _send(self, op: Write | Delete) -> None:
         sent = self._now()
         if isinstance(op, Write):
-            d: Deferred[Any] = self._store.write(op.doc, op.body, op.rev)
+            d: Deferred[Any] = self._store.write(op.doc, self._stamped(op), op.rev)
         else:
             d = self._store.delete(op.doc, op.rev)
         # Well before the lease ends: a lost answer must not block renewals.
         d.addTimeout(self.member.timing.renew, self._clock)  # type: ignore[arg-type]
         d.addCallbacks(self._sent_ok, self._sent_failed, callbackArgs=(op, sent), errbackArgs=(op, sent))
+
+    def _stamped(self, op: Write) -> dict[str, Any]:
+        # Wall-clock times, for people reading the documents (group
+        # status): the protocol never reads them.
+        wall = self._wall()
+        body = dict(op.body, written_at=wall)
+        if op.unit is not None:
+            last = self._checkpoints.get(op.unit)
+            if last is None or last[0] != op.body.get("checkpoint"):
+                last = self._checkpoints[op.unit] = (op.body.get("checkpoint"), wall)
+            body["checkpoint_at"] = last[1]
+        return body
 
     def _sent_ok(self, rev: Any, op: Write | Delete, sent: float) -> None:
         self._run(self.member.written(op, sent, str(rev) if isinstance(op, Write) else "", self._now()))
