@@ -71,3 +71,36 @@ async def test_a_worker_with_another_unit_count_is_refused(server: Server, db: D
     finally:
         await a.stopService()
         await other.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_workers_share_a_servers_databases(server: Server, db_name: str):
+    """Given a server, the units are buckets of databases: each database's changes go to one worker, once."""
+    coord = await server.create_db(db_name + "-coord")
+    names = [f"{db_name}-d{i}" for i in range(6)]
+    for name in names:
+        db = await server.create_db(name)
+        await write_docs(db, [f"{name}-x{i}" for i in range(5)])
+    seen: list[tuple[str, str, str]] = []
+
+    def worker(me: str) -> GroupService:
+        return GroupService(
+            server, lambda name, change: seen.append((me, name, change["id"])), group="dbs", coordination=coord,
+            units=4, ttl=2.0, worker=me, match=rf"{db_name}-d\d", checkpoint_interval=0.2,
+        )
+
+    a, b = worker("a"), worker("b")
+    a.startService()
+    b.startService()
+    try:
+        await wait_for(lambda: len({(n, i) for _, n, i in seen}) == 30, 20, "every database's changes handled")
+        await wait_for(lambda: a.stats.units_owned == 2 and b.stats.units_owned == 2, 15, "an even split")
+    finally:
+        await a.stopService()
+        await b.stopService()
+    by_db: dict[str, set[str]] = {}
+    for me, name, _ in seen:
+        by_db.setdefault(name, set()).add(me)
+    assert sorted(by_db) == names
+    # A database that moved to the other worker moved with its checkpoint: no change twice.
+    assert len(seen) == 30
