@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from txchanges.group._assign import assign
-from txchanges.group._lease import Doc, Member, Start, Stop, Timing, Write, lease_id, member_id
+from txchanges.group._lease import Delete, Doc, Member, Start, Stop, Timing, Write, lease_id, member_id
 
 from .leasesim import Scenario, check, run_scenario
 
@@ -91,3 +91,14 @@ def test_a_holder_stops_handing_over_before_ttl_minus_margin_from_the_send():
     assert me.valid("0", 8.99) and not me.valid("0", 9.0)
     assert me.expire(9.0) == [Stop("0", lost=True, until=9.0)]
     assert me.held == []
+
+
+def test_a_heartbeat_silent_for_ten_lifetimes_is_removed():
+    """A crashed worker's heartbeat document is deleted once unchanged for 10 ttl, at the revision seen."""
+    me = _member("b")
+    docs = {member_id("g", "a"): Doc("3-a", {"worker": "a"})}
+    me.observe(docs, 0.0)
+    me.observe(docs, 100.0)
+    assert [op for op in me.plan(100.0) if isinstance(op, Delete)] == []
+    me.observe(docs, 100.5)
+    assert [op for op in me.plan(100.5) if isinstance(op, Delete)] == [Delete(member_id("g", "a"), "3-a")]

@@ -350,6 +350,18 @@ class Member:
                 ops += self._lease_write(unit, held, "renew", now)
         for unit in sorted(wanted - self._held.keys()):
             ops += self._acquire(unit, now)
+        return ops + self._sweep(now)
+
+    def _sweep(self, now: float) -> list[Op]:
+        # The heartbeat of a worker silent for ten lifetimes is removed, so
+        # that the group's documents do not grow with every crash.
+        ops: list[Op] = []
+        prefix = member_id(self.group, "")
+        for doc, seen in sorted(self._seen.items()):
+            if doc.startswith(prefix) and doc not in self._inflight and now - seen.since > 10 * self.timing.ttl:
+                op = Delete(doc, seen.rev)
+                self._inflight[doc] = _key(op)
+                ops.append(op)
         return ops
 
     def expire(self, now: float) -> list[Op]:
