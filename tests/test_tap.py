@@ -22,6 +22,7 @@ from twisted.python import usage
 from txchanges import ChangesService, FileCheckpoint, LocalDocCheckpoint, NotFound, Shard
 from txchanges.cli import _tap
 from txchanges.cli._tap import ExitOnFailure, Options, makeService
+from txchanges.group import GroupService
 
 from . import handlers_for_tests
 
@@ -392,3 +393,13 @@ def test_make_service_with_a_shard_names_it_in_the_checkpoint_identity(monkeypat
     [made] = RecordingService.made
     assert made["shard"] == Shard(1, 4)
     assert made["checkpoint"].identity.endswith("/_changes shard 1/4")
+
+
+def test_make_service_with_group_builds_a_worker():
+    """--group makes the follower a GroupService of that group, with the unit count, TTL and coordination database asked for."""
+    options = parse(*BASE, "--handler", f"{HANDLERS}:record", "--group", "indexer", "--group-units", "8",
+                    "--group-ttl", "6", "--group-db", "coord", "--concurrency", "2")
+    follower = makeService(options).getServiceNamed("follower")
+    assert isinstance(follower, GroupService)
+    assert (follower.group, follower.coordination.url, follower.member.timing.ttl) == ("indexer", "http://127.0.0.1:5984/coord", 6.0)
+    assert follower.units.names() == [str(i) for i in range(8)]

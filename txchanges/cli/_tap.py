@@ -246,15 +246,20 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     """
     reactor = default_reactor(reactor)
     db = open_database(options["url"], options["db"], options.environ, reactor)
-    follower = options.follower(
-        db,
-        options.build_handler(db),
-        reactor,
+    scheduling = dict(
         concurrency=options["concurrency"],
         max_buffered=options["max-buffered"],
         max_ahead=options["max-ahead"],
         on_error=options["on-error"],
     )
+    follower: Any
+    if options["group"] is None:
+        follower = ChangesService(
+            db, options.build_handler(db), checkpoint=options.checkpoint_store(db), clock=reactor,
+            **scheduling, **options.service_kwargs(),
+        )
+    else:
+        follower = options.follower(db, options.build_handler(db), reactor, **scheduling)
     top = _Process(reactor)
     if options["metrics-port"] is not None:
         from txchanges.metrics import MetricsServer
