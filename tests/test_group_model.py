@@ -8,7 +8,6 @@ tests.leasesim 5000`` runs more).
 
 from __future__ import annotations
 
-import pytest
 
 from txchanges.group._assign import assign
 from txchanges.group._lease import Delete, Doc, Member, Start, Stop, Timing, Write, lease_id, member_id

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Protocol
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure

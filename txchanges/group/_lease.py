@@ -29,113 +29,26 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from txchanges.group._assign import assign
+from txchanges.group._lease_types import (
+    CONFLICT,
+    FAILED,
+    Delete,
+    Doc,
+    Op,
+    Start,
+    Stop,
+    Timing,
+    Write,
+    config_id,
+    lease_id,
+    member_id,
+    op_key,
+)
 
 __all__ = [
     "Doc", "Write", "Delete", "Start", "Stop", "Op", "Member", "Timing", "CONFLICT", "FAILED",
     "member_id", "lease_id", "config_id",
 ]
-
-#: A write refused because the document changed (HTTP 409).
-CONFLICT = "conflict"
-#: A write whose outcome is unknown (no answer, a 5xx, a timeout).
-FAILED = "failed"
-
-
-def member_id(group: str, worker: str) -> str:
-    """The id of *worker*'s heartbeat document."""
-    return f"{group}:member:{worker}"
-
-
-def lease_id(group: str, unit: str) -> str:
-    """The id of *unit*'s lease document, which holds its checkpoint too."""
-    return f"{group}:lease:{unit}"
-
-
-def config_id(group: str) -> str:
-    """The id of the group's settings document."""
-    return f"{group}:config"
-
-
-@dataclass(frozen=True)
-class Doc:
-    """A document of the group as read: its revision and body (no ``_id``/``_rev``)."""
-
-    rev: str
-    body: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Timing:
-    """
-    The protocol's durations, in seconds.
-
-    :ivar ttl: How long a lease or a heartbeat lasts without renewal.
-    :ivar margin: Taken off a holder's lease and added to an observer's
-        wait: it covers the drift between two clocks over *ttl*.
-    :ivar renew: Seconds between renewals (and heartbeats).
-    :ivar poll: Seconds between reads of the group's documents.
-    """
-
-    ttl: float
-    margin: float
-    renew: float
-    poll: float
-
-    @classmethod
-    def for_ttl(cls, ttl: float) -> "Timing":
-        """The defaults for *ttl*: margin ttl/10, renewal every ttl/3, a read every ttl/6."""
-        if not ttl > 0:
-            raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
-        return cls(ttl=ttl, margin=ttl / 10, renew=ttl / 3, poll=ttl / 6)
-
-
-@dataclass(frozen=True)
-class Write:
-    """Write *body* to document *doc* over revision *rev* (``None``: create it)."""
-
-    doc: str
-    body: dict[str, Any]
-    rev: Optional[str]
-    #: The unit a lease write is for (``None`` for a heartbeat).
-    unit: Optional[str] = None
-    #: What it is: ``"heartbeat"``, ``"acquire"``, ``"renew"``, ``"release"``.
-    purpose: str = "heartbeat"
-    #: The checkpoint generation the body carries (see :meth:`Member.save`).
-    generation: int = 0
-
-
-@dataclass(frozen=True)
-class Delete:
-    """Delete document *doc* at revision *rev*."""
-
-    doc: str
-    rev: str
-
-
-@dataclass(frozen=True)
-class Start:
-    """Start following *unit* from *checkpoint* (``None``: from the start); its lease is held."""
-
-    unit: str
-    checkpoint: Any
-
-
-@dataclass(frozen=True)
-class Stop:
-    """
-    Stop following *unit*: at once, no change handed over from now on.
-    *lost* says the lease is gone (it expired or was taken); otherwise the
-    unit is given up and :meth:`Member.stopped` must be told when its
-    checkpoint is saved, to release the lease.
-    """
-
-    unit: str
-    lost: bool
-    #: When the lease ends (or ended), on this worker's clock.
-    until: Optional[float] = None
-
-
-Op = Union[Write, Delete, Start, Stop]
 
 
 @dataclass
@@ -272,7 +185,7 @@ class Member:
                 ops.append(Stop(unit, lost=False, until=held.valid_until))
         beat = member_id(self.group, self.me)
         if self._beat_rev is not None and beat not in self._inflight:
-            self._inflight[beat] = _key(Delete(beat, self._beat_rev))
+            self._inflight[beat] = op_key(Delete(beat, self._beat_rev))
             ops.append(Delete(beat, self._beat_rev))
         return ops
 
@@ -360,7 +273,7 @@ class Member:
         for doc, seen in sorted(self._seen.items()):
             if doc.startswith(prefix) and doc not in self._inflight and now - seen.since > 10 * self.timing.ttl:
                 op = Delete(doc, seen.rev)
-                self._inflight[doc] = _key(op)
+                self._inflight[doc] = op_key(op)
                 ops.append(op)
         return ops
 
@@ -392,7 +305,7 @@ class Member:
         )
         self._beat_at = now
         op = Write(doc, body, rev)
-        self._inflight[doc] = _key(op)
+        self._inflight[doc] = op_key(op)
         return [op]
 
     def _acquire(self, unit: str, now: float) -> list[Op]:
@@ -452,7 +365,7 @@ class Member:
         How a write or delete sent at *sent* ended: the new revision, or
         :data:`CONFLICT`, or :data:`FAILED`.
         """
-        if self._inflight.get(op.doc) != _key(op):
+        if self._inflight.get(op.doc) != op_key(op):
             return []  # an answer already learnt from a read
         del self._inflight[op.doc]
         if isinstance(op, Delete):
@@ -529,10 +442,3 @@ class Member:
             # Sent once the write in flight ends: see retry_release().
             return []
         return self._lease_write(unit, held, "release", now)
-
-
-def _key(op: Union[Write, Delete]) -> str:
-    # What tells one write or delete from the next on the same document.
-    if isinstance(op, Delete):
-        return f"delete {op.rev}"
-    return str(op.body["token"])
