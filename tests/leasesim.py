@@ -326,7 +326,7 @@ class Worker:
         if what == "granted":
             self._open[unit] = world
             self.outcome.grants.append((unit, self.name, world))
-        else:
+        elif what == "ended":
             start = self._open.pop(unit)
             self.outcome.intervals.append((unit, self.name, start, world))
 
@@ -495,7 +495,8 @@ def _takeovers(outcome: Outcome, s: Scenario) -> list[str]:
     # A crashed worker's units go to another within the bound, unless
     # another fault (a pause, a partition, another crash) came close to it.
     t = Timing.for_ttl(s.ttl)
-    bound = (t.ttl + t.margin) * (1 + 2 * s.drift) + 2 * t.poll + 4 * outcome.max_delay + 0.05
+    # The wait, two reads, and the network: a read, a write and the lease write that landed last.
+    bound = (t.ttl + t.margin) * (1 + 2 * s.drift) + 2 * t.poll + 8 * outcome.max_delay + 0.25
     problems = []
     for crashed_at, units in outcome.crashes:
         near = [a for a, b in outcome.faults if a != crashed_at and b >= crashed_at - t.ttl and a <= crashed_at + bound]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 from txchanges.group._assign import assign
-from txchanges.group._lease import Delete, Doc, Member, Start, Stop, Timing, Write, lease_id, member_id
+from txchanges.group._lease import FAILED, Delete, Doc, Member, Start, Stop, Timing, Write, lease_id, member_id
 
 from .leasesim import Scenario, check, run_scenario
 
@@ -101,3 +101,20 @@ def test_a_heartbeat_silent_for_ten_lifetimes_is_removed():
     assert [op for op in me.plan(100.0) if isinstance(op, Delete)] == []
     me.observe(docs, 100.5)
     assert [op for op in me.plan(100.5) if isinstance(op, Delete)] == [Delete(member_id("g", "a"), "3-a")]
+
+
+def test_a_leaver_writes_a_failed_last_checkpoint_again_and_forgets_it_once_the_lease_ends():
+    """While leaving, a last checkpoint whose write failed is written again; once the lease ends the unit is let go."""
+    me = _member("a")
+    me.observe({}, 0.0)
+    [write] = [op for op in me.plan(0.0) if isinstance(op, Write) and op.unit == "0"]
+    me.written(write, 0.0, "1-a", 0.1)
+    assert me.leave()[0] == Stop("0", lost=False, until=9.0)
+    me.save("0", 42)
+    [flush] = me.flush("0", 1.0)
+    assert me.written(flush, 1.0, FAILED, 1.2) == []
+    [again] = [op for op in me.plan(2.0) if isinstance(op, Write)]
+    assert (again.unit, again.body["checkpoint"], again.rev) == ("0", 42, "1-a")
+    me.written(again, 2.0, FAILED, 2.1)
+    assert me.plan(9.0) == []
+    assert me.valid_until("0") is None and me.held == []

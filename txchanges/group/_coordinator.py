@@ -72,9 +72,10 @@ class Coordinator:
     :param monotonic: The time every decision uses: a clock that only moves
         forward, on this machine only.
     :param wall: Wall-clock time, written in documents for people to read.
-    :param on_ownership: Told ``(unit, "granted" | "ended", monotonic time)``:
-        when a lease is won (the unit may hand over changes from then) and
-        the last moment it could hand one over when it ends.
+    :param on_ownership: Told ``(unit, "granted" | "ended" | "released",
+        monotonic time)``: when a lease is won (the unit may hand over changes
+        from then), the last moment it could hand one over when it ends, and
+        when a unit given up was released with its last checkpoint.
     """
 
     log = Logger()
@@ -268,6 +269,8 @@ class Coordinator:
         return body
 
     def _sent_ok(self, rev: Any, op: Write | Delete, sent: float) -> None:
+        if isinstance(op, Write) and op.purpose == "release" and op.unit is not None and self._on_ownership:
+            self._on_ownership(op.unit, "released", self._now())
         self._run(self.member.written(op, sent, str(rev) if isinstance(op, Write) else "", self._now()))
 
     def _sent_failed(self, failure: Failure, op: Write | Delete, sent: float) -> None:

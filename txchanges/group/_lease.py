@@ -239,7 +239,7 @@ class Member:
         """What to do now: heartbeat, give up, renew, acquire, and stop what expired."""
         ops: list[Op] = self.expire(now)
         if self._leaving:
-            return ops
+            return ops + self._retry_writes(now)
         ops += self._heartbeat(now)
         owners = assign(self.units, self.live_members(now))
         wanted = frozenset(u for u, m in owners.items() if m == self.me)
@@ -277,12 +277,32 @@ class Member:
                 ops.append(op)
         return ops
 
-    def expire(self, now: float) -> list[Op]:
-        """Stop every running unit whose lease has ended by *now*."""
+    def _retry_writes(self, now: float) -> list[Op]:
+        # While leaving: the last checkpoints and the releases that failed
+        # are written again, until the leases end.
         ops: list[Op] = []
         for unit, held in sorted(self._held.items()):
-            if held.state == "running" and now >= held.valid_until:
+            if held.state == "releasing":
+                ops += self._lease_write(unit, held, "release", now)
+            elif held.wanted > held.written:
+                ops += self._lease_write(unit, held, "renew", now)
+        return ops
+
+    def expire(self, now: float) -> list[Op]:
+        """
+        Stop every running unit whose lease has ended by *now*; forget those
+        being given up whose lease ended before they could be released (their
+        last checkpoint is then refused, and the next owner repeats a little).
+        """
+        ops: list[Op] = []
+        for unit, held in sorted(self._held.items()):
+            if now < held.valid_until:
+                continue
+            if held.state == "running":
                 ops.append(self._lose(unit))
+            else:
+                del self._held[unit]
+                self.counts["lost"] += 1
         return ops
 
     def _lose(self, unit: str) -> Stop:

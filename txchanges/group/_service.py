@@ -99,9 +99,10 @@ class GroupService(Service):
     :param clock: Timers; the global reactor when omitted.
     :param monotonic: The time leases are judged by; :func:`boottime` by
         default (``clock.seconds`` when a clock is given without it).
-    :param on_ownership: Called as ``(unit, "granted" | "ended", t)`` with
-        *t* on the *monotonic* clock: from when the unit may hand changes
-        over, and until when it could.
+    :param on_ownership: Called as ``(unit, "granted" | "ended" |
+        "released", t)`` with *t* on the *monotonic* clock: from when the
+        unit may hand changes over, until when it could, and when it was
+        handed over cleanly (its last checkpoint written with the release).
     :param follow: Keyword arguments for each unit's service
         (``concurrency``, ``checkpoint_interval``, ``stop_timeout``, feed
         parameters, and ``match`` for a server).
