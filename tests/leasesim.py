@@ -248,8 +248,9 @@ class Outcome:
     #: and (time, units held) of each crash.
     faults: list[tuple[float, float]] = field(default_factory=list)
     crashes: list[tuple[float, list[str]]] = field(default_factory=list)
-    #: The longest a request or an answer took.
+    #: The longest a request or an answer took, and how many answers were lost.
     max_delay: float = 0.0
+    lost_answers: float = 0.0
     #: How long after a crash each of its units was granted to another worker.
     takeovers: list[float] = field(default_factory=list)
 
@@ -369,6 +370,7 @@ def run_scenario(s: Scenario) -> Outcome:
     if faults.lost_answers:
         outcome.graceful_only = False
     outcome.max_delay = faults.max_delay
+    outcome.lost_answers = faults.lost_answers
     workers: dict[str, Worker] = {}
     counter = [0]
 
@@ -493,7 +495,10 @@ def check(outcome: Outcome, s: Scenario) -> list[str]:
 
 def _takeovers(outcome: Outcome, s: Scenario) -> list[str]:
     # A crashed worker's units go to another within the bound, unless
-    # another fault (a pause, a partition, another crash) came close to it.
+    # another fault (a pause, a partition, another crash) came close to it,
+    # or answers get lost (each lost answer may cost a lease write's timeout).
+    if not outcome.graceful_only and outcome.lost_answers:
+        return []
     t = Timing.for_ttl(s.ttl)
     # The wait, two reads, and the network: a read, a write and the lease write that landed last.
     bound = (t.ttl + t.margin) * (1 + 2 * s.drift) + 2 * t.poll + 8 * outcome.max_delay + 0.25
