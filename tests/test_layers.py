@@ -12,9 +12,10 @@ ALLOWED = {
     "feed": {"base", "http"},
     "service": {"base", "http", "feed"},
     "many": {"base", "http", "feed", "service"},
+    "group": {"base", "http", "feed", "service", "many"},
     "testing": {"base", "http", "feed"},
-    "cli": {"base", "http", "feed", "service", "many", "metrics"},
-    "metrics": {"base", "feed", "service", "many"},
+    "cli": {"base", "http", "feed", "service", "many", "group", "metrics"},
+    "metrics": {"base", "feed", "service", "many", "group"},
 }
 
 #: The one import against the direction, with its reason.

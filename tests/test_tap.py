@@ -23,6 +23,7 @@ from twisted.python import usage
 from txchanges import ChangesService, DatabasesService, FileCheckpoint, LocalDocCheckpoint, NotFound, Shard
 from txchanges.cli import _tap
 from txchanges.cli._tap import ExitOnFailure, Options, makeService
+from txchanges.group import GroupService
 
 from . import handlers_for_tests
 
@@ -539,3 +540,13 @@ def test_twistd_all_dbs_exits_1_when_it_cannot_start(couch_server, tmp_path, ext
     assert f"the follower of the databases of {couch_server.url} stopped on an error" in line and message in line
     if not extra:
         assert "--all-dbs needs a server admin's credentials" in line
+
+
+def test_make_service_with_group_builds_a_worker():
+    """--group makes the follower a GroupService of that group, with the unit count, TTL and coordination database asked for."""
+    options = parse(*BASE, "--handler", f"{HANDLERS}:record", "--group", "indexer", "--group-units", "8",
+                    "--group-ttl", "6", "--group-db", "coord", "--concurrency", "2")
+    follower = makeService(options).getServiceNamed("follower")
+    assert isinstance(follower, GroupService)
+    assert (follower.group, follower.coordination.url, follower.member.timing.ttl) == ("indexer", "http://127.0.0.1:5984/coord", 6.0)
+    assert follower.units.names() == [str(i) for i in range(8)]

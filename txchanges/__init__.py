@@ -39,6 +39,13 @@ What to use for what:
     default, ``FileCheckpoints`` (one JSON file), ``CouchCheckpoints`` (a
     coordination database) or ``LocalDocCheckpoints`` (a ``_local``
     document in each database); ``service.stats`` is a ``DatabasesStats``.
+``GroupService``
+    One worker of a group: any number of processes, anywhere, share a
+    database's shards (or a server's databases) through leases kept in a
+    coordination database, and take over a crashed worker's share;
+    ``service.stats`` is a ``GroupStats``. A worker that cannot join fails
+    with ``GroupError``; ``LeaseExpired`` and ``LeaseLost`` are what a
+    change or a checkpoint meets once the worker's lease has ended.
 ``txchanges.testing``
     ``FakeCouchDB``, an in-memory CouchDB 3 with fault controls, for testing
     handlers with a ``task.Clock``.
@@ -56,7 +63,7 @@ The command line follower is ``txchanges follow URL/DB`` (or ``python -m
 txchanges``); the twistd plugin is ``twistd -n txchanges``.
 """
 
-from txchanges import errors, many, service
+from txchanges import errors, group, many, service
 from txchanges.errors import *  # noqa: F403
 from txchanges.feed._aiter import BatchStream, ChangeStream
 from txchanges.feed._feedparams import FeedParams
@@ -64,6 +71,7 @@ from txchanges.feed.consumer import Consumer
 from txchanges.http._timeouts import Timeouts
 from txchanges.http._tls import TLSPolicy
 from txchanges.http.client import Database, Server
+from txchanges.group import *  # noqa: F403
 from txchanges.many import *  # noqa: F403
 from txchanges.service import *  # noqa: F403
 
@@ -82,4 +90,5 @@ __all__ = [
 ]
 __all__ += service.__all__
 __all__ += many.__all__
+__all__ += group.__all__
 __all__ += errors.__all__

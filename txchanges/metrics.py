@@ -77,6 +77,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from txchanges.many import DatabasesStats
+from txchanges.group._service import GroupService
 from txchanges.service._lifecycle_types import State
 from txchanges.service._stats import ServiceStats
 from txchanges._reactor import Clock
@@ -124,7 +125,7 @@ class ServiceCollector:
         compared with: the followers' clock; the global reactor when omitted.
     """
 
-    def __init__(self, followers: Sequence[Followed], *, clock: Optional[Clock] = None) -> None:
+    def __init__(self, followers: Sequence[Union[Followed, GroupService]], *, clock: Optional[Clock] = None) -> None:
         clock = default_clock(clock)
         self._followers = list(followers)
         self._clock: Clock = clock
@@ -147,7 +148,10 @@ class ServiceCollector:
             "txchanges_resume_seq", "Where a restart would resume (opaque).", labels=["db"]
         )
         now = self._clock.seconds()
+        yield from _group_metrics([f for f in self._followers if isinstance(f, GroupService)])
         for follower in self._followers:
+            if isinstance(follower, GroupService):
+                continue
             db = follower.db.url
             stats = follower.stats
             for name, _, attribute in _COUNTERS:
@@ -186,7 +190,7 @@ class FollowedDatabases(Protocol):
 
 
 #: Any follower a :class:`MetricsServer` serves.
-AnyFollower = Union[Followed, FollowedDatabases]
+AnyFollower = Union[Followed, FollowedDatabases, GroupService]
 
 _DATABASES_GAUGES = (
     ("txchanges_databases_followed", "Databases followed.", "databases"),
@@ -241,6 +245,31 @@ class DatabasesCollector:
         yield from gauges.values()
         yield from counters.values()
         yield state
+
+
+#: A worker group's counters and gauges: name, help, GroupStats attribute.
+_GROUP = (
+    ("txchanges_group_units_owned", "Units whose lease the worker holds.", "units_owned", GaugeMetricFamily),
+    ("txchanges_group_members", "Live members of the group the worker sees.", "members", GaugeMetricFamily),
+    ("txchanges_group_rebalances", "Times the units the worker should own changed.", "rebalances", CounterMetricFamily),
+    ("txchanges_group_lease_renewals", "Lease writes that succeeded.", "renewals", CounterMetricFamily),
+    ("txchanges_group_lease_renewals_failed", "Lease writes that failed or were refused.", "renewals_failed",
+     CounterMetricFamily),
+    ("txchanges_group_leases_lost", "Leases that ended before they were renewed, or were taken.", "lost",
+     CounterMetricFamily),
+    ("txchanges_group_changes_handled", "Changes handled by the worker's running units.", "handled",
+     CounterMetricFamily),
+)
+
+
+def _group_metrics(workers: Sequence[GroupService]) -> Iterable[Metric]:
+    families = {name: kind(name, doc, labels=["group", "worker"]) for name, doc, _, kind in _GROUP}
+    for worker in workers:
+        stats = worker.stats
+        for name, _, attribute, _ in _GROUP:
+            families[name].add_metric([worker.group, worker.worker], getattr(stats, attribute))
+    if workers:
+        yield from families.values()
 
 
 def metrics_registry(

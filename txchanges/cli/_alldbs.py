@@ -21,8 +21,10 @@ from twisted.python import usage
 from txchanges.cli._options import FollowerOptions, check_db_name, check_server_url, positive_int
 from txchanges.errors import Forbidden, NotFound, Unauthorized
 from txchanges.http._urls import redact
+from txchanges.group._service import GroupService
 from txchanges.http.client import Server
 from txchanges.many._match import predicate
+from txchanges.many._service import DatabasesService
 from txchanges.many.checkpoints import CheckpointsStore, parse_checkpoints_spec
 
 __all__ = [
@@ -158,6 +160,22 @@ class AllDatabasesOptions(FollowerOptions):
             page_size=self["page-size"],
             heartbeat=self["heartbeat"],
             give_up_after=self["give-up-after"],
+        )
+
+    def databases_follower(self, server: Server, handler: Any, clock: Any, **more: Any) -> Any:
+        """
+        :return: The follower of *server*'s databases these options
+            describe: a :class:`~txchanges.DatabasesService` with the
+            ``--checkpoint`` store, or with ``--group`` a
+            :class:`~txchanges.GroupService` whose units are buckets of the
+            databases.
+        """
+        kwargs = dict(self.databases_kwargs(), clock=clock, **more)
+        if self["group"] is None:
+            return DatabasesService(server, handler, checkpoint=self.checkpoints_store(server), **kwargs)
+        return GroupService(
+            server, handler, group=self["group"], coordination=server[self["group-db"]],
+            units=self["group-units"], ttl=self["group-ttl"], **kwargs,
         )
 
     def checkpoints_store(self, server: Server) -> CheckpointsStore:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Mapping
 from types import FrameType
 from typing import Any, BinaryIO, Callable, Optional, TextIO, cast
@@ -25,10 +26,10 @@ from txchanges.cli._options import open_database, open_server
 from txchanges.cli._printer import DatabasesPrinter, Printer, silence_stdout
 from txchanges.cli._progressline import ProgressLine, show_progress
 from txchanges.http.client import Database, Server
-from txchanges.many import DatabasesService
 from txchanges.feed.consumer import Consumer
 from txchanges.errors import TxChangesError
-from txchanges.service._service import ChangesService
+from txchanges.group._couchstore import CouchLeaseStore
+from txchanges.group._status import group_status
 from txchanges.service._signals import AGAIN, ECHO_WINDOW, FIRST, StopSignals
 
 __all__ = ["Command", "describe"]
@@ -53,7 +54,7 @@ class Command:
     at once.
 
     :param name: ``"follow"`` (of one database, or of many with
-        ``--all-dbs``) or ``"fetch"``.
+        ``--all-dbs``), ``"fetch"`` or ``"group"``.
     :param options: Its parsed options.
     """
 
@@ -92,12 +93,13 @@ class Command:
         options = self._options
         try:
             url = options["server_url"]
-            connection = dict(auth=options["auth"], **options.server_options(url, self._environ))
+            connection = dict(auth=options.get("auth", "basic"), **options.server_options(url, self._environ))
             if options.get("all-dbs"):
                 work = self._follow_all(open_server(url, self._environ, self._reactor, **connection))
             else:
-                db = open_database(url, options["db_name"], self._environ, self._reactor, **connection)
-                work = self._fetch(db) if self._name == "fetch" else self._follow(db)
+                name = options["group-db"] if self._name == "group" else options["db_name"]
+                db = open_database(url, name, self._environ, self._reactor, **connection)
+                work = {"fetch": self._fetch, "group": self._group_status}.get(self._name, self._follow)(db)
         except Exception:
             self._finished(Failure())
             return
@@ -154,25 +156,33 @@ class Command:
         finally:
             await db.server.close()
 
+    async def _group_status(self, db: Database) -> None:
+        try:
+            text = await group_status(CouchLeaseStore(db, self._options["group"]), time.time())
+            self._out.write(text.encode("utf-8"))
+            self._out.flush()
+        finally:
+            await db.server.close()
+
     async def _follow(self, db: Database) -> None:
         options = self._options
         printer = Printer(self._out, options["limit"], lambda: self.stop())
-        store = options.checkpoint_store(db)
         follower: Any
         if options["feed"] == "longpoll":
             follower = LongpollFollower(
-                db, printer, since=options["since"], checkpoint=store, heartbeat=options["heartbeat"],
+                db, printer, since=options["since"], checkpoint=options.checkpoint_store(db), heartbeat=options["heartbeat"],
                 give_up_after=options["give-up-after"], limit=options["limit"], shard=options["shard"],
                 clock=self._reactor, params=options["params"],
                 **options["feed_params"],
             )
             self.stop, start = follower.stop, follower.start
         else:
-            follower = ChangesService(db, printer, checkpoint=store, clock=self._reactor, **options.service_kwargs())
+            follower = options.follower(db, printer, self._reactor)
             self.stop, start = follower.stopService, follower.startService
         metrics = self._start_metrics(follower)  # first: a port in use fails before any change is read
         start()
-        progress = ProgressLine(self._err, self._reactor, follower) if show_progress(self._out, self._err) else None
+        grouped = options["group"] is not None
+        progress = ProgressLine(self._err, self._reactor, follower) if show_progress(self._out, self._err) and not grouped else None
         try:
             await follower.when_stopped()
         finally:
@@ -186,12 +196,8 @@ class Command:
         options = self._options
         printer = DatabasesPrinter(self._out, lambda: self.stop())
         try:
-            store = options.checkpoints_store(server)
             await check_server(server)
-            follower = DatabasesService(
-                server, printer.change, on_deleted=printer.deleted, checkpoint=store, clock=self._reactor,
-                **options.databases_kwargs(),
-            )
+            follower = options.databases_follower(server, printer.change, self._reactor, on_deleted=printer.deleted)
             self.stop = follower.stopService
             metrics = self._start_metrics(follower)
             # Asked first: a store that cannot be used stops it inside startService().

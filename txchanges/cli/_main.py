@@ -5,7 +5,9 @@ The ``txchanges`` command (also ``python -m txchanges``).
   stdout, through reconnects, resuming from ``--checkpoint``;
 - ``txchanges follow URL --all-dbs`` does so for every matching database
   of a server, each line with the database's name in ``"db"``;
-- ``txchanges fetch URL/DB`` prints the normal feed's body and exits.
+- ``txchanges fetch URL/DB`` prints the normal feed's body and exits;
+- ``txchanges group status URL --group NAME`` prints a worker group's
+  members, units, owners and checkpoint ages.
 
 Data goes to stdout, logs and progress to stderr, so the output pipes into
 ``jq``. Exit status: 0 after a normal end (``--limit`` reached, ``fetch``
@@ -38,7 +40,8 @@ from twisted.python.failure import Failure
 
 from txchanges.cli._alldbs import AllDatabasesOptions, split_server_url
 from txchanges.cli._command import Command, describe
-from txchanges.cli._options import FeedOptions, positive_int, split_database_url
+from txchanges.cli._connection import ConnectionOptions
+from txchanges.cli._options import FeedOptions, check_db_name, check_server_url, positive_int, split_database_url
 from txchanges._reactor import default_reactor
 
 __all__ = ["main", "run", "CommandOptions", "FetchOptions", "FollowOptions"]
@@ -146,6 +149,40 @@ class FollowOptions(_DatabaseArgument, AllDatabasesOptions):
         super().postOptions()
         if self["feed"] not in ("continuous", "longpoll"):
             raise usage.UsageError(f"--feed must be continuous or longpoll, not {self['feed']!r}")
+        if self["feed"] == "longpoll" and self["group"] is not None:
+            raise usage.UsageError("--group follows with the continuous feed: drop --feed longpoll")
+
+
+class GroupOptions(_Verbosity, ConnectionOptions):
+    """
+    ``txchanges group status URL --group NAME``: show a worker group.
+    """
+
+    synopsis = "status URL --group NAME [options]"
+    longdesc = "Print a worker group's members, its units, their owners and checkpoint ages."
+    optParameters: list[list[Any]] = [
+        ["group", None, None, "The group's name."],
+        ["group-db", None, "txchanges-groups", "The database of the group's documents."],
+    ]
+
+    def parseOptions(self, options: Optional[list[str]] = None) -> None:
+        try:
+            pairs, args = getopt.gnu_getopt(options or [], self.shortOpt, self.longOpt)
+        except getopt.error as e:
+            raise usage.UsageError(str(e)) from None
+        flat = [f"{o}={v}" if o[2:] + "=" in self.longOpt else f"{o}{v}" for o, v in pairs]
+        super().parseOptions([*flat, "--", *args])
+
+    def parseArgs(self, *args: str) -> None:
+        if len(args) != 2 or args[0] != "status":
+            raise usage.UsageError("expected: status URL (the server, http://host:5984/)")
+        self["server_url"] = check_server_url(args[1], "URL")
+
+    def postOptions(self) -> None:
+        if not self["group"]:
+            raise usage.UsageError("--group NAME is required")
+        check_db_name(self["group-db"])
+        self.check_connection()
 
 
 class CommandOptions(_Verbosity):
@@ -162,6 +199,7 @@ class CommandOptions(_Verbosity):
     subCommands = [
         ["follow", None, FollowOptions, "Print every change as a JSON line, following the feed."],
         ["fetch", None, FetchOptions, "Print the changes since a point as one JSON document."],
+        ["group", None, GroupOptions, "group status URL --group NAME: show a worker group."],
     ]
 
     def getSynopsis(self) -> str:
@@ -170,7 +208,7 @@ class CommandOptions(_Verbosity):
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("expected a command: follow or fetch")
+            raise usage.UsageError("expected a command: follow, fetch or group")
 
 
 _LEVELS = {-1: LogLevel.error, 0: LogLevel.warn, 1: LogLevel.info}

@@ -29,6 +29,8 @@ from txchanges.service.shard import Shard
 from txchanges.service._service import FEED_MAX_DURATION
 from txchanges.feed._feedparams import KNOWN, check_feed_params, feed_param_from_text
 from txchanges.feed.consumer import Consumer
+from txchanges.group._service import GroupService
+from txchanges.service._service import ChangesService
 
 __all__ = [
     "FeedOptions",
@@ -240,6 +242,17 @@ class FollowerOptions(FeedOptions):
         ["pending-interval", None, None,
          "Ask the server every this many seconds how many changes lie past the resume point, "
          "for the pending count in stats and metrics; default: only when a feed ends.", positive_float],
+        ["group", None, None,
+         "NAME: join worker group NAME, whose workers (any number, on any machines) share the "
+         "database's shards, with leases and checkpoints in --group-db; instead of --shard "
+         "and --checkpoint."],
+        ["group-db", None, "txchanges-groups",
+         "The database of the group's leases, heartbeats and checkpoints, on the same server."],
+        ["group-units", None, 16, "How many shards a group splits the work into (the same for every worker).",
+         positive_int],
+        ["group-ttl", None, 15.0,
+         "Seconds a lease lasts without renewal: a crashed worker's shards move after about this long.",
+         positive_float],
         ["metrics-port", None, None,
          "Serve Prometheus metrics at http://INTERFACE:PORT/metrics (needs the 'metrics' extra).",
          port_number],
@@ -251,6 +264,14 @@ class FollowerOptions(FeedOptions):
     def postOptions(self) -> None:
         super().postOptions()
         self.check_checkpoint_spec()
+        if self["group"] is not None:
+            if ":" in self["group"] or not self["group"]:
+                raise usage.UsageError(f"--group: a name without ':', not {self['group']!r}")
+            check_db_name(self["group-db"])
+            if self["shard"] is not None or self["checkpoint"] != "memory":
+                raise usage.UsageError(
+                    "--group splits the work and keeps the checkpoints itself: drop --shard and --checkpoint"
+                )
         if self["metrics-port"] is not None and not have_prometheus_client():
             raise usage.UsageError(
                 "--metrics-port needs the prometheus_client package: "
@@ -287,6 +308,21 @@ class FollowerOptions(FeedOptions):
             shard=self["shard"],
             pending_interval=self["pending-interval"],
             feed_max_duration=self["feed-max-duration"] or None,
+        )
+
+    def follower(self, db: Database, handler: Callable[[dict[str, Any]], Any], clock: Any, **more: Any) -> Any:
+        """
+        :return: The follower these options describe: a
+            :class:`~txchanges.ChangesService` with the ``--checkpoint`` store,
+            or with ``--group`` a :class:`~txchanges.GroupService`.
+        """
+        kwargs = dict(self.service_kwargs(), clock=clock, **more)
+        if self["group"] is None:
+            return ChangesService(db, handler, checkpoint=self.checkpoint_store(db), **kwargs)
+        del kwargs["shard"]
+        return GroupService(
+            db, handler, group=self["group"], coordination=db.server[self["group-db"]],
+            units=self["group-units"], ttl=self["group-ttl"], **kwargs,
         )
 
     def checkpoint_store(self, db: Database) -> CheckpointStore:

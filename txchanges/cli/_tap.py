@@ -65,6 +65,7 @@ from txchanges.service._onerror import ON_ERROR
 from txchanges.service._options import buffer_bounds
 from txchanges._reactor import default_reactor
 from txchanges.http.client import Database, Server
+from txchanges.group._service import GroupService
 from txchanges.many import DatabasesService
 from txchanges.service._service import ChangesService
 
@@ -255,21 +256,15 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         and, with ``--metrics-port``, the metrics endpoint (``"metrics"``).
     """
     reactor = default_reactor(reactor)
-    follower: "ChangesService | DatabasesService"
+    follower: "ChangesService | DatabasesService | GroupService"
     if options["all-dbs"]:
         server = open_server(
             options["url"], options.environ, reactor, options["auth"],
             **options.server_options(options["url"], options.environ),
         )
-        follower = DatabasesService(
-            server,
-            options.build_handler(server),
-            checkpoint=options.checkpoints_store(server),
-            concurrency=options["concurrency"],
-            on_error=options["on-error"],
-            on_deleted=options["on-deleted-object"],
-            clock=reactor,
-            **options.databases_kwargs(),
+        follower = options.databases_follower(
+            server, options.build_handler(server), reactor,
+            concurrency=options["concurrency"], on_error=options["on-error"], on_deleted=options["on-deleted-object"],
         )
     else:
         follower = _changes_service(options, reactor)
@@ -291,29 +286,26 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     return top
 
 
-def _changes_service(options: Options, reactor: Any) -> ChangesService:
+def _changes_service(options: Options, reactor: Any) -> "ChangesService | GroupService":
     db = open_database(
         options["url"], options["db"], options.environ, reactor, options["auth"],
         **options.server_options(options["url"], options.environ),
     )
-    handler = options.build_handler(db)
+    handler: Any = options.build_handler(db)
     if options["batch"] is None:
         handling: dict[str, Any] = dict(
-            handler=handler,
             concurrency=options["concurrency"],
             max_buffered=options["max-buffered"],
             max_ahead=options["max-ahead"],
         )
     else:
         handling = dict(batch_handler=handler, max_batch=options["batch"])
-    return ChangesService(
-        db,
-        checkpoint=options.checkpoint_store(db),
-        on_error=options["on-error"],
-        clock=reactor,
-        **handling,
-        **options.service_kwargs(),
+        handler = None
+    # A ChangesService with the --checkpoint store, or with --group a worker.
+    follower: "ChangesService | GroupService" = options.follower(
+        db, handler, reactor, on_error=options["on-error"], **handling,
     )
+    return follower
 
 
 class _Process(MultiService):
@@ -360,7 +352,7 @@ class ExitOnFailure(Service):
 
     def __init__(
         self,
-        follower: "ChangesService | DatabasesService",
+        follower: "ChangesService | DatabasesService | GroupService",
         reactor: Any,
         set_exit_status: Optional[Callable[[int], object]] = None,
     ) -> None:
@@ -372,13 +364,18 @@ class ExitOnFailure(Service):
         super().startService()
         self.follower.when_stopped().addErrback(self._failed)
 
+    def _where(self) -> str:
+        # A worker group's follower has no single database.
+        db: Any = getattr(self.follower, "db", None)
+        return str(db.url) if db is not None else repr(self.follower)
+
     def _failed(self, failure: Failure) -> None:
         follower, error = self.follower, failure.getErrorMessage()
         if isinstance(follower, DatabasesService):
             what = f"the databases of {follower.server.url}"
             error += explain(cast(BaseException, failure.value))
         else:
-            what = follower.db.url
+            what = self._where()
         self.log.critical(
             "the follower of {db} stopped on an error ({error}); exiting with status 1", db=what, error=error,
         )

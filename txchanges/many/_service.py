@@ -316,11 +316,12 @@ class DatabasesService(Service):
             task.cancel()
         if self._poller is not None and self._poller.running:
             self._poller.stop()
-        if self._updates is not None:
-            await self._updates.stopService()
+        # At once, even from inside a handler: no handler call starts after this.
         closed = self._pool.close()
         for catch_up in list(self._catch_ups.values()):
             catch_up.stop()
+        if self._updates is not None:
+            await self._updates.stopService()
         await closed
         if self._saves is not None:
             try:
