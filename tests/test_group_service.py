@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest_twisted
 
-from txchanges import Database, GroupError, GroupService, Server
+from txchanges import Database, GroupError, GroupService, Server, Shard
 
 from txchanges.metrics import render_metrics
 
@@ -104,3 +104,25 @@ async def test_two_workers_share_a_servers_databases(server: Server, db_name: st
     assert sorted(by_db) == names
     # A database that moved to the other worker moved with its checkpoint: no change twice.
     assert len(seen) == 30
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_with_a_batch_handler_gets_each_units_changes_as_lists(server: Server, db: Database):
+    """With batch_handler (and no handler) each unit's service hands over lists, each of one shard's documents, every change once."""
+    coord = await server.create_db(db.name + "-coord")
+    batches: list[list[str]] = []
+    worker = GroupService(
+        db, None, group="g", coordination=coord, units=4, ttl=2.0, worker="a",
+        batch_handler=lambda changes: batches.append([c["id"] for c in changes]), max_batch=50,
+    )
+    worker.startService()
+    try:
+        await wait_for(lambda: worker.stats.units_owned == 4, 15, "the worker owning every unit")
+        ids = [f"doc-{i:03d}" for i in range(40)]
+        await write_docs(db, ids)
+        await wait_for(lambda: sum(map(len, batches)) >= 40, 15, "every change handled")
+    finally:
+        await worker.stopService()
+    assert sorted(i for batch in batches for i in batch) == ids
+    for batch in batches:
+        assert len({next(n for n in range(4) if Shard(n, 4).owns(i)) for i in batch}) == 1, batch

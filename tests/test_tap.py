@@ -21,7 +21,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 
 from txchanges import ChangesService, DatabasesService, FileCheckpoint, LocalDocCheckpoint, NotFound, Shard
-from txchanges.cli import _tap
+from txchanges.cli import _alldbs, _options
 from txchanges.cli._tap import ExitOnFailure, Options, makeService
 from txchanges.group import GroupService
 
@@ -147,7 +147,7 @@ class RecordingService(ChangesService):
 
 def test_make_service_builds_the_follower_with_the_options(monkeypatch, tmp_path):
     """makeService gives a MultiService holding a ChangesService made from every option, and the exit watcher."""
-    monkeypatch.setattr(_tap, "ChangesService", RecordingService)
+    monkeypatch.setattr(_options, "ChangesService", RecordingService)
     RecordingService.made.clear()
     options = parse(
         "--url", "http://127.0.0.1:5984/prefix/", "--db", "orders", "--handler", f"{HANDLERS}:record",
@@ -174,7 +174,7 @@ def test_make_service_builds_the_follower_with_the_options(monkeypatch, tmp_path
 
 def test_handler_factory_is_called_once_with_the_database_and_handler_args(monkeypatch, tmp_path):
     """--handler-factory is called with the Database and the --handler-arg pairs; a local: checkpoint lives in that database."""
-    monkeypatch.setattr(_tap, "ChangesService", RecordingService)
+    monkeypatch.setattr(_options, "ChangesService", RecordingService)
     monkeypatch.setenv(handlers_for_tests.OUTPUT_VARIABLE, str(tmp_path / "out.jsonl"))
     RecordingService.made.clear()
     options = parse(*BASE, "--handler-factory", f"{HANDLERS}:make_recorder", "--handler-arg", "tag=blue",
@@ -398,7 +398,7 @@ def test_twistd_exits_1_when_the_handler_fails_with_on_error_stop(couch_server, 
 
 def test_make_service_with_a_shard_names_it_in_the_checkpoint_identity(monkeypatch, tmp_path):
     """--shard reaches the service, and the checkpoint's identity carries it, so shards cannot share one."""
-    monkeypatch.setattr(_tap, "ChangesService", RecordingService)
+    monkeypatch.setattr(_options, "ChangesService", RecordingService)
     RecordingService.made.clear()
     options = parse(*BASE, "--handler", f"{HANDLERS}:record", "--shard", "1/4", "--checkpoint", f"file:{tmp_path / 'c.json'}")
     makeService(options)
@@ -424,7 +424,7 @@ class RecordingDatabasesService(DatabasesService):
 
 def test_all_dbs_makes_a_databases_service_from_the_options(monkeypatch):
     """--all-dbs gives a DatabasesService with the handler, --on-deleted, --match and the other options, watched for failures."""
-    monkeypatch.setattr(_tap, "DatabasesService", RecordingDatabasesService)
+    monkeypatch.setattr(_alldbs, "DatabasesService", RecordingDatabasesService)
     RecordingDatabasesService.made.clear()
     options = parse(
         *ALL, "--match", "tenant-.*", "--handler", f"{HANDLERS}:record_db", "--on-deleted", f"{HANDLERS}:record_deleted",
@@ -448,7 +448,7 @@ def test_all_dbs_makes_a_databases_service_from_the_options(monkeypatch):
 
 def test_all_dbs_handler_factory_is_called_with_the_server(monkeypatch, tmp_path):
     """With --all-dbs, --handler-factory is called with the Server and the --handler-arg pairs."""
-    monkeypatch.setattr(_tap, "DatabasesService", RecordingDatabasesService)
+    monkeypatch.setattr(_alldbs, "DatabasesService", RecordingDatabasesService)
     monkeypatch.setenv(handlers_for_tests.OUTPUT_VARIABLE, str(tmp_path / "out.jsonl"))
     RecordingDatabasesService.made.clear()
     makeService(parse(*ALL, "--handler-factory", f"{HANDLERS}:make_db_recorder", "--handler-arg", "tag=blue"))

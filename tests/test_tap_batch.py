@@ -8,7 +8,7 @@ import pytest
 from twisted.python import usage
 
 from txchanges import ChangesService
-from txchanges.cli import _tap
+from txchanges.cli import _options
 from txchanges.cli._tap import makeService
 
 from . import handlers_for_tests
@@ -27,7 +27,7 @@ class Made(ChangesService):
 
 def test_batch_makes_the_handler_a_batch_handler(monkeypatch):
     """With --batch N the handler is the service's batch_handler, with max_batch N and no per-change options."""
-    monkeypatch.setattr(_tap, "ChangesService", Made)
+    monkeypatch.setattr(_options, "ChangesService", Made)
     Made.made.clear()
     makeService(parse(*BASE, "--handler", f"{HANDLERS}:record", "--batch", "50", "--on-error", "retry"))
     [made] = Made.made
@@ -38,7 +38,7 @@ def test_batch_makes_the_handler_a_batch_handler(monkeypatch):
 
 def test_without_batch_the_handler_takes_each_change(monkeypatch):
     """Without --batch the handler is the per-change handler, with the scheduling options."""
-    monkeypatch.setattr(_tap, "ChangesService", Made)
+    monkeypatch.setattr(_options, "ChangesService", Made)
     Made.made.clear()
     makeService(parse(*BASE, "--handler", f"{HANDLERS}:record", "--concurrency", "2"))
     [made] = Made.made

@@ -310,7 +310,7 @@ class FollowerOptions(FeedOptions):
             feed_max_duration=self["feed-max-duration"] or None,
         )
 
-    def follower(self, db: Database, handler: Callable[[dict[str, Any]], Any], clock: Any, **more: Any) -> Any:
+    def follower(self, db: Database, handler: Optional[Callable[[dict[str, Any]], Any]], clock: Any, **more: Any) -> Any:
         """
         :return: The follower these options describe: a
             :class:`~txchanges.ChangesService` with the ``--checkpoint`` store,
@@ -318,7 +318,9 @@ class FollowerOptions(FeedOptions):
         """
         kwargs = dict(self.service_kwargs(), clock=clock, **more)
         if self["group"] is None:
-            return ChangesService(db, handler, checkpoint=self.checkpoint_store(db), **kwargs)
+            if handler is not None:  # else a batch_handler is in *more*
+                kwargs["handler"] = handler
+            return ChangesService(db, checkpoint=self.checkpoint_store(db), **kwargs)
         del kwargs["shard"]
         return GroupService(
             db, handler, group=self["group"], coordination=db.server[self["group-db"]],

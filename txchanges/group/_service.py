@@ -82,7 +82,8 @@ class GroupService(Service):
     change)``. A unit's checkpoint lives in its lease document.
 
     :param target: The database, or the server, to follow.
-    :param handler: As for the service that follows a unit.
+    :param handler: As for the service that follows a unit; ``None`` for a
+        database's shards with a ``batch_handler`` in *follow*.
     :param group: The group's name: workers of one name share the work.
     :param coordination: The database of leases and heartbeats;
         ``txchanges-groups`` on the target's server by default. It is
@@ -113,7 +114,7 @@ class GroupService(Service):
     def __init__(
         self,
         target: Union[Database, Server],
-        handler: Callable[..., Any],
+        handler: Optional[Callable[..., Any]],
         *,
         group: str,
         coordination: Optional[Database] = None,
@@ -147,6 +148,8 @@ class GroupService(Service):
         follow.setdefault("clock", self._clock)
         self.units: Union[ShardUnits, DatabaseUnits]
         if isinstance(target, Server):
+            if handler is None:
+                raise TypeError("a group of a server's databases needs a handler(db_name, change)")
             self.units = DatabaseUnits(target, handler, units, self._unit_failed, **follow)
             self._settings = {"units": units, "kind": "databases", "target": target.url}
         elif isinstance(target, Database):

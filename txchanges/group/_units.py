@@ -150,11 +150,13 @@ class ShardUnits(_Running):
     Units that are shards of one database's documents: unit ``"i"`` is
     :class:`~txchanges.Shard` ``(i, count)``.
 
+    :param handler: Called with each change; ``None`` when *kwargs* hold a
+        ``batch_handler`` (with its ``max_batch``), called with lists.
     :param kwargs: Passed to each :class:`~txchanges.ChangesService`.
     """
 
     def __init__(
-        self, db: Database, handler: Callable[[dict[str, Any]], Any], count: int,
+        self, db: Database, handler: Optional[Callable[[dict[str, Any]], Any]], count: int,
         failed: Callable[[Failure], None], **kwargs: Any,
     ) -> None:
         super().__init__(failed)
@@ -168,14 +170,19 @@ class ShardUnits(_Running):
 
     def start(self, unit: str, checkpoint: Any) -> None:
         assert self.leases is not None
-        handler = self._handler
+        kwargs = dict(self._kwargs)
+        # One change, or with a batch_handler a list of them.
+        batch = kwargs.pop("batch_handler", None)
+        handler = self._handler if batch is None else batch
+        assert handler is not None
 
-        def gated(change: dict[str, Any]) -> Any:
+        def gated(changes: Any) -> Any:
             self.gate(unit)
-            return handler(change)
+            return handler(changes)
 
+        kwargs["handler" if batch is None else "batch_handler"] = gated
         store = _LeaseCheckpoint(self.leases, unit, self.db.url)
-        service = ChangesService(self.db, gated, shard=Shard(int(unit), self.count), checkpoint=store, **self._kwargs)
+        service = ChangesService(self.db, shard=Shard(int(unit), self.count), checkpoint=store, **kwargs)
         self.run(unit, service)
 
 
