@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 
-from .test_cli import start, txchanges, write_docs
+from .test_cli import read_lines, start, txchanges, write_docs
 
 
 def _collect(process, into: list[str]) -> threading.Thread:
@@ -67,3 +67,30 @@ def test_status_of_a_group_that_does_not_exist(couch_server, db_name):
     done = txchanges("group", "status", couch_server.admin_url, "--group", "nobody", "--group-db", db_name)
     assert done.returncode == 0, done.stderr
     assert "no such group" in done.stdout
+
+
+def test_a_group_of_a_servers_databases_prints_each_databases_changes(couch_server, db_name):
+    """follow URL --all-dbs --group: a worker owns every bucket of databases and prints each matching database's changes, with its name."""
+    names = [f"{db_name}-t{i}" for i in range(3)]
+    for name in names:
+        couch_server.create_db(name)
+        write_docs(couch_server, name, [f"{name}-a", f"{name}-b"])
+    worker = start(
+        "follow", couch_server.admin_url, "--all-dbs", "--match", f"{db_name}-t.*", "--group", "g",
+        "--group-db", db_name + "-groups", "--group-units", "4", "--group-ttl", "2",
+    )
+    try:
+        lines = read_lines(worker, 6)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(20)
+        for name in names:
+            couch_server.delete_db(name)
+    assert code == 0, worker.stderr.read()
+    assert sorted((line["db"], line["id"]) for line in lines) == sorted(
+        (name, f"{name}-{x}") for name in names for x in "ab"
+    )
+    # The work went through the group's leases, each unit's checkpoint in its own.
+    status, body = couch_server.request("GET", f"{db_name}-groups/_all_docs")
+    assert status == 200, body
+    assert {f"g:lease:{i}" for i in range(4)} <= {row["id"] for row in body["rows"]}

@@ -550,3 +550,27 @@ def test_make_service_with_group_builds_a_worker():
     assert isinstance(follower, GroupService)
     assert (follower.group, follower.coordination.url, follower.member.timing.ttl) == ("indexer", "http://127.0.0.1:5984/coord", 6.0)
     assert follower.units.names() == [str(i) for i in range(8)]
+
+
+def test_all_dbs_with_group_builds_a_worker_of_the_servers_databases():
+    """--all-dbs --group makes a GroupService over the server, its units buckets of the databases, with the handler taking (db, change)."""
+    options = parse(*ALL, "--handler", f"{HANDLERS}:record_db", "--group", "tenants", "--group-units", "4",
+                    "--group-ttl", "5", "--match", "tenant-.*")
+    follower = makeService(options).getServiceNamed("follower")
+    assert isinstance(follower, GroupService)
+    assert (follower.group, follower.coordination.url, follower.member.timing.ttl) == (
+        "tenants", "http://127.0.0.1:5984/txchanges-groups", 5.0,
+    )
+    assert follower.units.names() == ["0", "1", "2", "3"]
+    assert follower.units.server.url == "http://127.0.0.1:5984/"
+
+
+@pytest.mark.parametrize("extra", [["--checkpoint", "file:x.json"], ["--checkpoint", "couch:ckpts"]])
+def test_group_refuses_a_checkpoint_of_its_own(extra):
+    """A group keeps its checkpoints in its lease documents: --checkpoint with --group is a usage error, with --all-dbs too."""
+    for base in (BASE + ["--handler", f"{HANDLERS}:record"], ALL + ["--handler", f"{HANDLERS}:record_db"]):
+        if extra[1].startswith("couch:") and "--all-dbs" not in base:
+            continue
+        with pytest.raises(usage.UsageError) as caught:
+            parse(*base, "--group", "g", *extra)
+        assert "--group splits the work and keeps the checkpoints itself" in str(caught.value)
