@@ -84,6 +84,63 @@ def test_parse_changes_stops_at_what_is_not_a_change_and_at_the_limit() -> None:
     assert len(run) == 5 and not unique
 
 
+#: Lines that are not change rows, each of a kind that must end a run where
+#: it stands, whether the run is parsed line by line or all at once.
+ODD_LINES = [
+    b"",  # a heartbeat
+    b" ",
+    END[:-1],  # the end row
+    b'{"error":"x","reason":"y"}',
+    b"null",
+    b"[]",
+    b'"text"',
+    b"1,2",  # two values on one line
+    b'{"seq":"1-x","id":"a","changes":[]},{"seq":"2-x","id":"b","changes":[]}',
+    b'{"seq":"1-x","id":"a","changes":[]}],[{"seq":"2-x","id":"b","changes":[]}',
+    b'{"id":"a","changes":[]}',  # no seq
+    b'{"seq":"1-x","changes":[]}',  # no id
+    b'{"seq":"1-x","id":"a"}',  # no changes
+    b'{"seq":"1-x","id":["a"],"changes":[]}',  # an id that cannot be hashed
+    b'{"seq":"1-x","id":"a","changes":[]',  # cut short
+]
+
+
+def reference_parse(lines: list[bytes], start: int, limit: int) -> tuple[list[Any], int, Any, bool]:
+    """What parse_changes must return, worked out one line at a time with the standard library."""
+    run: list[Any] = []
+    for line in lines[start : start + limit]:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            return run, start + len(run), UNPARSED, len({r["id"] for r in run}) == len(run)
+        if not (isinstance(obj, dict) and {"seq", "id", "changes"} <= obj.keys()) or isinstance(obj["id"], list):
+            return run, start + len(run), obj, len({r["id"] for r in run}) == len(run)
+        run.append(obj)
+    end = start + len(run)
+    return run, end, LIMIT if end < len(lines) else UNPARSED, len({r["id"] for r in run}) == len(run)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.sampled_from("abcd").map(lambda docid: row("5-x", docid)[:-1]),
+            st.sampled_from(ODD_LINES),
+        ),
+        max_size=12,
+    ),
+    start=st.integers(0, 12),
+    limit=st.integers(1, 12),
+)
+def test_parse_changes_reads_any_lines_as_one_line_at_a_time_would(lines: list[bytes], start: int, limit: int) -> None:
+    """However change rows and other lines mix, parse_changes gives what a loop over single lines gives."""
+    start = min(start, len(lines))
+    got = parse_changes(lines, start, limit)
+    want = reference_parse(lines, start, limit)
+    assert got[0] == want[0] and got[1:2] == want[1:2] and got[3] == want[3]
+    assert got[2] is want[2] if want[2] in (UNPARSED, LIMIT) else got[2] == want[2]
+
+
 # -- BatchProtocol ---------------------------------------------------------------------
 
 

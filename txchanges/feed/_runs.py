@@ -25,10 +25,11 @@ This module is pure (no Twisted).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
 from itertools import islice
 from operator import itemgetter
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from txchanges.feed._rows import (
     ChangeRow,
@@ -105,6 +106,11 @@ def parse_changes(lines: list[bytes], start: int, limit: int) -> tuple[Run, int,
         left for the next batch); and whether the changes are of as many
         documents as there are changes.
     """
+    stop = min(len(lines), start + limit)
+    if stop - start > 1:
+        whole = _parse_together(lines, start, stop)
+        if whole is not None:
+            return whole[0], stop, LIMIT if stop < len(lines) else UNPARSED, whole[1]
     run: Run = []
     append = run.append
     ids: set[Any] = set()
@@ -122,14 +128,47 @@ def parse_changes(lines: list[bytes], start: int, limit: int) -> tuple[Run, int,
             # else one of them raises (an id that cannot be hashed too:
             # the slower way takes that one).
             row["changes"]
-            add(row["id"])
             row["seq"]
+            add(row["id"])
         except (KeyError, TypeError):
             other = row
             break
         append(row)
     end = start + len(run)
     return run, end, other if end < len(lines) else UNPARSED, len(ids) == len(run)
+
+
+def _parse_together(lines: list[bytes], start: int, stop: int) -> Optional[tuple[Run, bool]]:
+    """
+    ``lines[start:stop]`` parsed with one call, as the elements of one JSON
+    array, when every one of them is a change row: no Python code runs per
+    row, which makes a read of a backlog cheaper than a loop of its own.
+
+    :return: ``(run, unique)`` as for :func:`parse_changes`; ``None`` when
+        one of the lines is anything else (a heartbeat, the end row, a bad
+        line), for the loop of :func:`parse_changes` to find which.
+    """
+    # The brackets go on the first and last lines, so that the text is
+    # copied once, by the join.
+    text = lines[start:stop]
+    text[0] = b"[" + text[0]
+    text[-1] += b"]"
+    try:
+        run = fast_loads(b",".join(text))
+    except ValueError:
+        return None
+    # A line holding two values, or none, would shift the rows.
+    if len(run) != stop - start:
+        return None
+    try:
+        # Each raises for anything but a dict with the key (and the set
+        # for an id that cannot be hashed).
+        ids = set(map(_id, run))
+        deque(map(_changes, run), 0)
+        deque(map(_seq, run), 0)
+    except (KeyError, TypeError):
+        return None
+    return run, len(ids) == len(run)
 
 
 #: What :func:`parse_changes` says of a line that did not parse...
@@ -222,6 +261,8 @@ def batches_of(run: Run, max_batch: int) -> list[Run]:
 
 
 _id = itemgetter("id")
+_changes = itemgetter("changes")
+_seq = itemgetter("seq")
 
 
 def last_seq_of(run: Run) -> Any:
