@@ -164,8 +164,8 @@ def _parse_together(lines: list[bytes], start: int, stop: int) -> Optional[tuple
         # Each raises for anything but a dict with the key (and the set
         # for an id that cannot be hashed).
         ids = set(map(_id, run))
-        deque(map(_changes, run), 0)
         deque(map(_seq, run), 0)
+        deque(map(_changes, run), 0)
     except (KeyError, TypeError):
         return None
     return run, len(ids) == len(run)
@@ -260,9 +260,21 @@ def batches_of(run: Run, max_batch: int) -> list[Run]:
     return batches
 
 
-_id = itemgetter("id")
-_changes = itemgetter("changes")
-_seq = itemgetter("seq")
+def _parsed_keys(*names: str) -> list[str]:
+    """
+    *names* as the parser makes them when it reads them as keys. orjson
+    keeps the key strings it has made and makes each new row's keys of
+    them: a lookup with the very string it put in a row finds the key
+    without comparing its text (any string equal to a key finds it too).
+    """
+    text = b"{" + b",".join(b'"%s":0' % name.encode() for name in names) + b"}"
+    return list(fast_loads(text))
+
+
+_ID, _SEQ, _CHANGES = _parsed_keys("id", "seq", "changes")
+_id = itemgetter(_ID)
+_seq = itemgetter(_SEQ)
+_changes = itemgetter(_CHANGES)
 
 
 def last_seq_of(run: Run) -> Any:
