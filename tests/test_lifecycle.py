@@ -207,15 +207,16 @@ def test_stop_waits_for_a_running_handler_call_then_saves():
     assert f.clock.getDelayedCalls() == []
 
 
-def test_a_handler_failure_fails_the_service_and_a_restart_retries_that_change():
-    """A handler that raises ends in 'failed', when_stopped() fails with its error, a later stopService() fires at once, and a restart hands the same change over again."""
+@pytest.mark.parametrize("catch_up", ["continuous", "normal"])
+def test_a_handler_failure_fails_the_service_and_a_restart_retries_that_change(catch_up: str):
+    """A handler that raises ends in 'failed', when_stopped() fails with its error, a later stopService() fires at once, and a restart hands the same change over again; the same when the change came in a page of the catch-up, whose end follows the failure."""
     calls: list[str] = []
 
     def handler(row: dict[str, Any]) -> None:
         calls.append(row["id"])
         raise ValueError(row["id"])
 
-    f = Follow(handler, checkpoint=lambda db: LocalDocCheckpoint(db, "follower"))
+    f = Follow(handler, checkpoint=lambda db: LocalDocCheckpoint(db, "follower"), catch_up=catch_up)
     f.fake.save("db", {"_id": "a"})
     _streaming(f)
     assert f.service.state is State.FAILED and not f.service.running

@@ -217,6 +217,11 @@ TRANSITIONS: list[tuple[Any, Callable[..., None], Any, Callable[..., None]]] = [
 
     (failing,       On.drained,       failed,        _announce),
     (failing,       On.crash,         failing,       _nothing),
+    # The end of a request told in the same call as the failure before it
+    # (a page that ends in the read whose change the handler failed on):
+    # the machine takes it after the failure; the request is over anyway.
+    (failing,       On.ended,         failing,       _nothing),
+    (failing,       On.lost,          failing,       _nothing),
     (failing,       On.stop,          failing,       _wait_for_stop),
     (failing,       On.when_stopped,  failing,       _wait_for_end),
 
@@ -225,6 +230,8 @@ TRANSITIONS: list[tuple[Any, Callable[..., None], Any, Callable[..., None]]] = [
     (stopped,       On.when_stopped,  stopped,       _fire),
 
     (failed,        On.start,         starting,      _nothing),
+    (failed,        On.ended,         failed,        _nothing),
+    (failed,        On.lost,          failed,        _nothing),
     (failed,        On.stop,          failed,        _fire),
     (failed,        On.when_stopped,  failed,        _fire_failure),
 ]
