@@ -3,10 +3,13 @@ Catching up through the normal feed: a follower far behind reads pages of
 ``feed=normal`` (``limit``, ``seq_interval``) before it follows the
 continuous feed.
 
-Streamed, a page of the normal feed costs less per change than the same
-changes read from the continuous feed (its complete rows are parsed a read
-at a time: see :mod:`txchanges.feed._normal`), and with ``seq_interval``
-CouchDB computes, and sends, a sequence only every so many rows. The first
+With ``seq_interval`` CouchDB computes, and sends, a sequence only every so
+many rows, which lightens the server's load (a sequence across many
+shards is costly to compute, says CouchDB's reference of ``_changes``); the
+client's side is not cheaper: a page's rows go through the scheduler one
+by one, where the continuous feed hands a change straight to an idle
+handler, and ``benchmarks/backlog.py`` measures pages slower on one
+machine, so the continuous feed stays the default. The first
 request after start-up, and after every failure, is a page; another page
 follows as long as the one before said that a page or more is ``pending``.
 Then the follower reads the continuous feed from where the last page ended.
