@@ -12,11 +12,14 @@ import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from txchanges import ChangesService, LocalDocCheckpoint, MemoryCheckpoint, Server, State
 from txchanges.cli._longpoll import LongpollFollower
+from txchanges.service._lifecycle import Lifecycle
+from txchanges.service._lifecycle_types import Core
 from txchanges.testing import FakeCouchDB
 
 
@@ -229,6 +232,48 @@ def test_a_handler_failure_fails_the_service_and_a_restart_retries_that_change(c
     f.service.startService()
     f.http.flush()
     assert calls == ["a", "a"] and f.service.state is State.FAILED
+
+
+class FeedRequest:
+    """A feed request in flight, for the machine alone: stop() records that it was ended."""
+
+    def __init__(self) -> None:
+        self.done: Deferred[Any] = Deferred()
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class Cancellable:
+    def cancel(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("outcome", ["ended", "lost"])
+def test_the_outcome_of_a_request_told_after_a_crash_is_stale_while_failing_and_once_failed(outcome: str):
+    """A request's clean end or failure that reaches the machine after a crash (both from one call chain) changes nothing: the run fails once, with the crash's error."""
+    request = FeedRequest()
+    finishing: Deferred[None] = Deferred()
+    endings: list[Any] = []
+    core = Core(
+        start_up=lambda c, startup: Cancellable(), connect=lambda c: request, halt=lambda: None,
+        finish=lambda: finishing, ended=endings.append, retrying=lambda: None, clock=Clock(),
+    )
+    lifecycle = Lifecycle(core)
+    machine = lifecycle.machine
+    machine.start()
+    machine.started()
+    machine.opened(request)
+    machine.crash(Failure(ValueError("handler")))
+    tell = (lambda: machine.ended()) if outcome == "ended" else (lambda: machine.lost(1.0))
+    assert request.stopped and lifecycle.state is State.STOPPING
+    tell()
+    assert lifecycle.state is State.STOPPING and endings == []
+    finishing.callback(None)
+    tell()
+    assert lifecycle.state is State.FAILED and core.clock.getDelayedCalls() == []
+    assert len(endings) == 1 and endings[0].check(ValueError)
 
 
 # -- the longpoll follower ------------------------------------------------------------

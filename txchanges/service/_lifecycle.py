@@ -217,9 +217,10 @@ TRANSITIONS: list[tuple[Any, Callable[..., None], Any, Callable[..., None]]] = [
 
     (failing,       On.drained,       failed,        _announce),
     (failing,       On.crash,         failing,       _nothing),
-    # The end of a request told in the same call as the failure before it
-    # (a page that ends in the read whose change the handler failed on):
-    # the machine takes it after the failure; the request is over anyway.
+    # How a request ended (cleanly, or with an error), told in the same
+    # call as the failure before it (a page that ends in the read whose
+    # change the handler failed on): the machine takes it after the
+    # failure, when the request is over anyway.
     (failing,       On.ended,         failing,       _nothing),
     (failing,       On.lost,          failing,       _nothing),
     (failing,       On.stop,          failing,       _wait_for_stop),
