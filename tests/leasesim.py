@@ -175,8 +175,9 @@ class Store:
 class Link:
     """
     A worker's connection to the store: each request takes a random delay
-    to arrive and its answer another; a partitioned link loses both, and an
-    answer is sometimes lost after the request was applied.
+    to arrive and its answer another; a partitioned link loses both, an
+    answer is sometimes lost after the request was applied, and a request is
+    sometimes refused at once (a server restarting, a proxy cutting).
     """
 
     def __init__(self, world: World, store: Store, clock: LocalClock, rng: random.Random, faults: "Faults") -> None:
@@ -191,6 +192,10 @@ class Link:
         d: Deferred[Any] = Deferred()
         there = self._rng.uniform(0.0, self._faults.max_delay)
         back = self._rng.uniform(0.0, self._faults.max_delay)
+
+        if self._rng.random() < self._faults.refused:
+            self._world.callLater(there, self._clock.run, d.errback, (ConnectionRefusedError("refused"),), {})
+            return d
 
         def arrive() -> None:
             if self.partitioned:
@@ -226,6 +231,7 @@ class Link:
 class Faults:
     max_delay: float = 0.05
     lost_answers: float = 0.0
+    refused: float = 0.0
 
 
 @dataclass
@@ -251,6 +257,8 @@ class Outcome:
     #: The longest a request or an answer took, and how many answers were lost.
     max_delay: float = 0.0
     lost_answers: float = 0.0
+    #: The share of requests refused at once.
+    refused: float = 0.0
     #: How long after a crash each of its units was granted to another worker.
     takeovers: list[float] = field(default_factory=list)
 
@@ -366,11 +374,16 @@ def run_scenario(s: Scenario) -> Outcome:
     timing = Timing.for_ttl(s.ttl)
     units = [str(i) for i in range(s.units)]
     outcome = Outcome()
-    faults = Faults(max_delay=rng.choice([0.01, 0.05, 0.2]), lost_answers=rng.choice([0.0, 0.0, 0.02, 0.05]) if s.faults else 0.0)
-    if faults.lost_answers:
+    faults = Faults(
+        max_delay=rng.choice([0.01, 0.05, 0.2]),
+        lost_answers=rng.choice([0.0, 0.0, 0.02, 0.05]) if s.faults else 0.0,
+        refused=rng.choice([0.0, 0.0, 0.05, 0.2]) if s.faults else 0.0,
+    )
+    if faults.lost_answers or faults.refused:
         outcome.graceful_only = False
     outcome.max_delay = faults.max_delay
     outcome.lost_answers = faults.lost_answers
+    outcome.refused = faults.refused
     workers: dict[str, Worker] = {}
     counter = [0]
 
@@ -434,7 +447,7 @@ def event(kind: str, rng: random.Random, world: World, workers: dict[str, Worker
 
 
 def heal(workers: dict[str, Worker], faults: Faults) -> None:
-    faults.lost_answers = 0.0
+    faults.lost_answers = faults.refused = 0.0
     for w in workers.values():
         w.link.partitioned = False
         if w.clock.paused:
@@ -496,8 +509,9 @@ def check(outcome: Outcome, s: Scenario) -> list[str]:
 def _takeovers(outcome: Outcome, s: Scenario) -> list[str]:
     # A crashed worker's units go to another within the bound, unless
     # another fault (a pause, a partition, another crash) came close to it,
-    # or answers get lost (each lost answer may cost a lease write's timeout).
-    if not outcome.graceful_only and outcome.lost_answers:
+    # or answers get lost or requests refused (each may cost a lease write's
+    # timeout or a poll).
+    if not outcome.graceful_only and (outcome.lost_answers or outcome.refused):
         return []
     t = Timing.for_ttl(s.ttl)
     # The wait, two reads, and the network: a read, a write and the lease write that landed last.

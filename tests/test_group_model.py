@@ -118,3 +118,60 @@ def test_a_leaver_writes_a_failed_last_checkpoint_again_and_forgets_it_once_the_
     me.written(again, 2.0, FAILED, 2.1)
     assert me.plan(9.0) == []
     assert me.valid_until("0") is None and me.held == []
+
+
+def _holding(me: str, *units: str) -> Member:
+    # A member that won the leases on *units* at time 0 (revision "1-<unit>").
+    member = _member(me)
+    member.observe({}, 0.0)
+    for op in member.plan(0.0):
+        if isinstance(op, Write) and op.unit in units:
+            member.written(op, 0.0, f"1-{op.unit}", 0.1)
+    return member
+
+
+def _lease_writes(ops: list, unit: str) -> list[Write]:
+    return [op for op in ops if isinstance(op, Write) and op.unit == unit]
+
+
+def test_a_failed_renewal_is_sent_again_at_the_next_poll():
+    """A renewal that found no server is retried a poll later, not a whole renewal period later."""
+    me = _holding("a", "0", "1")
+    [renew] = _lease_writes(me.plan(3.0), "0")
+    assert renew.purpose == "renew"
+    assert me.written(renew, 3.0, FAILED, 3.2) == []
+    [again] = _lease_writes(me.plan(4.0), "0")
+    assert (again.purpose, again.rev) == ("renew", "1-0")
+    me.written(again, 4.0, "2-0", 4.1)
+    assert me.valid("0", 12.9) and not me.valid("0", 13.0)
+
+
+def test_a_failed_release_is_sent_again_until_the_lease_would_end():
+    """A unit given up whose release found no server is released at the next poll; after the lease, forgotten."""
+    me = _holding("a", "0", "1")
+    me.observe({member_id("g", "b"): Doc("1-b", {"worker": "b"})}, 1.0)
+    [stop] = [op for op in me.plan(1.0) if isinstance(op, Stop)]
+    assert stop.lost is False
+    [release] = me.stopped(stop.unit, 1.5)
+    assert (release.unit, release.purpose, release.body["holder"]) == (stop.unit, "release", None)
+    me.written(release, 1.5, FAILED, 1.7)
+    [again] = _lease_writes(me.plan(2.0), stop.unit)
+    assert (again.purpose, again.rev, again.body["holder"]) == ("release", f"1-{stop.unit}", None)
+    me.written(again, 2.0, FAILED, 2.2)
+    assert me.valid_until(stop.unit) == 9.0
+    assert _lease_writes(me.plan(9.0), stop.unit) == []
+    assert me.valid_until(stop.unit) is None
+
+
+def test_a_worker_that_cannot_read_the_group_keeps_the_view_of_its_last_read():
+    """Reads failing for longer than ttl make no member dead and no lease free in its eyes."""
+    me = _member("b")
+    docs = {lease_id("g", u): Doc("5-x", {"holder": "a", "unit": u}) for u in "01"}
+    docs[member_id("g", "a")] = Doc("1-a", {"worker": "a"})
+    me.observe(docs, 0.0)
+    me.observe(docs, 5.0)
+    assert me.live_members(30.0) == ["a", "b"]
+    assert [op for op in me.plan(30.0) if isinstance(op, Write) and op.unit is not None] == []
+    me.observe(docs, 30.0)  # read again: a's heartbeat has not changed for 30 s, nor its leases
+    assert me.live_members(30.0) == ["b"]
+    assert sorted(op.unit for op in me.plan(30.0) if isinstance(op, Write) and op.unit is not None) == ["0", "1"]

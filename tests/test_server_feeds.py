@@ -1,5 +1,7 @@
 """wait_once and wait, with every filter kind, against the project's test server."""
 
+import base64
+import socket
 from typing import Any
 
 import pytest
@@ -8,7 +10,7 @@ from twisted.internet import defer, reactor
 
 from txchanges import Consumer, NotFound
 
-from ._service_helpers import heartbeats_sent, open_feeds, start_feed, wait_for
+from ._service_helpers import heartbeats_sent, open_feeds, start_feed, testserver_counts, wait_for
 
 FRUIT_FILTER = "function(doc, req) { return doc.type === req.query.type; }"
 TYPE_VIEW = "function(doc) { if (doc.type) { emit(doc.type, null); } }"
@@ -264,3 +266,37 @@ async def test_a_document_being_updated_never_vanishes_from_the_feed(db):
     await updating
     counts = [n for r in reads for n in r]
     assert len(counts) >= 10 and set(counts) == {20}, counts
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_whose_client_left_while_it_waited_for_the_lock_gives_its_turn_up(couch_server, db):
+    """A client gone before its write's turn does not keep the database's writes waiting for ever (the lock above)."""
+    auth = base64.b64encode(":".join(couch_server.admin).encode()).decode()
+
+    def put(doc: str, body: bytes, length: int) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", couch_server.port))
+        head = (
+            f"PUT /{db.name}/{doc} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+        )
+        s.sendall(head.encode() + body)
+        return s
+
+    def lock() -> dict[str, Any]:
+        return dict(testserver_counts(couch_server)["write_locks"].get(db.name, {}))
+
+    # A holds the lock: its body is not all there yet.
+    holder = put("a", b'{"n":', 20)
+    await wait_for(lambda: lock().get("writing") is True, 10, "the first write holding the lock")
+    # B waits behind it, and its client goes.
+    waiter = put("b", b'{"n": 2}', 8)
+    await wait_for(lambda: lock().get("waiting") == 1, 10, "the second write waiting")
+    waiter.close()
+    await wait_for(lambda: lock().get("abandoned") == 1, 10, "the server seeing the second client go")
+    holder.close()
+    saved = db.save_doc({"_id": "c"})
+    saved.addTimeout(10, reactor)
+    assert (await saved)["id"] == "c"
+    assert lock() == {"writing": False, "readers": 0, "waiting": 0, "abandoned": 1}
+    with pytest.raises(NotFound):
+        await db.get("b")

@@ -20,6 +20,7 @@ const PouchDB = require('pouchdb-core')
 const {CouchError, commonHeaders, sendError} = require('./lib/http');
 const {Registry} = require('./lib/registry');
 const {lockWrites} = require('./lib/rwlock');
+const stats = require('./lib/stats');
 const {makeAuth} = require('./lib/auth');
 const mountDbRoutes = require('./lib/dbroutes');
 const {mountDbList} = require('./lib/dblist');
@@ -140,7 +141,10 @@ async function main() {
   });
   pouchApp.disable('x-powered-by');
   await pouchApp.setPouchDB(PouchDB);
-  app.use(lockWrites((name) => registry.lockFor(name)));
+  app.use(lockWrites(
+    (name) => registry.lockFor(name),
+    (name) => stats.abandonedWrites.set(name, (stats.abandonedWrites.get(name) || 0) + 1)
+  ));
   app.use(couchRequestShape, pouchApp);
   app.use((err, req, res, next) => sendError(res, err));
 

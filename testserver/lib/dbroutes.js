@@ -47,6 +47,7 @@ module.exports = function mountDbRoutes(app, registry, wrap) {
       started_feeds: {changes: stats.changesStarted},
       heartbeats: {changes: Object.fromEntries(stats.heartbeats)},
       rows_scanned: Object.fromEntries(stats.rowsScanned),
+      write_locks: registry.lockStates(stats.abandonedWrites),
       sessions: {
         logins: stats.sessions.logins,
         refused_logins: stats.sessions.refusedLogins,

@@ -114,6 +114,20 @@ class Registry extends EventEmitter {
     return lock;
   }
 
+  // For GET /_testserver: each database's lock, while anyone uses it or
+  // any write gave its turn up.
+  lockStates(abandoned) {
+    const states = {};
+    for (const [name, lock] of this._locks) {
+      const state = lock.state();
+      const gaveUp = abandoned.get(name) || 0;
+      if (state.writing || state.readers || state.waiting || gaveUp) {
+        states[name] = Object.assign(state, {abandoned: gaveUp});
+      }
+    }
+    return states;
+  }
+
   exists(name) {
     return this.entries.has(name);
   }

@@ -22,6 +22,11 @@ class RWLock {
     return this._run(true, fn);
   }
 
+  // For GET /_testserver: who holds it, and how many wait.
+  state() {
+    return {writing: this.writing, readers: this.readers, waiting: this.queue.length};
+  }
+
   async _run(exclusive, fn) {
     await new Promise((resolve) => {
       this.queue.push({exclusive, resolve});
@@ -62,8 +67,12 @@ const WRITES = new Set(['PUT', 'POST', 'DELETE', 'COPY']);
 // Express middleware: a write request to a database's documents (what
 // reaches express-pouchdb: feeds and database creation and deletion have
 // their own routes before it) holds the exclusive side of the database's
-// lock from *lockFor* until its response is over.
-function lockWrites(lockFor) {
+// lock from *lockFor* until its response is over. A request whose client
+// goes away while it waits for the lock gives its turn up when it comes:
+// its response's 'close' has been and gone by then, and would never end
+// the turn. *onAbandoned* is told the database's name when a client goes
+// away while its write waits.
+function lockWrites(lockFor, onAbandoned = () => {}) {
   return (req, res, next) => {
     const name = req.path.split('/')[1];
     if (!WRITES.has(req.method) || !name) {
@@ -77,9 +86,25 @@ function lockWrites(lockFor) {
       next();
       return;
     }
+    // Listened for from the start, not from when the turn comes.
+    let over = false;
+    let endTurn = null;
+    const end = () => {
+      if (endTurn) {
+        endTurn();
+      } else if (!over) {
+        onAbandoned(lockName);
+      }
+      over = true;
+    };
+    res.on('finish', end);
+    res.on('close', end);
     lockFor(lockName).write(() => new Promise((resolve) => {
-      res.on('finish', resolve);
-      res.on('close', resolve);
+      if (over) {
+        resolve();
+        return;
+      }
+      endTurn = resolve;
       next();
     }));
   };

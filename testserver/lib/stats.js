@@ -13,11 +13,13 @@
 // gone through (each read and, with a filter, tested, whether or not it was
 // sent), so a test can see how much of a database a follower made the
 // server read again.
+// "abandonedWrites" counts, by database name, the document writes whose
+// client went away while they waited for the database's write lock.
 // "sessions" counts the cookie sessions: logins (and refused ones), renewed
 // cookies sent, requests whose cookie had expired, and when (whole seconds,
 // the cookie's own time) the newest cookie was made.
 module.exports = {
   changes: 0, dbUpdates: 0, changesStarted: 0, peakChanges: 0, heartbeats: new Map(),
-  rowsScanned: new Map(),
+  rowsScanned: new Map(), abandonedWrites: new Map(),
   sessions: {logins: 0, refusedLogins: 0, renewals: 0, expired: 0, lastIssued: null}
 };

@@ -17,6 +17,12 @@ The rules, with *ttl* and *margin* in seconds:
   document changed meanwhile).
 - A member is alive while its heartbeat document changes at least every
   *ttl* seconds, on the observer's clock. Clocks are never compared.
+- Both judgements are made as of the last read that succeeded: a worker
+  that cannot read the group for a while keeps the view it had, rather than
+  counting every other member dead and every lease free.
+- A write that failed (no answer, a refused connection) is sent again at
+  the next poll: a renewal, while the lease lasts; a release, until the
+  lease would have ended anyway.
 
 Each write carries a *token* unique to the worker; a write whose answer was
 lost is recognised by it when the document is read again.
@@ -95,6 +101,8 @@ class Member:
         self.timing = timing
         self._info = dict(info or {})
         self._seen: dict[str, _Seen] = {}
+        # When the last read that succeeded came back.
+        self._read_at = now
         self._held: dict[str, _Held] = {}
         # The write or delete in flight on each document, by its key.
         self._inflight: dict[str, str] = {}
@@ -202,6 +210,7 @@ class Member:
             since = old.since if old is not None and old.rev == doc.rev else now
             seen[doc_id] = _Seen(doc.rev, since, doc.body)
         self._seen = seen
+        self._read_at = now
         self._adopt_lost_answers()
 
     def _adopt_lost_answers(self) -> None:
@@ -223,12 +232,16 @@ class Member:
                     del self._inflight[doc]
 
     def live_members(self, now: float) -> list[str]:
-        """The members whose heartbeat changed within *ttl*, this worker included unless leaving."""
+        """
+        The members whose heartbeat had changed within *ttl* when the group
+        was last read, this worker included unless leaving.
+        """
         prefix = member_id(self.group, "")
+        at = min(now, self._read_at)
         live = {
             s.body.get("worker", doc_id[len(prefix):])
             for doc_id, s in self._seen.items()
-            if doc_id.startswith(prefix) and now - s.since < self.timing.ttl
+            if doc_id.startswith(prefix) and at - s.since < self.timing.ttl
         }
         live.discard(self.me)
         if not self._leaving:
@@ -256,6 +269,8 @@ class Member:
                 held.state = "stopping"
                 ops.append(Stop(unit, lost=False, until=held.valid_until))
             if held.state == "releasing":
+                # Sent again when it failed, until the lease ends.
+                ops += self._lease_write(unit, held, "release", now)
                 continue
             # A unit that is stopping renews too: its last handler calls
             # finish under the lease, and its last checkpoint is written.
@@ -271,7 +286,7 @@ class Member:
         ops: list[Op] = []
         prefix = member_id(self.group, "")
         for doc, seen in sorted(self._seen.items()):
-            if doc.startswith(prefix) and doc not in self._inflight and now - seen.since > 10 * self.timing.ttl:
+            if doc.startswith(prefix) and doc not in self._inflight and self._read_at - seen.since > 10 * self.timing.ttl:
                 op = Delete(doc, seen.rev)
                 self._inflight[doc] = op_key(op)
                 ops.append(op)
@@ -345,7 +360,9 @@ class Member:
             return [self._write(unit, None, None, "acquire", now)]
         holder = seen.body.get("holder")
         t = self.timing
-        if holder is None or now - seen.since >= t.ttl + t.margin:
+        # Seen unchanged for ttl + margin by the last read: a later moment
+        # proves nothing, as the lease may have been renewed since.
+        if holder is None or self._read_at - seen.since >= t.ttl + t.margin:
             return [self._write(unit, seen.rev, seen.body.get("checkpoint"), "acquire", now)]
         return []
 
@@ -419,10 +436,12 @@ class Member:
                         ops.append(self._lose(op.unit))
                     else:
                         del self._held[op.unit]
-                elif held.state == "stopping" and held.wanted > held.written:
+                else:
+                    # Sent again at the next poll, not a whole renewal later.
                     held.renewed_at = 0.0
-        elif held is not None and op.purpose == "release":
-            # Released, refused or unknown: no longer ours to count on.
+        elif held is not None and op.purpose == "release" and result != FAILED:
+            # Released, or refused: the document changed (a lost answer to
+            # this very release, or a taker once the lease had ended).
             del self._held[op.unit]
         if not ok:
             self._drop_stale_tokens(now)
