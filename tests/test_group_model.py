@@ -170,8 +170,12 @@ def test_a_worker_that_cannot_read_the_group_keeps_the_view_of_its_last_read():
     docs[member_id("g", "a")] = Doc("1-a", {"worker": "a"})
     me.observe(docs, 0.0)
     me.observe(docs, 5.0)
-    assert me.live_members(30.0) == ["a", "b"]
+    me.plan(5.0)
+    rebalances = me.counts["rebalances"]
     assert [op for op in me.plan(30.0) if isinstance(op, Write) and op.unit is not None] == []
+    assert me.live_members() == ["a", "b"] and me.counts["rebalances"] == rebalances
+    # Nor is a heartbeat silent for ten lifetimes by its clock alone removed.
+    assert [op for op in me.plan(200.0) if isinstance(op, Delete)] == []
     me.observe(docs, 30.0)  # read again: a's heartbeat has not changed for 30 s, nor its leases
-    assert me.live_members(30.0) == ["b"]
+    assert me.live_members() == ["b"]
     assert sorted(op.unit for op in me.plan(30.0) if isinstance(op, Write) and op.unit is not None) == ["0", "1"]

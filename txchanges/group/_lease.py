@@ -231,17 +231,16 @@ class Member:
                     # Its answer, when it comes, is old news.
                     del self._inflight[doc]
 
-    def live_members(self, now: float) -> list[str]:
+    def live_members(self) -> list[str]:
         """
         The members whose heartbeat had changed within *ttl* when the group
         was last read, this worker included unless leaving.
         """
         prefix = member_id(self.group, "")
-        at = min(now, self._read_at)
         live = {
             s.body.get("worker", doc_id[len(prefix):])
             for doc_id, s in self._seen.items()
-            if doc_id.startswith(prefix) and at - s.since < self.timing.ttl
+            if doc_id.startswith(prefix) and self._read_at - s.since < self.timing.ttl
         }
         live.discard(self.me)
         if not self._leaving:
@@ -254,7 +253,7 @@ class Member:
         if self._leaving:
             return ops + self._retry_writes(now)
         ops += self._heartbeat(now)
-        owners = assign(self.units, self.live_members(now))
+        owners = assign(self.units, self.live_members())
         wanted = frozenset(u for u, m in owners.items() if m == self.me)
         if wanted != self._wanted:
             self._wanted = wanted

@@ -176,7 +176,7 @@ class GroupService(Service):
         counts = self.member.counts
         return GroupStats(
             units_owned=len(self.member.held),
-            members=len(self.member.live_members(self._now())),
+            members=len(self.member.live_members()),
             rebalances=counts["rebalances"],
             renewals=counts["renewals"],
             renewals_failed=counts["renewals_failed"],
